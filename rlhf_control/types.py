@@ -1,0 +1,199 @@
+"""Core value types: segments of behaviour, pairs of them, labels, queries and answers.
+
+Label convention (everywhere): for a pair (first, second), ``+1`` means the first is better,
+``-1`` the second, ``0`` equally good. A skipped query is an :class:`Answer` with ``label=None``
+and is never a :class:`Label`. The training target is P(first > second) = (label + 1) / 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+VALID_LABELS = (-1, 0, 1)
+
+
+class StackedFrames:
+    """Frame-stacked observations kept as single frames, so each frame is stored once.
+
+    ``frames: (T + k - 1, H, W)`` (any dtype, uint8 for Atari); behaves like an array of
+    shape ``(T, H, W, k)`` whose step ``t`` holds frames ``t .. t + k - 1`` (oldest first), which
+    matches SB3's ``VecFrameStack`` with channels last.
+    """
+
+    __slots__ = ("frames", "k")
+
+    def __init__(self, frames: np.ndarray, k: int) -> None:
+        frames = np.asarray(frames)
+        if k < 1:
+            raise ValueError(f"frame stack k={k} must be >= 1")
+        if frames.ndim != 3:
+            raise ValueError(f"frames must have shape (T + k - 1, H, W), got {frames.shape}")
+        if frames.shape[0] < k:
+            raise ValueError(f"need at least k={k} frames, got {frames.shape[0]}")
+        self.frames = frames
+        self.k = int(k)
+
+    def __len__(self) -> int:
+        return self.frames.shape[0] - self.k + 1
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.frames.shape[1:], self.k)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.frames.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.frames.nbytes)
+
+    def to_array(self) -> np.ndarray:
+        """The full ``(T, H, W, k)`` array (a fresh copy)."""
+        windows = np.lib.stride_tricks.sliding_window_view(self.frames, self.k, axis=0)
+        return np.ascontiguousarray(windows)  # (T, H, W, k)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        arr = self.to_array()
+        return arr if dtype is None else arr.astype(dtype)
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        return self.to_array()[idx]
+
+
+def _as_obs(obs: Any) -> np.ndarray | StackedFrames:
+    return obs if isinstance(obs, StackedFrames) else np.asarray(obs)
+
+
+@dataclass(frozen=True, eq=False)
+class Segment:
+    """A short clip of behaviour.
+
+    ``obs: (T, *obs_shape)`` (an array, or :class:`StackedFrames` for stacked image frames);
+    ``acts: (T, *act_shape)`` (``(T,)`` integers for a discrete action space);
+    ``true_rewards: (T,)`` float or ``None`` when the task has no true reward.
+    ``episode_id``/``start_step`` locate the clip; ``render_ref`` is whatever a renderer needs to
+    draw it later (filled by the loop, opaque here); ``uid`` is a run-unique id (-1 = unassigned).
+    """
+
+    obs: np.ndarray | StackedFrames
+    acts: np.ndarray
+    true_rewards: np.ndarray | None = None
+    episode_id: int = 0
+    start_step: int = 0
+    render_ref: Any = field(default=None, repr=False)
+    uid: int = -1
+
+    def __post_init__(self) -> None:
+        obs = _as_obs(self.obs)
+        acts = np.asarray(self.acts)
+        object.__setattr__(self, "obs", obs)
+        object.__setattr__(self, "acts", acts)
+        t = len(obs)
+        if t < 1:
+            raise ValueError("a segment needs at least one step, got T=0")
+        if acts.ndim < 1 or acts.shape[0] != t:
+            raise ValueError(f"acts must have shape (T={t}, ...), got {acts.shape}")
+        if self.true_rewards is not None:
+            rew = np.asarray(self.true_rewards, dtype=np.float64)
+            if rew.shape != (t,):
+                raise ValueError(f"true_rewards must have shape (T={t},), got {rew.shape}")
+            if not np.all(np.isfinite(rew)):
+                raise ValueError("true_rewards must be finite")
+            object.__setattr__(self, "true_rewards", rew)
+
+    @property
+    def length(self) -> int:
+        """Number of steps T."""
+        return len(self.obs)
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        return tuple(self.obs.shape[1:])
+
+    @property
+    def act_shape(self) -> tuple[int, ...]:
+        return tuple(self.acts.shape[1:])
+
+    @property
+    def true_return(self) -> float | None:
+        """Undiscounted sum of the true reward, or None without a true reward."""
+        return None if self.true_rewards is None else float(self.true_rewards.sum())
+
+    def obs_array(self) -> np.ndarray:
+        """Observations as a plain ``(T, *obs_shape)`` array."""
+        return np.asarray(self.obs)
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentPair:
+    """Two segments of equal length and matching observation/action shapes."""
+
+    first: Segment
+    second: Segment
+
+    def __post_init__(self) -> None:
+        a, b = self.first, self.second
+        if a.length != b.length:
+            raise ValueError(f"segments in a pair must have equal length, got {a.length} and {b.length}")
+        if a.obs_shape != b.obs_shape:
+            raise ValueError(f"observation shapes differ: {a.obs_shape} vs {b.obs_shape}")
+        if a.act_shape != b.act_shape:
+            raise ValueError(f"action shapes differ: {a.act_shape} vs {b.act_shape}")
+
+    def swapped(self) -> SegmentPair:
+        return SegmentPair(self.second, self.first)
+
+
+def check_label(value: Any) -> int:
+    """Return ``value`` as an int label, or raise if it is not one of -1, 0, +1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise ValueError(f"label {value!r} is not allowed; use +1 (first better), -1 (second better) or 0 (equal)")
+    if float(value) not in VALID_LABELS:
+        raise ValueError(f"label {value!r} is not allowed; use +1 (first better), -1 (second better) or 0 (equal)")
+    return int(value)
+
+
+@dataclass(frozen=True, eq=False)
+class Label:
+    """A comparison: ``value`` is +1 (first better), -1 (second better) or 0 (equal)."""
+
+    pair: SegmentPair
+    value: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", check_label(self.value))
+
+    @property
+    def target(self) -> float:
+        """P(first better) used as the training target: (value + 1) / 2."""
+        return (self.value + 1) / 2.0
+
+
+@dataclass(frozen=True, eq=False)
+class Query:
+    """A pair sent to an oracle, with a run-unique id."""
+
+    query_id: int
+    pair: SegmentPair
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An oracle's answer to a query. ``label`` None means skipped (incomparable / can't tell)."""
+
+    query_id: int
+    label: int | None
+    labeller: str = "synthetic"
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.label is not None:
+            object.__setattr__(self, "label", check_label(self.label))
+
+    @property
+    def skipped(self) -> bool:
+        return self.label is None

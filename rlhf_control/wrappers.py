@@ -1,0 +1,245 @@
+"""Single-env wrappers for the paper's environment changes, one change each, registered by name.
+
+The synthetic oracle reads ``info["oracle_reward"]`` when present, else the env reward. A wrapper that
+changes what the oracle should see starts from ``info.get("oracle_reward", reward)`` of the env it wraps
+and writes the result back on every step, so wrappers compose in any order.
+
+Names in :data:`WRAPPERS` (the ``wrappers`` list of a task entry):
+
+- ``fixed_horizon``: :class:`FixedHorizon` (no termination; penalty; fixed episode length)
+- ``drop_control_cost``: :class:`DropControlCost` (oracle reward without the control cost)
+- ``atari_frames``: :class:`AtariFrames` (frame skip with max-pooling, 84x84 grayscale)
+- ``noop_reset``: SB3's ``NoopResetEnv`` (random 1..noop_max no-ops after each reset)
+
+:class:`ScoreMask` is not a wrapper: it is the function that blanks screen regions in what the reward
+model sees (``TaskSpec.reward_obs_fn``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.atari_wrappers import NoopResetEnv
+
+from rlhf_control.registry import Registry
+
+ORACLE_KEY = "oracle_reward"
+
+WRAPPERS: Registry[gym.Env] = Registry("wrapper")
+
+
+def _oracle_base(reward: SupportsFloat, info: Mapping[str, Any]) -> float:
+    """The oracle reward so far: an inner wrapper's value if it set one, else the env reward."""
+    return float(info.get(ORACLE_KEY, reward))
+
+
+@WRAPPERS.register("fixed_horizon")
+class FixedHorizon(gym.Wrapper):
+    """No variable-length episodes: every episode lasts exactly ``horizon`` steps.
+
+    The agent never sees ``terminated=True``; ``truncated`` is True at step ``horizon`` only. On each
+    step on which the wrapped env reports termination, ``penalty`` is added to ``info["oracle_reward"]``
+    and, if ``penalize_reward``, to the reward the agent gets (the paper's "termination becomes a
+    penalty the agent must learn to avoid").
+
+    After a termination, ``on_termination`` decides how the episode goes on:
+
+    - ``"continue"`` (MuJoCo): keep stepping the same physics. The body lies where it fell; the penalty
+      recurs on every step the env still reports termination (e.g. the Hopper is still down). If the
+      state becomes invalid (non-finite observation) or the env refuses to step
+      (``gym.error.ResetNeeded``), the env is reset and the episode goes on from a fresh start state.
+    - ``"reset"`` (Atari game over, CartPole): reset the wrapped env at once and go on from its start
+      state; the observation returned is the reset one.
+
+    An inner time limit reached before ``horizon`` also resets the wrapped env without ending the
+    episode. ``info["inner_reset"]`` is True on a step after which the wrapped env was reset.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        horizon: int,
+        penalty: float = 0.0,
+        on_termination: str = "continue",
+        penalize_reward: bool = True,
+    ) -> None:
+        super().__init__(env)
+        if int(horizon) < 1:
+            raise ValueError(f"fixed_horizon horizon={horizon} must be >= 1")
+        if on_termination not in ("continue", "reset"):
+            raise ValueError(f"fixed_horizon on_termination={on_termination!r}; allowed: continue, reset")
+        self.horizon = int(horizon)
+        self.penalty = float(penalty)
+        self.on_termination = on_termination
+        self.penalize_reward = bool(penalize_reward)
+        self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        self._t = 0
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action: Any):
+        self._t += 1
+        try:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+        except gym.error.ResetNeeded:
+            # The env will not step past its terminal state: restart it, count this step as terminal.
+            obs, info = self.env.reset()
+            info = dict(info)
+            reward, terminated, truncated = 0.0, True, False
+            info["inner_reset"] = True
+        info = dict(info)
+        oracle = _oracle_base(reward, info)
+        reward = float(reward)
+        if terminated:
+            oracle += self.penalty
+            if self.penalize_reward:
+                reward += self.penalty
+        invalid = isinstance(obs, np.ndarray) and obs.dtype.kind == "f" and not np.all(np.isfinite(obs))
+        need_reset = invalid or truncated or (terminated and self.on_termination == "reset")
+        # At the horizon the episode ends anyway: keep the real last observation (SB3 bootstraps on it)
+        # unless it is invalid.
+        if need_reset and (invalid or self._t < self.horizon) and not info.get("inner_reset", False):
+            obs, reset_info = self.env.reset()
+            info.update(reset_info)
+            info["inner_reset"] = True
+        info[ORACLE_KEY] = oracle
+        info.setdefault("inner_reset", False)
+        return obs, reward, False, self._t >= self.horizon, info
+
+
+@WRAPPERS.register("drop_control_cost")
+class DropControlCost(gym.Wrapper):
+    """``info["oracle_reward"]`` = reward without the control (torque) cost, as in the paper.
+
+    MuJoCo v5 envs report the (negative) control term as ``info["reward_ctrl"]``; it is subtracted
+    from the oracle reward. The agent's reward is unchanged. A step whose info lacks ``key`` raises,
+    so a task that names this wrapper on an env without a control cost fails loudly.
+    """
+
+    def __init__(self, env: gym.Env, key: str = "reward_ctrl") -> None:
+        super().__init__(env)
+        self.key = key
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self.key not in info:
+            raise ValueError(f"drop_control_cost: info has no {self.key!r}; keys: {', '.join(sorted(info))}")
+        info = dict(info)
+        info[ORACLE_KEY] = _oracle_base(reward, info) - float(info[self.key])
+        return obs, reward, terminated, truncated, info
+
+
+def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` weights that average input pixels over each output pixel's span (area resize)."""
+    scale = n_in / n_out
+    w = np.zeros((n_out, n_in), dtype=np.float32)
+    for i in range(n_out):
+        lo, hi = i * scale, (i + 1) * scale
+        for j in range(int(np.floor(lo)), min(n_in, int(np.ceil(hi)))):
+            w[i, j] = (min(hi, j + 1) - max(lo, j)) / scale
+    return w
+
+
+@WRAPPERS.register("atari_frames")
+class AtariFrames(gym.Wrapper):
+    """Frame skip (repeat the action, sum rewards, max over the last two frames) and resize to
+    ``size x size`` by area averaging. Wraps an ALE env made with ``frameskip=1``; a grayscale
+    ALE observation ``(210, 160)`` gives ``obs: (size, size, 1)`` uint8, an RGB one is converted
+    with ITU-R 601 luma weights first. Stops skipping at a terminal frame.
+    """
+
+    def __init__(self, env: gym.Env, frame_skip: int = 4, size: int = 84) -> None:
+        super().__init__(env)
+        if int(frame_skip) < 1:
+            raise ValueError(f"atari_frames frame_skip={frame_skip} must be >= 1")
+        shape = env.observation_space.shape
+        if shape is None or len(shape) not in (2, 3):
+            raise ValueError(f"atari_frames needs image observations (H, W[, C]), got shape {shape}")
+        self.frame_skip = int(frame_skip)
+        self._rows = _area_matrix(shape[0], size)
+        self._cols = _area_matrix(shape[1], size).T.copy()
+        self.observation_space = gym.spaces.Box(0, 255, (size, size, 1), np.uint8)
+
+    def _process(self, frame: np.ndarray) -> np.ndarray:
+        img = np.asarray(frame, dtype=np.float32)
+        if img.ndim == 3:
+            img = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        out = self._rows @ img @ self._cols
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)[:, :, None]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._process(obs), info
+
+    def step(self, action: Any):
+        total = 0.0
+        frames: list[np.ndarray] = []
+        oracle, has_oracle = 0.0, False
+        terminated = truncated = False
+        info: dict[str, Any] = {}
+        for _ in range(self.frame_skip):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            # An inner oracle reward is summed over the skipped frames too.
+            has_oracle = has_oracle or ORACLE_KEY in info
+            oracle += float(info.get(ORACLE_KEY, reward))
+            frames = [*frames[-1:], np.asarray(obs)]
+            if terminated or truncated:
+                break
+        # Max over the last two frames removes the flicker of sprites drawn on alternate frames.
+        frame = frames[0] if len(frames) == 1 else np.maximum(frames[0], frames[1])
+        info = dict(info)
+        if has_oracle:
+            info[ORACLE_KEY] = oracle
+        return self._process(frame), total, terminated, truncated, info
+
+
+@WRAPPERS.register("noop_reset")
+def _noop_reset(env: gym.Env, noop_max: int = 30) -> gym.Env:
+    return NoopResetEnv(env, noop_max=noop_max)
+
+
+def apply_wrappers(env: gym.Env, specs: Sequence[Mapping[str, Any]]) -> gym.Env:
+    """Wrap ``env`` with ``specs`` in order (the first is innermost); each is ``{name, kwargs}``."""
+    for spec in specs:
+        env = WRAPPERS.make(spec["name"], env, **dict(spec.get("kwargs", {})))
+    return env
+
+
+class ScoreMask:
+    """Blank rectangles of image observations: what the reward model must not see (score, counters).
+
+    ``regions``: ``(row0, row1, col0, col1)`` half-open pixel boxes in the ``(H, W)`` frame; ``fill``:
+    the value written there. Called on ``(H, W)``, ``(N, H, W)`` or ``(N, H, W, C)`` arrays (every
+    channel is a frame of the same screen, so a stack is masked per frame); returns a masked copy.
+    Picklable, so it can travel to subprocess envs or into a saved config.
+    """
+
+    def __init__(self, regions: Sequence[Sequence[int]], fill: int = 0) -> None:
+        boxes = []
+        for box in regions:
+            r0, r1, c0, c1 = (int(v) for v in box)
+            if not (0 <= r0 < r1 and 0 <= c0 < c1):
+                raise ValueError(f"mask region {list(box)} must be [row0, row1, col0, col1] with row0 < row1, col0 < col1")
+            boxes.append((r0, r1, c0, c1))
+        self.regions: tuple[tuple[int, int, int, int], ...] = tuple(boxes)
+        self.fill = fill
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        out = np.array(obs, copy=True)
+        if out.ndim not in (2, 3, 4):
+            raise ValueError(f"ScoreMask expects (H, W), (N, H, W) or (N, H, W, C) arrays, got shape {out.shape}")
+        for r0, r1, c0, c1 in self.regions:
+            if out.ndim == 2:
+                out[r0:r1, c0:c1] = self.fill
+            else:  # rows and columns are axes 1 and 2 of (N, H, W) and (N, H, W, C)
+                out[:, r0:r1, c0:c1, ...] = self.fill
+        return out
+
+    def __repr__(self) -> str:
+        return f"ScoreMask(regions={[list(r) for r in self.regions]}, fill={self.fill})"
+

@@ -1,0 +1,181 @@
+"""LearnedReward on tiny deterministic envs, and stacked with TrajectoryRecorder under SB3 PPO."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from rlhf_control.learned_reward import LearnedReward
+from rlhf_control.recording import SegmentPool, TrajectoryRecorder
+
+
+def env_reward(tag: int, t: int, a: int) -> float:
+    return float(100 * tag + 10 * t + a)
+
+
+class CounterEnv(gym.Env):
+    """obs = [tag, episode, step]; reward = 100*tag + 10*step + action; episodes of fixed length."""
+
+    def __init__(self, tag: int, length: int) -> None:
+        self.observation_space = spaces.Box(-np.inf, np.inf, (3,), np.float32)
+        self.action_space = spaces.Discrete(3)
+        self.tag, self.length = tag, length
+        self.ep, self.t = -1, 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.tag, self.ep, self.t], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.ep += 1
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        r = env_reward(self.tag, self.t, int(action))
+        self.t += 1
+        return self._obs(), r, self.t >= self.length, False, {}
+
+
+class RecordingRewardFn:
+    """A reward function that remembers every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def __call__(self, obs: np.ndarray, acts: np.ndarray) -> np.ndarray:
+        self.calls.append((obs.copy(), acts.copy()))
+        return obs[:, 2] * 0.5 - acts + obs[:, 0]
+
+
+def counter_venv() -> DummyVecEnv:
+    return DummyVecEnv([lambda: CounterEnv(0, 5), lambda: CounterEnv(1, 8)])
+
+
+SHIFT = np.array([0.0, 0.0, 1000.0], dtype=np.float32)
+
+
+@pytest.mark.parametrize("use_obs_fn", [False, True])
+def test_reward_fn_called_once_per_step_with_pre_step_obs(use_obs_fn):
+    fn = RecordingRewardFn()
+    obs_fn = (lambda o: o + SHIFT) if use_obs_fn else None
+    env = LearnedReward(counter_venv(), fn, obs_fn=obs_fn)
+    rng = np.random.default_rng(0)
+    obs = env.reset()
+    learned_ret, true_ret = np.zeros(2), np.zeros(2)
+    finished_learned, finished_true = [], []
+    n_steps = 37
+    for step in range(n_steps):
+        acts = rng.integers(0, 3, size=2)
+        prev = obs.copy()
+        obs, rews, dones, infos = env.step(acts)
+        assert len(fn.calls) == step + 1
+        seen_obs, seen_acts = fn.calls[-1]
+        np.testing.assert_array_equal(seen_obs, prev + SHIFT if use_obs_fn else prev)
+        np.testing.assert_array_equal(seen_acts, acts)
+        expected = (seen_obs[:, 2] * 0.5 - acts + seen_obs[:, 0]).astype(np.float32)
+        np.testing.assert_array_equal(rews, expected)
+        for i in range(2):
+            true_r = env_reward(int(prev[i, 0]), int(prev[i, 2]), int(acts[i]))
+            assert infos[i]["true_reward"] == true_r
+            learned_ret[i] += rews[i]
+            true_ret[i] += true_r
+            if dones[i]:
+                assert infos[i]["episode_learned_return"] == pytest.approx(learned_ret[i])
+                assert infos[i]["episode_true_return"] == pytest.approx(true_ret[i])
+                finished_learned.append(learned_ret[i])
+                finished_true.append(true_ret[i])
+                learned_ret[i] = true_ret[i] = 0.0
+                np.testing.assert_array_equal(obs[i, 1:], [prev[i, 1] + 1, 0])  # auto-reset obs
+            else:
+                assert "episode_learned_return" not in infos[i]
+    assert len(fn.calls) == n_steps
+    assert len(finished_true) == 37 // 5 + 37 // 8
+    got_learned, got_true = env.recent_returns()
+    np.testing.assert_allclose(got_learned, finished_learned)
+    np.testing.assert_allclose(got_true, finished_true)
+
+
+def test_set_reward_fn_swaps_and_history_is_bounded():
+    env = LearnedReward(counter_venv(), RecordingRewardFn(), history=2)
+    env.reset()
+    env.step(np.array([0, 0]))
+    env.set_reward_fn(lambda obs, acts: np.full(len(obs), 7.0))
+    for _ in range(15):
+        _, rews, _, _ = env.step(np.array([1, 1]))
+        np.testing.assert_array_equal(rews, [7.0, 7.0])
+    learned, true = env.recent_returns()
+    # 3 + 2 episodes finished, only the last 2 kept: env 0's third (5 steps of 7), env 1's second (8 of 7).
+    assert learned == [pytest.approx(35.0), pytest.approx(56.0)] and len(true) == 2
+
+
+def test_bad_reward_fn_output_and_arguments_raise():
+    env = LearnedReward(counter_venv(), lambda obs, acts: np.zeros(3))
+    env.reset()
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        env.step(np.array([0, 0]))
+    env = LearnedReward(counter_venv(), lambda obs, acts: np.array([0.0, np.nan]))
+    env.reset()
+    with pytest.raises(ValueError, match="non-finite"):
+        env.step(np.array([0, 0]))
+    with pytest.raises(ValueError, match="reward_fn"):
+        LearnedReward(counter_venv(), reward_fn=3)
+    with pytest.raises(ValueError, match="history"):
+        LearnedReward(counter_venv(), RecordingRewardFn(), history=0)
+
+
+def test_continuous_actions_reach_reward_fn():
+    fn_calls = []
+
+    def fn(obs, acts):
+        fn_calls.append(acts.copy())
+        return acts[:, 0] * 2.0
+
+    env = LearnedReward(DummyVecEnv([lambda: gym.make("Pendulum-v1")] * 2), fn)
+    env.reset()
+    acts = np.array([[0.5], [-1.5]], dtype=np.float32)
+    _, rews, _, infos = env.step(acts)
+    assert fn_calls[0].shape == (2, 1)
+    np.testing.assert_array_equal(rews, [1.0, -3.0])
+    assert all(info["true_reward"] <= 0.0 for info in infos)  # Pendulum's own reward is a cost
+
+
+def test_under_ppo_with_recorder_inside():
+    """Recorder inside, LearnedReward outside: PPO trains on the learned reward of the obs it acted on."""
+
+    def pole_angle_reward(obs, acts):
+        return -np.abs(obs[:, 2])
+
+    calls = []
+
+    def reward_fn(obs, acts):
+        calls.append(1)
+        return pole_angle_reward(obs, acts)
+
+    venv = DummyVecEnv([lambda: gym.make("CartPole-v1")] * 2)
+    pool = SegmentPool(500, np.random.default_rng(0))
+    recorder = TrajectoryRecorder(venv, clip_length=10, pool=pool)
+    env = LearnedReward(recorder, reward_fn)
+    model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.learn(total_timesteps=256)
+
+    assert model.num_timesteps == 256
+    assert len(calls) == 128 and recorder.n_steps == 256
+    # The rollout buffer holds the obs PPO acted on and the rewards it trained on. Training flattened
+    # the obs env-major to (n_envs * n_steps, 4); rewards stay (n_steps, n_envs).
+    buf = model.rollout_buffer
+    obs = buf.observations.reshape(2, 64, 4).swapaxes(0, 1) if buf.generator_ready else buf.observations
+    np.testing.assert_allclose(buf.rewards, -np.abs(obs[:, :, 2]), rtol=1e-6)
+    segs = pool.segments()
+    assert len(segs) == recorder.n_segments > 5
+    for seg in segs:
+        assert seg.obs.shape == (10, 4) and seg.acts.shape == (10,)
+        assert set(np.unique(seg.acts)) <= {0, 1}
+        np.testing.assert_array_equal(seg.true_rewards, np.ones(10))  # CartPole's own reward
+    learned, true = env.recent_returns()
+    assert len(true) > 5 and all(t >= 1 for t in true)
+    assert all(lr <= 0 for lr in learned)

@@ -1,0 +1,224 @@
+"""The task catalogue: every entry loads, builds and steps; Atari score masks on real frames; errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tomli_w
+
+from rlhf_control.registry import UnknownNameError
+from rlhf_control.tasks import (
+    DEFAULT_TASK,
+    TaskSpec,
+    get_task,
+    list_tasks,
+    load_catalogue,
+    load_task,
+    task_from_env_id,
+    tasks_from_toml,
+)
+
+PAPER_MUJOCO = ["Reacher-v5", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Swimmer-v5", "Ant-v5",
+                "InvertedPendulum-v5", "InvertedDoublePendulum-v5"]
+PAPER_ATARI = [f"ALE/{g}-v5" for g in ("BeamRider", "Breakout", "Enduro", "Pong", "Qbert", "Seaquest",
+                                        "SpaceInvaders")]
+NON_ATARI = [n for n in list_tasks() if not n.startswith("ALE/")]
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp_dir(tmp_path, monkeypatch):
+    """MuJoCo writes compiler warnings (Ant's model) to MUJOCO_LOG.TXT in the working directory."""
+    monkeypatch.chdir(tmp_path)
+
+
+def test_catalogue_holds_the_paper_tasks_with_paper_settings():
+    names = list_tasks()
+    assert DEFAULT_TASK == "Pendulum-v1" and names[0] == DEFAULT_TASK
+    assert set(PAPER_MUJOCO + PAPER_ATARI + ["hopper-backflip", "halfcheetah-one-leg"]) <= set(names)
+    assert list_tasks("atari") == PAPER_ATARI
+    for name in PAPER_MUJOCO:
+        t = load_task(name)
+        assert (t.algo, t.label_budget, t.pretrain_labels, t.reward_std, t.schedule_horizon) == ("trpo", 700, 175, 1.0, 2e6)
+        assert (t.agent["gamma"], t.agent["gae_lambda"]) in {(0.995, 0.97), (0.9999, 0.97)}
+        assert "entropy" in t.paper_departures
+    for name in PAPER_ATARI:
+        t = load_task(name)
+        assert (t.algo, t.n_envs, t.clip_length, t.frame_stack, t.reward_std, t.reward_net) == ("a2c", 16, 25, 4, 0.05, "cnn")
+        assert (t.agent["n_steps"], t.agent["learning_rate"], t.agent["gamma"], t.agent["ent_coef"]) == (5, 7e-4, 0.99, 0.01)
+        assert (t.label_budget, t.pretrain_labels, t.pretrain_epochs, t.schedule_horizon) == (5500, 500, 200, 5e6)
+        assert t.reward_obs_fn is not None
+        penalty = [w for w in t.wrappers if w["name"] == "fixed_horizon"][0]["kwargs"]["penalty"]
+        assert (penalty == 0) == (name == "ALE/Pong-v5")  # game over is a penalty in every game but Pong
+    for name in ("hopper-backflip", "halfcheetah-one-leg"):
+        t = load_task(name)
+        assert not t.has_true_reward and t.instructions and t.suite == "mujoco"
+    assert all(load_task(n).instructions for n in names)
+
+
+@pytest.mark.parametrize("name", NON_ATARI)
+def test_entry_builds_steps_and_keeps_a_fixed_horizon(name):
+    task = load_task(name)
+    env = task.make_env(seed=0)
+    obs, _ = env.reset()
+    assert env.observation_space.contains(obs.astype(env.observation_space.dtype))
+    if task.suite == "mujoco":
+        # fps is the real frame rate and clips are 1.5 s within 15..60 steps (or one episode at most).
+        assert task.fps == pytest.approx(1 / env.unwrapped.dt)
+        rule = min(60, max(15, round(1.5 * task.fps)))
+        assert task.clip_length == (rule if rule <= task.horizon else task.clip_length)
+        assert task.clip_length <= task.horizon
+    for t in range(1, task.horizon + 1):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert not terminated and truncated == (t == task.horizon)
+        assert np.all(np.isfinite(obs))
+        if any(w["name"] in ("fixed_horizon", "drop_control_cost") for w in task.wrappers):
+            assert "oracle_reward" in info
+        if t >= 60 and task.horizon > 300:
+            break  # long episodes: enough steps to cross a fall with random actions
+    env.close()
+
+
+def test_mujoco_oracle_drops_control_cost_and_penalises_falls():
+    task = load_task("Hopper-v5")
+    env = task.make_env(seed=1)
+    fell = False
+    for _ in range(200):
+        _, reward, _, _, info = env.step(env.action_space.sample())
+        assert info["oracle_reward"] == pytest.approx(reward - info["reward_ctrl"])
+        if info["reward_survive"] == 0:  # fallen: v5 withholds the healthy reward, we add the penalty
+            fell = True
+            assert reward == pytest.approx(info["reward_forward"] + info["reward_ctrl"] - 1.0)
+    assert fell
+
+
+def test_pendulum_vec_env_is_seeded_and_monitored():
+    task = load_task(DEFAULT_TASK)
+    a, b = task.make_vec_env(seed=3), task.make_vec_env(seed=3)
+    assert a.num_envs == task.n_envs == 4
+    oa, ob = a.reset(), b.reset()
+    assert oa.shape == (4, 3) and np.array_equal(oa, ob) and not np.array_equal(oa[0], oa[1])
+    infos = [a.step(np.zeros((4, 1), np.float32))[3] for _ in range(task.horizon)][-1]
+    assert "episode" in infos[0] and infos[0]["episode"]["l"] == 200
+
+
+def _frames(task: TaskSpec, steps: int, seed: int) -> np.ndarray:
+    env = task.make_env(seed=seed)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(steps):
+        obs = env.step(int(rng.integers(env.action_space.n)))[0]
+        out.append(obs[:, :, 0])
+    env.close()
+    return np.stack(out)  # (steps, 84, 84)
+
+
+@pytest.mark.parametrize("name", PAPER_ATARI)
+def test_atari_score_area_is_blank_for_the_reward_model(name):
+    task = load_task(name)
+    raw = _frames(task, 150, seed=0)[-20:]
+    masked = task.reward_obs_fn(raw)
+    inside = np.zeros((84, 84), bool)
+    for r0, r1, c0, c1 in task.obs_mask:
+        inside[r0:r1, c0:c1] = True
+    # The regions hold the score (something drawn) in the raw frames, and nothing once masked.
+    assert any(len(np.unique(f[inside])) > 1 for f in raw)
+    assert np.all(masked[:, inside] == 0)
+    # The rest of the frame is untouched and still shows the game.
+    assert np.array_equal(masked[:, ~inside], raw[:, ~inside])
+    assert all(f[~inside].std() > 1 for f in masked)
+
+
+def test_atari_vec_env_stacks_four_frames():
+    task = load_task("ALE/Pong-v5")
+    venv = task.make_vec_env(2, seed=0)
+    obs = venv.reset()
+    assert obs.shape == (2, 84, 84, 4) and obs.dtype == np.uint8
+    obs, _, done, infos = venv.step(np.zeros(2, dtype=int))
+    assert obs.shape == (2, 84, 84, 4) and not done.any() and "oracle_reward" in infos[0]
+    assert task.reward_obs_fn(obs).shape == obs.shape
+    venv.close()
+
+
+def test_task_from_env_id_gives_suite_defaults():
+    acrobot = task_from_env_id("Acrobot-v1")
+    assert (acrobot.name, acrobot.suite, acrobot.horizon, acrobot.algo) == ("Acrobot-v1", "classic", 500, "ppo")
+    assert acrobot.fps == pytest.approx(5.0) and acrobot.reward_obs_fn is None
+    env = acrobot.make_env(seed=0)
+    env.step(env.action_space.sample())
+    freeway = task_from_env_id("ALE/Freeway-v5")
+    assert (freeway.suite, freeway.algo, freeway.frame_stack, freeway.reward_std) == ("atari", "a2c", 4, 0.05)
+    assert freeway.reward_obs_fn is None and freeway.obs_mask == ()
+    venv = freeway.make_vec_env(1, seed=0)
+    assert venv.reset().shape == (1, 84, 84, 4)
+    swimmer = task_from_env_id("Swimmer-v4")
+    assert (swimmer.suite, swimmer.clip_length, swimmer.horizon) == ("mujoco", 38, 1000)
+    assert [w["name"] for w in swimmer.wrappers] == ["drop_control_cost", "fixed_horizon"]
+    assert get_task("Swimmer-v4") == swimmer and get_task("hopper-v5") == load_task("Hopper-v5")
+    with pytest.raises(ValueError, match="NoSuchEnv-v0"):
+        task_from_env_id("NoSuchEnv-v0")
+
+
+def test_unknown_task_name_is_one_line_with_suggestions():
+    with pytest.raises(UnknownNameError) as err:
+        load_task("Hoper-v5")
+    msg = str(err.value)
+    assert "'Hoper-v5'" in msg and "did you mean Hopper-v5" in msg and "Pendulum-v1" in msg and "\n" not in msg
+    with pytest.raises(ValueError, match="Hoper-v5"):
+        get_task("Hoper-v5")
+
+
+def test_toml_unknown_key_and_bad_values_are_one_line_errors():
+    good = '[tasks.mine]\nenv_id = "Pendulum-v1"\nhorizon = 200\n'
+    assert tasks_from_toml(good)["mine"].horizon == 200
+    with pytest.raises(ValueError) as err:
+        tasks_from_toml(good + "clip_lenght = 30\n", "mine.toml")
+    msg = str(err.value)
+    assert "'clip_lenght'" in msg and "clip_length" in msg and "mine.toml" in msg and "\n" not in msg
+    with pytest.raises(ValueError, match="'ppo2'.*allowed: ppo, a2c, trpo"):
+        tasks_from_toml(good + 'algo = "ppo2"\n')
+    with pytest.raises(ValueError, match="n_step"):
+        tasks_from_toml(good + "agent = { n_step = 5 }\n")
+    with pytest.raises(ValueError, match="clip_length='30' must be of type int"):
+        tasks_from_toml(good + 'clip_length = "30"\n')
+    with pytest.raises(ValueError, match="fixed_horizon needs horizon=100"):
+        tasks_from_toml(good + 'wrappers = [{ name = "fixed_horizon", kwargs = { horizon = 100 } }]\n')
+    with pytest.raises(ValueError, match="invalid TOML"):
+        tasks_from_toml("[tasks.x\n")
+
+
+def test_to_dict_round_trips_through_toml_and_overrides_merge():
+    import tomllib
+
+    for task in load_catalogue().values():
+        data = tomllib.loads(tomli_w.dumps(task.to_dict()))
+        assert TaskSpec.from_dict(data) == task
+    task = load_task("Hopper-v5")
+    new = task.with_overrides(horizon=500, agent={"learning_rate": 3e-4})
+    assert new.horizon == 500 and new.agent["learning_rate"] == 3e-4 and new.agent["gamma"] == 0.995
+    assert task.horizon == 1000 and task.agent["learning_rate"] == 1e-3 and hash(new) != hash(task)
+    env = new.make_env(seed=0)  # the fixed_horizon wrapper follows the task's horizon
+    assert env.horizon == 500
+    with pytest.raises(ValueError, match="'horizn'"):
+        task.with_overrides(horizn=5)
+
+
+def test_agent_presets_build_sb3_agents():
+    from sb3_contrib import TRPO
+    from stable_baselines3 import A2C, PPO
+
+    algos = {"ppo": PPO, "a2c": A2C, "trpo": TRPO}
+    for name in (DEFAULT_TASK, "MountainCarContinuous-v0", "Hopper-v5", "ALE/Breakout-v5"):
+        task = load_task(name)
+        venv = task.make_vec_env(1, seed=0)
+        model = algos[task.algo](task.policy, venv, device="cpu", **task.agent_kwargs())
+        assert model.gamma == task.agent["gamma"]
+        venv.close()
+
+
+@pytest.mark.parametrize("name", [DEFAULT_TASK, "Hopper-v5", "ALE/Pong-v5"])
+def test_make_env_renders_rgb_frames_headless(name):
+    env = load_task(name).make_env(seed=0, render_mode="rgb_array")
+    env.step(env.action_space.sample())
+    frame = env.render()
+    assert frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8 and frame.std() > 0
+    env.close()
