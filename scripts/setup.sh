@@ -10,7 +10,7 @@ DEV=0
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 # GL libraries for headless MuJoCo rendering (EGL / OSMesa), ffmpeg comes with imageio-ffmpeg.
-PKGS=(libegl1 libgl1 libglx-mesa0 libosmesa6 libgles2)
+PKGS=(libegl1 libgl1 libglx-mesa0 libgl1-mesa-dri libosmesa6 libgles2)
 [[ $DEV -eq 1 ]] && PKGS+=(chromium fonts-dejavu-core)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -1,0 +1,264 @@
+"""The labelling app's logic, independent of HTTP: claims, answers, undo, stats, instructions, clips.
+
+Every method takes already-decoded request values and either returns a JSON-ready dict or raises
+:class:`ApiError` (an HTTP status and a one-line message) with the store unchanged. Label
+convention as everywhere: ``1`` first (left) better, ``-1`` second (right) better, ``0`` equal,
+``None`` can't tell (stored as skipped).
+
+Only queries whose two clips are rendered and lie inside the run's ``clips/`` folder are handed
+out. ``PreferenceStore.claim_next`` cannot filter on clips, so the app excludes the pending
+queries it knows to lack them (a scan of the pending queries at most every ``scan_every_s``) and
+gives back, with ``release``, any claim that turns out to have none (a query added since the scan).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from rlhf_control.store import (
+    AlreadyAnsweredError,
+    PreferenceStore,
+    QueryRecord,
+    QueryRetiredError,
+    UnknownQueryError,
+)
+from rlhf_control.types import Answer
+
+CLIP_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".webm": "video/webm"}
+INSTRUCTIONS_FILE = "instructions.md"
+CONFIG_FILE = "config.toml"
+MAX_INSTRUCTIONS = 20_000
+MAX_EXCLUDE = 100
+MAX_NAME = 64
+DEFAULT_INSTRUCTIONS = (
+    "Watch both clips. Pick the one where the agent does the task better. "
+    "If both are about as good, choose 'equally good'; if you cannot judge (nothing happens, the clips "
+    "are unclear), choose 'can't tell'."
+)
+_LABEL_HELP = "use 1 (first better), -1 (second better), 0 (equally good) or null (can't tell)"
+
+
+class ApiError(Exception):
+    """A request the app refuses: ``status`` (4xx/5xx) and a one-line ``message``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = int(status)
+        self.message = message
+
+
+def check_labeller(value: Any) -> str:
+    """A labeller name: a non-empty string of at most 64 printable characters (surrounding spaces dropped)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(400, f"labeller {value!r} is not allowed; give your name as a non-empty string")
+    name = value.strip()
+    if len(name) > MAX_NAME or not name.isprintable():
+        raise ApiError(400, f"labeller {name[:80]!r} is not allowed; use at most {MAX_NAME} printable characters")
+    return name
+
+
+def _int_field(body: dict[str, Any], key: str) -> int:
+    if key not in body:
+        raise ApiError(400, f"missing {key!r}; give the integer id of the query")
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"{key} {value!r} is not allowed; use an integer")
+    return value
+
+
+def parse_exclude(text: str | None) -> list[int]:
+    """``"3,7,9"`` -> ``[3, 7, 9]`` (at most 100 ids); ApiError 400 otherwise."""
+    if not text:
+        return []
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if len(parts) > MAX_EXCLUDE or not all(p.isdigit() for p in parts):
+        raise ApiError(400, f"exclude={text[:80]!r} is not allowed; use up to {MAX_EXCLUDE} query ids like 3,7,9")
+    return [int(p) for p in parts]
+
+
+def _read_config_instructions(run_dir: Path) -> tuple[str | None, str | None]:
+    """(instructions, task name) from the run's config.toml; (None, None) when absent or unreadable."""
+    try:
+        with open(run_dir / CONFIG_FILE, "rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None, None
+    task = doc.get("task") if isinstance(doc.get("task"), dict) else {}
+    run = doc.get("run") if isinstance(doc.get("run"), dict) else {}
+    text = task.get("instructions")
+    name = task.get("name") or run.get("task")
+    return (text if isinstance(text, str) and text.strip() else None), (name if isinstance(name, str) else None)
+
+
+class LabelApp:
+    """What the web server does with a run's store (thread-safe; one instance per server).
+
+    ``run_dir``: the run directory (relative clip paths are relative to it); ``clips_dir``: the only
+    folder clips are served from (default ``run_dir/clips``); ``instructions``: shown when the run dir
+    has no ``instructions.md`` (otherwise config.toml's ``[task] instructions``, then a default);
+    ``lease_s``: how long a claimed query stays held for one labeller (seconds).
+    """
+
+    def __init__(self, store: PreferenceStore, run_dir: str | os.PathLike, clips_dir: str | os.PathLike | None = None,
+                 instructions: str | None = None, lease_s: float = 600.0, scan_every_s: float = 2.0) -> None:
+        if not (math.isfinite(lease_s) and lease_s > 0):
+            raise ValueError(f"lease_s={lease_s!r} is not allowed; use a number of seconds > 0")
+        self.store = store
+        self.run_dir = Path(run_dir).resolve()
+        self.clips_dir = (Path(clips_dir) if clips_dir is not None else self.run_dir / "clips").resolve()
+        self.lease_s = float(lease_s)
+        self._instructions = instructions
+        self.scan_every_s = scan_every_s  # public: tests set 0 to rescan on every claim
+        self._lock = threading.Lock()
+        self._noclip: set[int] = set()
+        self._scanned_at = -math.inf
+
+    # ---- clips -------------------------------------------------------------------------------
+    def clip_url(self, path: str | None) -> str | None:
+        """``/clips/...`` URL of a recorded clip path, or None if it is missing or outside clips_dir."""
+        if not path:
+            return None
+        p = Path(path)
+        p = (p if p.is_absolute() else self.run_dir / p).resolve()
+        if p.suffix.lower() not in CLIP_TYPES or not p.is_relative_to(self.clips_dir) or not p.is_file():
+            return None
+        return "/clips/" + quote(p.relative_to(self.clips_dir).as_posix())
+
+    def clip_file(self, rel: str) -> Path:
+        """The file a ``/clips/<rel>`` URL (already %-decoded) names; ApiError 404 unless it is a clip
+        file inside clips_dir (no ``..``, no absolute paths, no symlinks leading out)."""
+        parts = rel.split("/")
+        if "\x00" in rel or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+            raise ApiError(404, f"no clip {rel[:80]!r}")
+        p = self.clips_dir.joinpath(*parts).resolve()
+        if not p.is_relative_to(self.clips_dir) or p.suffix.lower() not in CLIP_TYPES or not p.is_file():
+            raise ApiError(404, f"no clip {rel[:80]!r}")
+        return p
+
+    def _payload(self, rec: QueryRecord) -> dict[str, Any] | None:
+        first, second = self.clip_url(rec.clip_first), self.clip_url(rec.clip_second)
+        if first is None or second is None:
+            return None
+        return {"query_id": rec.query_id, "first": first, "second": second, "pair": self.clip_url(rec.clip_pair),
+                "created_step": rec.created_step, "lease_until": rec.lease_until}
+
+    def _without_clips(self) -> set[int]:
+        """Pending queries known to lack servable clips (rescanned at most every scan_every_s)."""
+        with self._lock:
+            if time.monotonic() - self._scanned_at >= self.scan_every_s:
+                self._noclip = {r.query_id for r in self.store.pending_queries()
+                                if self.clip_url(r.clip_first) is None or self.clip_url(r.clip_second) is None}
+                self._scanned_at = time.monotonic()
+            return set(self._noclip)
+
+    # ---- API ---------------------------------------------------------------------------------
+    def next_query(self, labeller: Any, exclude: Sequence[int] = ()) -> dict[str, Any] | None:
+        """Claim the next query with clips for ``labeller`` (their own held one first), or None."""
+        name = check_labeller(labeller)
+        skip = set(exclude) | self._without_clips()
+        for _ in range(50):
+            rec = self.store.claim_next(name, lease_s=self.lease_s, exclude=sorted(skip))
+            if rec is None:
+                return None
+            payload = self._payload(rec)
+            if payload is not None:
+                return payload
+            # Added after the last scan and not rendered yet: hand it back and look further.
+            self.store.release(rec.query_id, name)
+            skip.add(rec.query_id)
+            with self._lock:
+                self._noclip.add(rec.query_id)
+        return None
+
+    def answer(self, body: Any) -> dict[str, Any]:
+        """Record ``{query_id, label, labeller, seconds}``; ``stored`` False if that same answer was already there."""
+        if not isinstance(body, dict):
+            raise ApiError(400, f"expected a JSON object {{query_id, label, labeller, seconds}}, got {type(body).__name__}")
+        qid = _int_field(body, "query_id")
+        if "label" not in body:
+            raise ApiError(400, f"missing 'label'; {_LABEL_HELP}")
+        label = body["label"]
+        if label is not None and (isinstance(label, bool) or not isinstance(label, int) or label not in (-1, 0, 1)):
+            raise ApiError(400, f"label {label!r} is not allowed; {_LABEL_HELP}")
+        name = check_labeller(body.get("labeller"))
+        seconds = body.get("seconds", 0.0)
+        if seconds is None:
+            seconds = 0.0
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+                or seconds < 0:
+            raise ApiError(400, f"seconds {seconds!r} is not allowed; use a finite number >= 0")
+        try:
+            stored = self.store.record_answer(Answer(qid, label, name, float(seconds)))
+        except UnknownQueryError as exc:
+            raise ApiError(404, str(exc)) from None
+        except AlreadyAnsweredError as exc:
+            raise ApiError(409, str(exc)) from None
+        except QueryRetiredError as exc:
+            raise ApiError(410, str(exc)) from None
+        return {"stored": stored, "query_id": qid}
+
+    def undo(self, body: Any) -> dict[str, Any]:
+        """Delete ``labeller``'s last answer; its query comes back held by them (``query`` is its payload)."""
+        if not isinstance(body, dict):
+            raise ApiError(400, f"expected a JSON object {{labeller}}, got {type(body).__name__}")
+        name = check_labeller(body.get("labeller"))
+        qid = self.store.undo_last(name, lease_s=self.lease_s)
+        if qid is None:
+            return {"query_id": None, "query": None}
+        return {"query_id": qid, "query": self._payload(self.store.get_query(qid))}
+
+    def release(self, body: Any) -> dict[str, Any]:
+        """Give back a query ``labeller`` holds (e.g. a preloaded pair they will not label)."""
+        if not isinstance(body, dict):
+            raise ApiError(400, f"expected a JSON object {{query_id, labeller}}, got {type(body).__name__}")
+        qid = _int_field(body, "query_id")
+        name = check_labeller(body.get("labeller"))
+        return {"released": self.store.release(qid, name)}
+
+    def stats(self) -> dict[str, Any]:
+        """Store counts plus ``waiting_for_clips`` (pending queries not rendered yet)."""
+        out: dict[str, Any] = dict(self.store.stats())
+        out["waiting_for_clips"] = len(self._without_clips())
+        return out
+
+    def task(self) -> dict[str, Any]:
+        """The instructions shown to labellers and where they came from."""
+        path = self.run_dir / INSTRUCTIONS_FILE
+        try:
+            return {"instructions": path.read_text(encoding="utf-8"), "source": INSTRUCTIONS_FILE,
+                    "task": _read_config_instructions(self.run_dir)[1]}
+        except FileNotFoundError:
+            pass
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ApiError(500, f"cannot read {path}: {exc}") from None
+        text, name = _read_config_instructions(self.run_dir)
+        if self._instructions:
+            return {"instructions": self._instructions, "source": "server", "task": name}
+        if text:
+            return {"instructions": text, "source": CONFIG_FILE, "task": name}
+        return {"instructions": DEFAULT_INSTRUCTIONS, "source": "default", "task": name}
+
+    def set_task(self, body: Any) -> dict[str, Any]:
+        """Save ``{instructions}`` to the run dir's instructions.md (atomically)."""
+        if not isinstance(body, dict) or not isinstance(body.get("instructions"), str):
+            raise ApiError(400, "expected a JSON object {instructions: text}")
+        text = body["instructions"]
+        if len(text) > MAX_INSTRUCTIONS:
+            raise ApiError(413, f"instructions of {len(text)} characters are too long; the limit is {MAX_INSTRUCTIONS}")
+        path = self.run_dir / INSTRUCTIONS_FILE
+        tmp = path.with_name(f".{INSTRUCTIONS_FILE}.tmp{os.getpid()}.{threading.get_ident()}")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ApiError(500, f"cannot write {path}: {exc}") from None
+        return self.task()
