@@ -1,0 +1,19 @@
+"""Reward learning: predictor networks, the normalised ensemble, the label window and its trainer."""
+
+from rlhf_control.reward.dataset import PreferenceDataset
+from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble, segment_steps
+from rlhf_control.reward.nets import CNNReward, MLPReward
+from rlhf_control.reward.training import RewardTrainer, RewardTrainerConfig, TrainReport, preference_loss
+
+__all__ = [
+    "CNNReward",
+    "EnsembleConfig",
+    "MLPReward",
+    "PreferenceDataset",
+    "RewardEnsemble",
+    "RewardTrainer",
+    "RewardTrainerConfig",
+    "TrainReport",
+    "preference_loss",
+    "segment_steps",
+]

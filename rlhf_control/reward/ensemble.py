@@ -1,0 +1,338 @@
+"""An ensemble of reward predictors, each normalised on its own; the RL reward is their mean.
+
+Raw member outputs are on the Bradley-Terry scale the trainer fits (selectors compare those);
+the RL reward uses each member's output normalised to mean 0 and std ``target_std`` over recent
+segments (paper: 1 for MuJoCo, 0.05 for Atari), averaged over members.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlhf_control.reward.nets import CNNReward, MLPReward, _check_dropout, _check_sizes
+from rlhf_control.types import Segment, StackedFrames
+
+NETS = ("mlp", "cnn")
+# Largest float input fed to the networks in one forward pass when no grad is needed; bounds the
+# memory of scoring many image segments at once (84x84x4 floats are 113 KB per step).
+EVAL_CHUNK_BYTES = 64 * 2**20
+_FORMAT = "rlhf_control.RewardEnsemble/1"
+
+Encoded = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+"""What :meth:`RewardEnsemble.encode` returns: one tensor, or ``(obs_u8, acts)`` for a CNN with actions."""
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Reward ensemble settings. ``hidden`` is used by the MLP; ``cnn_*``, ``batch_norm`` by the CNN.
+
+    ``use_actions``: feed actions to the predictor (MLP: concatenated with obs; CNN: at the FC layer).
+    ``target_std``: std of each member's normalised reward (paper: 1 MuJoCo, 0.05 Atari).
+    """
+
+    n_members: int = 3
+    net: str = "mlp"
+    hidden: tuple[int, ...] = (64, 64)
+    cnn_filters: int = 16
+    cnn_fc: int = 64
+    dropout: float = 0.0
+    batch_norm: bool = False
+    use_actions: bool = True
+    target_std: float = 1.0
+    cnn_kernels: tuple[int, ...] = (7, 5, 3, 3)
+    cnn_strides: tuple[int, ...] = (3, 2, 1, 1)
+    slope: float = 0.01
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_members, bool) or int(self.n_members) != self.n_members or self.n_members < 1:
+            raise ValueError(f"n_members={self.n_members!r} is not allowed; use an int >= 1")
+        if self.net not in NETS:
+            raise ValueError(f"net={self.net!r} is not allowed; use one of {', '.join(NETS)}")
+        for name in ("hidden", "cnn_kernels", "cnn_strides"):
+            object.__setattr__(self, name, _check_sizes(name, getattr(self, name)))
+        _check_sizes("cnn_filters", (self.cnn_filters,))
+        _check_sizes("cnn_fc", (self.cnn_fc,))
+        _check_dropout(self.dropout)
+        if not (math.isfinite(self.target_std) and self.target_std > 0):
+            raise ValueError(f"target_std={self.target_std!r} is not allowed; use a number > 0")
+        if self.batch_norm and self.net != "cnn":
+            raise ValueError(f"batch_norm=True is not allowed with net={self.net!r}; only net='cnn' has batch norm")
+
+    @classmethod
+    def mujoco(cls, **overrides: Any) -> EnsembleConfig:
+        """Paper's MuJoCo predictor: MLP 64-64 on (obs, act), std 1."""
+        return replace(cls(), **overrides)
+
+    @classmethod
+    def atari(cls, **overrides: Any) -> EnsembleConfig:
+        """Paper's Atari predictor: CNN on observations only, batch norm, dropout 0.5, std 0.05."""
+        base = cls(net="cnn", dropout=0.5, batch_norm=True, use_actions=False, target_std=0.05)
+        return replace(base, **overrides)
+
+
+def _shape(value: Any, name: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in value)
+    except TypeError:
+        raise ValueError(f"{name}={value!r} is not allowed; use a tuple of ints") from None
+    if any(s < 1 for s in shape):
+        raise ValueError(f"{name}={shape} is not allowed; sizes must be >= 1")
+    return shape
+
+
+def segment_steps(segments: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
+    """All steps of ``segments`` concatenated: ``obs (sum T, *obs_shape)``, ``acts (sum T, *act_shape)``.
+
+    :class:`StackedFrames` observations are expanded straight into the output (one copy).
+    """
+    if not segments:
+        raise ValueError("no segments given; need at least one")
+    first = segments[0]
+    total = sum(s.length for s in segments)
+    obs = np.empty((total, *first.obs_shape), dtype=first.obs.dtype)
+    acts = np.empty((total, *first.act_shape), dtype=first.acts.dtype)
+    t = 0
+    for seg in segments:
+        if seg.obs_shape != first.obs_shape or seg.act_shape != first.act_shape:
+            raise ValueError(
+                f"segment shapes obs {seg.obs_shape} / acts {seg.act_shape} differ from the first segment's "
+                f"{first.obs_shape} / {first.act_shape}; all segments must match"
+            )
+        n = seg.length
+        if isinstance(seg.obs, StackedFrames):
+            obs[t : t + n] = np.lib.stride_tricks.sliding_window_view(seg.obs.frames, seg.obs.k, axis=0)
+        else:
+            obs[t : t + n] = seg.obs
+        acts[t : t + n] = seg.acts
+        t += n
+    return obs, acts
+
+
+class RewardEnsemble:
+    """K reward predictors with per-member normalisation; works on cpu or cuda.
+
+    ``members: nn.ModuleList`` of :class:`MLPReward` or :class:`CNNReward`. Discrete actions
+    (``n_actions`` given, ``act_shape == ()``) are ints ``(N,)`` one-hot encoded to ``n_actions``.
+    """
+
+    def __init__(
+        self,
+        config: EnsembleConfig,
+        obs_shape: Sequence[int],
+        act_shape: Sequence[int],
+        n_actions: int | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        self.config = config
+        self.obs_shape = _shape(obs_shape, "obs_shape")
+        self.act_shape = _shape(act_shape, "act_shape")
+        if n_actions is not None:
+            if isinstance(n_actions, bool) or int(n_actions) != n_actions or n_actions < 1:
+                raise ValueError(f"n_actions={n_actions!r} is not allowed; use an int >= 1 or None")
+            if self.act_shape != ():
+                raise ValueError(f"act_shape={self.act_shape} is not allowed with n_actions; discrete acts are ()")
+            n_actions = int(n_actions)
+        self.n_actions = n_actions
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        if not config.use_actions:
+            self.act_dim = 0
+        else:
+            self.act_dim = n_actions if n_actions is not None else math.prod(self.act_shape)
+        if config.net == "cnn" and len(self.obs_shape) != 3:
+            raise ValueError(f"obs_shape={self.obs_shape} is not allowed for net='cnn'; use (H, W, C)")
+        # Build on a forked CPU generator so the seed fixes the weights without touching global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(self.seed)
+            self.members = nn.ModuleList([self._make_net() for _ in range(config.n_members)])
+        self.members.to(self.device)
+        self.members.eval()
+        k = config.n_members
+        self.norm_mean = torch.zeros(k, dtype=torch.float64, device=self.device)
+        self.norm_std = torch.ones(k, dtype=torch.float64, device=self.device)
+
+    def _make_net(self) -> nn.Module:
+        c = self.config
+        if c.net == "mlp":
+            return MLPReward(math.prod(self.obs_shape), self.act_dim, c.hidden, c.slope, c.dropout)
+        return CNNReward(
+            self.obs_shape, self.act_dim, c.cnn_filters, c.cnn_kernels, c.cnn_strides, c.cnn_fc,
+            c.dropout, c.batch_norm, c.slope,
+        )
+
+    @property
+    def n_members(self) -> int:
+        return len(self.members)
+
+    # ---- torch side (used by the trainer) ----
+
+    def step_bytes(self) -> int:
+        """Bytes of float input per step, for sizing batches."""
+        return 4 * (math.prod(self.obs_shape) + self.act_dim)
+
+    def encode(self, obs: Any, acts: Any) -> Encoded:
+        """``obs: (N, *obs_shape)``, ``acts: (N, *act_shape)`` -> network input on ``self.device``.
+
+        MLP: float ``(N, obs_dim + act_dim)``. CNN: ``(N, H, W, C)`` (uint8 kept as uint8), or
+        ``(obs, acts_float)`` when actions are used.
+        """
+        obs = np.asarray(obs)
+        acts = np.asarray(acts)
+        n = obs.shape[0] if obs.ndim else -1
+        if obs.ndim == 0 or tuple(obs.shape[1:]) != self.obs_shape:
+            raise ValueError(f"obs shape {obs.shape} is not allowed; expected (N, *{self.obs_shape})")
+        if acts.shape != (n, *self.act_shape):
+            raise ValueError(f"acts shape {acts.shape} is not allowed; expected ({n}, *{self.act_shape})")
+        a = self._encode_acts(acts) if self.act_dim else None
+        if self.config.net == "mlp":
+            x = torch.as_tensor(obs.reshape(n, -1), dtype=torch.float32).to(self.device)
+            return x if a is None else torch.cat([x, a], dim=1)
+        o = torch.as_tensor(obs if obs.dtype == np.uint8 else obs.astype(np.float32)).to(self.device)
+        return o if a is None else (o, a)
+
+    def _encode_acts(self, acts: np.ndarray) -> torch.Tensor:
+        if self.n_actions is None:
+            return torch.as_tensor(acts.reshape(len(acts), -1), dtype=torch.float32).to(self.device)
+        if not np.issubdtype(acts.dtype, np.integer):
+            if not np.all(np.mod(acts, 1) == 0):
+                raise ValueError(f"discrete acts must be integers in [0, {self.n_actions}), got dtype {acts.dtype}")
+            acts = acts.astype(np.int64)
+        if len(acts) and (acts.min() < 0 or acts.max() >= self.n_actions):
+            raise ValueError(f"discrete action {acts.min()}..{acts.max()} out of range; allowed 0..{self.n_actions - 1}")
+        idx = torch.as_tensor(acts, dtype=torch.int64).to(self.device)
+        return nn.functional.one_hot(idx, self.n_actions).to(torch.float32)
+
+    def member_forward_t(self, k: int, x: Encoded) -> torch.Tensor:
+        """Raw output ``(N,)`` of member ``k`` on encoded input (grad and train/eval mode as set)."""
+        return self.members[k](*x) if isinstance(x, tuple) else self.members[k](x)
+
+    def raw_member_outputs_t(self, x: Encoded) -> torch.Tensor:
+        """Raw outputs ``(K, N)`` of all members on encoded input."""
+        return torch.stack([self.member_forward_t(k, x) for k in range(self.n_members)])
+
+    def normalize_t(self, raw: torch.Tensor) -> torch.Tensor:
+        """Per-member normalisation of raw outputs ``(K, N)`` -> ``(K, N)``."""
+        scale = (self.config.target_std / self.norm_std).to(raw.dtype)
+        return (raw - self.norm_mean.to(raw.dtype)[:, None]) * scale[:, None]
+
+    # ---- numpy side ----
+
+    def _chunks(self, n: int) -> Iterator[slice]:
+        step = max(1, EVAL_CHUNK_BYTES // self.step_bytes())
+        for a in range(0, n, step):
+            yield slice(a, min(n, a + step))
+
+    @torch.no_grad()
+    def _raw_outputs(self, obs: np.ndarray, acts: np.ndarray) -> torch.Tensor:
+        """``(K, N)`` float32 raw outputs in eval mode, in memory-bounded chunks."""
+        self.members.eval()
+        obs, acts = np.asarray(obs), np.asarray(acts)
+        if len(obs) != len(acts):
+            raise ValueError(f"obs has {len(obs)} steps but acts has {len(acts)}; they must match")
+        outs = [self.raw_member_outputs_t(self.encode(obs[s], acts[s])) for s in self._chunks(len(obs))]
+        if not outs:
+            return torch.zeros(self.n_members, 0, device=self.device)
+        return torch.cat(outs, dim=1)
+
+    def member_rewards(self, obs: Any, acts: Any, normalized: bool = False) -> np.ndarray:
+        """``obs: (N, *obs_shape)``, ``acts: (N, *act_shape)`` -> ``(K, N)`` float32 per-member reward."""
+        raw = self._raw_outputs(obs, acts)
+        out = self.normalize_t(raw) if normalized else raw
+        return out.cpu().numpy().astype(np.float32, copy=False)
+
+    def reward(self, obs: Any, acts: Any) -> np.ndarray:
+        """RL reward ``(N,)`` float32: mean over members of the normalised member rewards (no grad)."""
+        return self.member_rewards(obs, acts, normalized=True).mean(axis=0)
+
+    def member_segment_returns(self, segments: Sequence[Segment], normalized: bool = False) -> np.ndarray:
+        """``(K, len(segments))`` float64: per-member sum of reward over each segment's steps."""
+        if len(segments) == 0:
+            return np.zeros((self.n_members, 0))
+        per_step = self._segment_step_outputs(segments)
+        if normalized:
+            per_step = self.normalize_t(per_step)
+        per_step = per_step.double().cpu().numpy()
+        starts = np.cumsum([0] + [s.length for s in segments[:-1]])
+        return np.add.reduceat(per_step, starts, axis=1)
+
+    def _segment_step_outputs(self, segments: Sequence[Segment]) -> torch.Tensor:
+        """Raw outputs ``(K, sum T)``; segments are expanded a few at a time to bound memory."""
+        max_steps = max(1, EVAL_CHUNK_BYTES // self.step_bytes())
+        outs, group, steps = [], [], 0
+        for seg in [*segments, None]:
+            if group and (seg is None or steps + seg.length > max_steps):
+                outs.append(self._raw_outputs(*segment_steps(group)))
+                group, steps = [], 0
+            if seg is not None:
+                group.append(seg)
+                steps += seg.length
+        return torch.cat(outs, dim=1)
+
+    def update_normalization(self, segments: Sequence[Segment]) -> None:
+        """Set each member's offset/scale so its normalised output over these segments' steps has
+        mean 0 and std ``config.target_std``."""
+        if len(segments) == 0:
+            raise ValueError("update_normalization needs at least one segment, got 0")
+        raw = self._segment_step_outputs(segments).double()
+        self.norm_mean = raw.mean(dim=1)
+        std = raw.std(dim=1, correction=0) if raw.shape[1] > 1 else torch.zeros_like(self.norm_mean)
+        # A constant member (e.g. untrained on one step) keeps scale 1 rather than blowing up.
+        self.norm_std = torch.where(std > 1e-8, std, torch.ones_like(std))
+
+    # ---- persistence ----
+
+    def to(self, device: str | torch.device) -> RewardEnsemble:
+        """Move members and normalisation to ``device`` (in place); returns self."""
+        self.device = torch.device(device)
+        self.members.to(self.device)
+        self.norm_mean = self.norm_mean.to(self.device)
+        self.norm_std = self.norm_std.to(self.device)
+        return self
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write config, shapes, weights and normalisation to ``path`` (atomically, via a temp file)."""
+        blob = {
+            "format": _FORMAT,
+            "config": asdict(self.config),
+            "obs_shape": list(self.obs_shape),
+            "act_shape": list(self.act_shape),
+            "n_actions": self.n_actions,
+            "seed": self.seed,
+            "state_dict": {k: v.detach().cpu() for k, v in self.members.state_dict().items()},
+            "norm_mean": self.norm_mean.cpu(),
+            "norm_std": self.norm_std.cpu(),
+        }
+        tmp = f"{os.fspath(path)}.tmp"
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> RewardEnsemble:
+        """Rebuild an ensemble saved by :meth:`save` (loaded with ``weights_only=True``)."""
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ValueError(f"reward ensemble file {os.fspath(path)!r} does not exist") from None
+        except Exception as e:  # any unpickling failure means a bad file
+            raise ValueError(f"reward ensemble file {os.fspath(path)!r} is not readable: {type(e).__name__}") from None
+        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
+            raise ValueError(f"{os.fspath(path)!r} is not a RewardEnsemble checkpoint (format {_FORMAT})")
+        known = {f.name for f in fields(EnsembleConfig)}
+        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in blob["config"].items() if k in known}
+        ens = cls(EnsembleConfig(**cfg), blob["obs_shape"], blob["act_shape"], blob["n_actions"], "cpu", blob["seed"])
+        try:
+            ens.members.load_state_dict(blob["state_dict"])
+        except RuntimeError:
+            raise ValueError(f"weights in {os.fspath(path)!r} do not match its config") from None
+        ens.norm_mean = blob["norm_mean"].double()
+        ens.norm_std = blob["norm_std"].double()
+        return ens.to(device)

@@ -1,0 +1,135 @@
+"""Benchmark reward-model training: seconds per epoch and peak memory.
+
+Usage: ``python scripts/bench_reward.py`` (paper sizes: 3,000 pairs; MuJoCo-like 50-step segments with
+obs 17 / act 6, and Atari 25-step segments of 84x84x4 uint8 held as StackedFrames). Atari is slow on a
+CPU: ``--atari-pairs N`` trains on N pairs and extrapolates linearly to ``--pairs`` (the output says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+from rlhf_control.reward import (
+    EnsembleConfig,
+    PreferenceDataset,
+    RewardEnsemble,
+    RewardTrainer,
+    RewardTrainerConfig,
+    preference_loss,
+    segment_steps,
+)
+from rlhf_control.types import Label, Segment, SegmentPair, StackedFrames
+
+
+def rss_mb() -> float:
+    """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_dataset(n_pairs: int, make_segment, rng: np.random.Generator) -> PreferenceDataset:
+    ds = PreferenceDataset(max_size=None)
+    for _ in range(n_pairs):
+        ds.add(Label(SegmentPair(make_segment(), make_segment()), int(rng.choice([-1, 0, 1], p=[0.45, 0.1, 0.45]))))
+    return ds
+
+
+def saved_activation_mb(ens: RewardEnsemble, ds: PreferenceDataset, batch_size: int) -> float:
+    """Bytes torch keeps for backward in one training batch of one member (what a step holds at peak)."""
+    labels = ds.labels[:batch_size]
+    segs = [s for lb in labels for s in (lb.pair.first, lb.pair.second)]
+    x = ens.encode(*segment_steps(segs))
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    ens.members[0].train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = ens.member_forward_t(0, x).view(len(labels), 2, -1).sum(2)
+        loss = preference_loss(out[:, 0], out[:, 1], torch.full((len(labels),), 0.5, device=ens.device)).mean()
+    loss.backward()
+    ens.members[0].eval()
+    return total / 2**20
+
+
+def bench(name: str, ens: RewardEnsemble, ds: PreferenceDataset, cfg: RewardTrainerConfig, epochs: int,
+          scale: float, device: torch.device) -> None:
+    trainer = RewardTrainer(ens, cfg, np.random.default_rng(0))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rep1 = trainer.train(ds, epochs=1)
+    t0 = time.perf_counter()
+    rep = trainer.train(ds, epochs=epochs)
+    per_epoch = (time.perf_counter() - t0) / epochs
+    act_mb = saved_activation_mb(ens, ds, cfg.batch_size)
+    note = f" (measured on {len(ds)} pairs, x{scale:g} extrapolated)" if scale != 1 else ""
+    print(f"[{name}] {len(ds) * scale:.0f} pairs, batch {cfg.batch_size}, {ens.n_members} members, device {device}")
+    print(f"  first train() call, 1 epoch (incl. pre-stacking + eval): {rep1.seconds * scale:8.2f} s{note}")
+    print(f"  per epoch, mean over {epochs} epochs in one call:        {per_epoch * scale:8.2f} s{note}")
+    print(f"  mean train/val loss {rep.mean_train_loss:.3f}/{rep.mean_val_loss:.3f} (random labels), l2 {rep.mean_l2:.2g}")
+    print(f"  peak RSS so far (ru_maxrss): {rss_mb():.0f} MiB; torch saved-for-backward per batch: {act_mb:.0f} MiB")
+    if device.type == "cuda":
+        print(f"  torch.cuda.max_memory_allocated: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", type=int, default=3000, help="pairs in the window (paper: 3,000)")
+    p.add_argument("--members", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="epochs in the timed call")
+    p.add_argument("--steps", type=int, default=50, help="MuJoCo segment length")
+    p.add_argument("--obs", type=int, default=17)
+    p.add_argument("--act", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=RewardTrainerConfig.batch_size)
+    p.add_argument("--atari-pairs", type=int, default=300, help="Atari pairs actually trained on (extrapolated to --pairs)")
+    p.add_argument("--atari-steps", type=int, default=25)
+    p.add_argument("--atari-batch-size", type=int, default=RewardTrainerConfig.batch_size)
+    p.add_argument("--atari-epochs", type=int, default=1)
+    p.add_argument("--skip-mujoco", action="store_true")
+    p.add_argument("--skip-atari", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rng = np.random.default_rng(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, start RSS {rss_mb():.0f} MiB")
+
+    if not args.skip_mujoco:
+        def mujoco_segment() -> Segment:
+            return Segment(rng.normal(size=(args.steps, args.obs)).astype(np.float32),
+                           rng.uniform(-1, 1, size=(args.steps, args.act)).astype(np.float32))
+
+        ds = make_dataset(args.pairs, mujoco_segment, rng)
+        ens = RewardEnsemble(EnsembleConfig(n_members=args.members), (args.obs,), (args.act,), device=device)
+        bench("mujoco-mlp", ens, ds, RewardTrainerConfig(batch_size=args.batch_size), args.epochs, 1.0, device)
+        del ds, ens
+
+    if not args.skip_atari:
+        n = min(args.atari_pairs, args.pairs)
+
+        def atari_segment() -> Segment:
+            frames = rng.integers(0, 256, size=(args.atari_steps + 3, 84, 84), dtype=np.uint8)
+            return Segment(StackedFrames(frames, 4), rng.integers(0, 6, size=args.atari_steps))
+
+        ds = make_dataset(n, atari_segment, rng)
+        mb = sum(s.obs.nbytes for lb in ds.labels for s in (lb.pair.first, lb.pair.second)) / 2**20
+        print(f"[atari-cnn] window frames held as StackedFrames: {mb:.0f} MiB for {n} pairs "
+              f"(full 84x84x4 stacks would be {mb * 4 * args.atari_steps / (args.atari_steps + 3):.0f} MiB)")
+        ens = RewardEnsemble(EnsembleConfig.atari(n_members=args.members), (84, 84, 4), (), n_actions=6, device=device)
+        cfg = RewardTrainerConfig(batch_size=args.atari_batch_size)
+        bench("atari-cnn", ens, ds, cfg, args.atari_epochs, args.pairs / n, device)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

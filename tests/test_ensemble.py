@@ -1,0 +1,156 @@
+"""RewardEnsemble: per-member normalisation, batched segment returns, save/load, bad inputs."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf_control.reward import EnsembleConfig, PreferenceDataset, RewardEnsemble, RewardTrainer
+from rlhf_control.types import Label, Segment, SegmentPair, StackedFrames
+
+
+def mlp_segments(rng, n, t=6, obs=4, act=2):
+    return [Segment(rng.normal(size=(t, obs)).astype(np.float32), rng.normal(size=(t, act))) for _ in range(n)]
+
+
+def frame_segments(rng, n, t=5, hw=12, k=2, n_actions=3):
+    return [
+        Segment(StackedFrames(rng.integers(0, 256, size=(t + k - 1, hw, hw), dtype=np.uint8), k),
+                rng.integers(0, n_actions, size=t))
+        for _ in range(n)
+    ]
+
+
+TINY_CNN = EnsembleConfig.atari(cnn_filters=4, cnn_fc=8, cnn_kernels=(3, 3), cnn_strides=(2, 1))
+
+
+def test_members_differ_and_seed_fixes_weights():
+    a = RewardEnsemble(EnsembleConfig(), (4,), (2,), seed=3)
+    b = RewardEnsemble(EnsembleConfig(), (4,), (2,), seed=3)
+    c = RewardEnsemble(EnsembleConfig(), (4,), (2,), seed=4)
+    obs, acts = np.ones((2, 4)), np.ones((2, 2))
+    ra = a.member_rewards(obs, acts)
+    assert ra.shape == (3, 2) and ra.dtype == np.float32
+    assert len(np.unique(ra[:, 0])) == 3  # members are initialised differently
+    np.testing.assert_array_equal(ra, b.member_rewards(obs, acts))
+    assert not np.allclose(ra, c.member_rewards(obs, acts))
+    assert a.n_members == 3 and a.device == torch.device("cpu")
+
+
+def test_normalisation_gives_zero_mean_and_target_std_per_member():
+    rng = np.random.default_rng(0)
+    segs = mlp_segments(rng, 20)
+    ens = RewardEnsemble(EnsembleConfig(target_std=0.05), (4,), (2,))
+    ens.update_normalization(segs)
+    obs = np.concatenate([s.obs for s in segs])
+    acts = np.concatenate([s.acts for s in segs])
+    norm = ens.member_rewards(obs, acts, normalized=True).astype(np.float64)
+    np.testing.assert_allclose(norm.mean(axis=1), 0.0, atol=1e-6)
+    np.testing.assert_allclose(norm.std(axis=1), 0.05, rtol=1e-4)
+    raw = ens.member_rewards(obs, acts)
+    assert not np.allclose(raw.std(axis=1), 0.05)
+    # RL reward = mean of the normalised members.
+    reward = ens.reward(obs, acts)
+    assert reward.shape == (len(obs),) and reward.dtype == np.float32
+    np.testing.assert_allclose(reward, norm.mean(axis=0), atol=1e-6)
+
+
+def test_segment_returns_are_sums_of_step_rewards():
+    rng = np.random.default_rng(1)
+    segs = mlp_segments(rng, 3, t=6) + mlp_segments(rng, 2, t=3)  # lengths may differ
+    ens = RewardEnsemble(EnsembleConfig(), (4,), (2,))
+    ens.update_normalization(segs[:2])
+    for normalized in (False, True):
+        got = ens.member_segment_returns(segs, normalized=normalized)
+        want = np.stack([ens.member_rewards(s.obs, s.acts, normalized).sum(axis=1) for s in segs], axis=1)
+        assert got.shape == (3, 5)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_cnn_on_stacked_frames_with_discrete_actions():
+    rng = np.random.default_rng(2)
+    segs = frame_segments(rng, 4)
+    ens = RewardEnsemble(TINY_CNN, (12, 12, 2), (), n_actions=3)
+    returns = ens.member_segment_returns(segs)
+    direct = np.stack([ens.member_rewards(np.asarray(s.obs), s.acts).sum(axis=1) for s in segs], axis=1)
+    np.testing.assert_allclose(returns, direct, rtol=1e-5, atol=1e-5)
+    # Observation only by default (paper's Atari predictor): actions do not change the reward.
+    obs = np.asarray(segs[0].obs)
+    np.testing.assert_array_equal(ens.reward(obs, np.zeros(5, int)), ens.reward(obs, np.full(5, 2)))
+    with_acts = RewardEnsemble(replace(TINY_CNN, use_actions=True), (12, 12, 2), (), n_actions=3)
+    assert not np.allclose(with_acts.reward(obs, np.zeros(5, int)), with_acts.reward(obs, np.full(5, 2)))
+
+
+def test_paper_cnn_forward_on_84x84x4_uint8():
+    ens = RewardEnsemble(EnsembleConfig.atari(n_members=1), (84, 84, 4), (), n_actions=6)
+    obs = np.random.default_rng(0).integers(0, 256, size=(2, 84, 84, 4), dtype=np.uint8)
+    out = ens.reward(obs, np.array([0, 5]))
+    assert out.shape == (2,) and np.all(np.isfinite(out))
+
+
+def test_save_load_round_trips_exactly(tmp_path):
+    rng = np.random.default_rng(3)
+    segs = frame_segments(rng, 6)
+    ens = RewardEnsemble(TINY_CNN, (12, 12, 2), (), n_actions=3, seed=7)
+    # Train a little so batch-norm running statistics and weights differ from initialisation.
+    ds = PreferenceDataset()
+    ds.extend(Label(SegmentPair(segs[i], segs[i + 3]), 1) for i in range(3))
+    RewardTrainer(ens, rng=np.random.default_rng(0)).train(ds, epochs=2)
+    ens.update_normalization(segs)
+    path = tmp_path / "ens.pt"
+    ens.save(path)
+    back = RewardEnsemble.load(path)
+    assert back.config == ens.config and back.n_actions == 3 and back.obs_shape == (12, 12, 2)
+    for normalized in (False, True):
+        np.testing.assert_array_equal(back.member_segment_returns(segs, normalized),
+                                      ens.member_segment_returns(segs, normalized))
+    sd_a, sd_b = ens.members.state_dict(), back.members.state_dict()
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+def test_load_rejects_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        RewardEnsemble.load(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not readable"):
+        RewardEnsemble.load(bad)
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a RewardEnsemble checkpoint"):
+        RewardEnsemble.load(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"n_members": 0}, "n_members=0"),
+        ({"net": "rnn"}, "net='rnn'"),
+        ({"target_std": 0.0}, "target_std=0.0"),
+        ({"batch_norm": True}, "batch_norm=True"),
+        ({"hidden": (64, -1)}, "hidden="),
+        ({"dropout": -0.1}, "dropout=-0.1"),
+    ],
+)
+def test_bad_config_raises_one_line(kwargs, fragment):
+    with pytest.raises(ValueError) as err:
+        EnsembleConfig(**kwargs)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_inputs_raise_one_line():
+    ens = RewardEnsemble(EnsembleConfig(n_members=1), (4,), (2,))
+    cases = [
+        (lambda: ens.reward(np.zeros((3, 5)), np.zeros((3, 2))), "obs shape (3, 5)"),
+        (lambda: ens.reward(np.zeros((3, 4)), np.zeros((2, 2))), "acts has 2"),
+        (lambda: ens.update_normalization([]), "at least one segment"),
+        (lambda: RewardEnsemble(EnsembleConfig(net="cnn"), (84, 84), ()), "net='cnn'"),
+        (lambda: RewardEnsemble(EnsembleConfig(), (4,), (2,), n_actions=3), "act_shape=(2,)"),
+        (lambda: RewardEnsemble(EnsembleConfig(), (4,), (), n_actions=0), "n_actions=0"),
+    ]
+    disc = RewardEnsemble(EnsembleConfig(n_members=1), (4,), (), n_actions=3)
+    cases.append((lambda: disc.reward(np.zeros((2, 4)), np.array([0, 3])), "out of range"))
+    for call, fragment in cases:
+        with pytest.raises(ValueError) as err:
+            call()
+        assert fragment in str(err.value) and "\n" not in str(err.value)
