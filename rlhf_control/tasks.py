@@ -16,6 +16,7 @@ import dataclasses
 import inspect
 import json
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -349,6 +350,10 @@ def list_tasks(suite: str | None = None) -> list[str]:
     return [n for n, s in load_catalogue().items() if suite is None or s.suite == suite]
 
 
+def _short_name(name: str) -> str:
+    return re.sub(r"-v\d+$", "", name.split("/")[-1]).lower()
+
+
 def load_task(name: str) -> TaskSpec:
     """The catalogue entry ``name`` (exact, else case-insensitive); unknown -> ``UnknownNameError``."""
     catalogue = load_catalogue()
@@ -357,6 +362,10 @@ def load_task(name: str) -> TaskSpec:
     folded = {n.lower(): n for n in catalogue}
     if name.lower() in folded:
         return catalogue[folded[name.lower()]]
+    # Short names: "Pong" for ALE/Pong-v5, "HalfCheetah" for HalfCheetah-v5, when unambiguous.
+    short = [n for n in catalogue if _short_name(n) == name.lower()]
+    if len(short) == 1:
+        return catalogue[short[0]]
     raise UnknownNameError(unknown_name_message("task", name, list(catalogue)))
 
 

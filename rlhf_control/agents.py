@@ -1,0 +1,73 @@
+"""Builds the RL agent (PPO, A2C from stable-baselines3; TRPO from sb3-contrib) from a config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+ALGOS = ("ppo", "a2c", "trpo")
+
+
+def algo_class(algo: str) -> type[BaseAlgorithm]:
+    """The SB3 class for ``algo`` (one of ``ppo``, ``a2c``, ``trpo``)."""
+    if algo == "ppo":
+        return PPO
+    if algo == "a2c":
+        return A2C
+    if algo == "trpo":
+        from sb3_contrib import TRPO
+
+        return TRPO
+    raise ValueError(f"unknown algorithm {algo!r}; allowed: {', '.join(ALGOS)}")
+
+
+def default_policy(observation_space: spaces.Space) -> str:
+    """``CnnPolicy`` for image observations (H, W, C uint8), else ``MlpPolicy``."""
+    if isinstance(observation_space, spaces.Box) and observation_space.dtype == np.uint8 and len(observation_space.shape) == 3:
+        return "CnnPolicy"
+    return "MlpPolicy"
+
+
+def make_agent(
+    algo: str,
+    env: VecEnv,
+    hyperparams: dict[str, Any],
+    seed: int,
+    device: str = "cpu",
+    policy: str | None = None,
+    tensorboard_log: str | None = None,
+) -> BaseAlgorithm:
+    """Build the agent on ``env``: ``hyperparams`` are SB3 constructor keywords (activation classes resolved)."""
+    cls = algo_class(algo)
+    params = dict(hyperparams)
+    params.pop("n_envs", None)
+    policy = params.pop("policy", None) or policy or default_policy(env.observation_space)
+    try:
+        return cls(policy, env, seed=seed, device=device, tensorboard_log=tensorboard_log, verbose=0, **params)
+    except TypeError as exc:
+        raise ValueError(f"bad hyperparameter for {algo}: {exc}") from None
+
+
+def load_agent(algo: str, path: str, env: VecEnv, device: str = "cpu") -> BaseAlgorithm:
+    """Load a saved agent and attach ``env``."""
+    return algo_class(algo).load(path, env=env, device=device)
+
+
+def save_obs_normalization(venv: VecNormalize, path: Path) -> None:
+    """Observation statistics of a ``VecNormalize`` as an npz (no pickle)."""
+    rms = venv.obs_rms
+    with open(path, "wb") as f:
+        np.savez(f, mean=rms.mean, var=rms.var, count=np.array(rms.count))
+
+
+def load_obs_normalization(venv: VecNormalize, path: Path) -> None:
+    with np.load(path, allow_pickle=False) as data:
+        venv.obs_rms.mean = data["mean"]
+        venv.obs_rms.var = data["var"]
+        venv.obs_rms.count = float(data["count"])

@@ -1,0 +1,144 @@
+"""Run directories and checkpoints.
+
+Layout of a run directory::
+
+    config.toml          resolved config (rerun with --config)
+    metrics.csv          one row per iteration
+    tb/                  TensorBoard events
+    preferences.sqlite   every query and answer, committed as it arrives
+    checkpoints/LATEST   name of the newest complete checkpoint
+    checkpoints/ckpt-<step>/  agent.zip, ensemble.pt, reward_trainer.pt, state.json
+
+A checkpoint is written to a temporary folder, each file's SHA-256 recorded in ``state.json``,
+renamed into place, and only then named in ``LATEST`` (atomic replace). A kill at any moment leaves
+the previous checkpoint intact; a damaged one is detected by its hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "config.toml"
+STORE_NAME = "preferences.sqlite"
+CKPT_DIR = "checkpoints"
+KEEP = 2
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or run directory that cannot be used."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / CONFIG_NAME).is_file()
+
+
+def check_run_dir(path: Path) -> Path:
+    """Return ``path`` if it is a run directory, else raise a one-line error."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"run directory {str(path)!r} does not exist")
+    if not is_run_dir(path):
+        raise CheckpointError(f"{str(path)!r} is not a run directory (no {CONFIG_NAME})")
+    return path
+
+
+def save_checkpoint(run_dir: Path, step: int, writers: dict[str, Callable[[Path], None]], state: dict[str, Any]) -> Path:
+    """Write a checkpoint: ``writers`` maps file names to functions that write them."""
+    root = Path(run_dir) / CKPT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"ckpt-{step:012d}"
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    hashes = {}
+    for fname, write in writers.items():
+        target = tmp / fname
+        write(target)
+        with open(target, "rb") as f:
+            os.fsync(f.fileno())
+        hashes[fname] = _sha256(target)
+    doc = dict(state, step=step, files=hashes)
+    with open(tmp / "state.json", "w") as f:
+        json.dump(doc, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    latest_tmp = root / f".LATEST-{os.getpid()}"
+    with open(latest_tmp, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    latest_tmp.replace(root / "LATEST")
+    _fsync_dir(root)
+    _prune(root, keep=name)
+    return final
+
+
+def _prune(root: Path, keep: str) -> None:
+    ckpts = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("ckpt-"))
+    for old in ckpts[:-KEEP]:
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):
+        if not stale.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None if it has none yet."""
+    root = Path(run_dir) / CKPT_DIR
+    latest = root / "LATEST"
+    if not latest.is_file():
+        return None
+    name = latest.read_text().strip()
+    path = root / name
+    if not name.startswith("ckpt-") or not path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} named in {latest} is missing")
+    return path
+
+
+def load_checkpoint_state(path: Path) -> dict[str, Any]:
+    """Read and verify a checkpoint's ``state.json`` and file hashes."""
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+        files = state["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"corrupt or truncated checkpoint {str(path)!r}: state.json unreadable ({exc})") from None
+    for fname, digest in files.items():
+        f = path / fname
+        if not f.is_file():
+            raise CheckpointError(f"corrupt or truncated checkpoint {str(path)!r}: {fname} is missing")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"corrupt or truncated checkpoint {str(path)!r}: {fname} does not match its hash")
+    return state

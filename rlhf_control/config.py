@@ -1,0 +1,130 @@
+"""Run configuration: one typed, frozen dataclass, read from and written to TOML.
+
+A run writes its whole resolved config (``config.toml``: the run settings plus the full task
+entry) next to its results; ``rlhf-control train --config FILE`` reruns it, and flags given
+beside ``--config`` override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of one RLHF run. ``None`` means "the task's default"."""
+
+    task: str = "Pendulum-v1"
+    oracle: str = "perfect"
+    selector: str = "variance"
+    labels: int | None = None
+    pretrain_labels: int | None = None
+    pretrain_epochs: int | None = None
+    steps: int | None = None
+    seed: int = 0
+    algo: str | None = None
+    device: str = "cpu"
+    n_envs: int | None = None
+    schedule: str | None = None
+    label_window: int | None = None
+    reward_members: int = 3
+    reward_epochs: int = 3
+    reward_noise: float = 0.1
+    reward_lr: float = 1e-3
+    reward_l2: bool = True
+    clip_length: int | None = None
+    checkpoint_every: int = 5
+    wait_for_labels: bool = False
+    max_pending: int = 40
+    stale_after_steps: int | None = None
+    eval_episodes: int = 0
+    torch_threads: int = 1
+    label_host: str = "127.0.0.1"
+    label_port: int = 8765
+    agent: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("labels", "steps", "n_envs", "label_window", "clip_length"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name.replace('_', '-')} {value!r} must be a positive integer")
+        for name in ("pretrain_labels", "pretrain_epochs"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name.replace('_', '-')} {value!r} must be a non-negative integer")
+        if self.reward_members < 1:
+            raise ValueError(f"reward-members {self.reward_members} must be at least 1")
+        if self.reward_epochs < 1:
+            raise ValueError(f"reward-epochs {self.reward_epochs} must be at least 1")
+        if not 0.0 <= self.reward_noise < 1.0:
+            raise ValueError(f"reward-noise {self.reward_noise} must be in [0, 1)")
+        if self.torch_threads < 1:
+            raise ValueError(f"torch-threads {self.torch_threads} must be at least 1")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint-every {self.checkpoint_every} must be at least 1")
+        if self.max_pending < 1:
+            raise ValueError(f"max-pending {self.max_pending} must be at least 1")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ValueError(f"device {self.device!r} is not allowed; use one of {', '.join(DEVICES)}")
+        if self.algo is not None and self.algo not in ("ppo", "a2c", "trpo"):
+            raise ValueError(f"algo {self.algo!r} is not allowed; use ppo, a2c or trpo")
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+RUN_KEYS = tuple(f.name for f in fields(RunConfig))
+
+
+def run_config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
+    """Build a RunConfig, refusing unknown keys with a one-line error."""
+    unknown = sorted(set(data) - set(RUN_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(RUN_KEYS)}")
+    return RunConfig(**data)
+
+
+def run_config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain dict with ``None`` values left out (TOML has no null)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}
+
+
+def load_config_file(path: Path) -> tuple[RunConfig, dict[str, Any] | None]:
+    """Read a config TOML: ``[run]`` settings and, in a resolved config, the ``[task]`` entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"run", "task", "meta"})
+    if unknown:
+        raise ValueError(f"unknown section(s) {', '.join(unknown)} in {path}; allowed: run, task, meta")
+    run = run_config_from_dict(data.get("run", {}), where=str(path))
+    return run, data.get("task")
+
+
+def write_config_file(path: Path, cfg: RunConfig, task: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write the resolved config atomically."""
+    path = Path(path)
+    doc = {"meta": meta, "run": run_config_to_dict(cfg), "task": _drop_none(task)}
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(tomli_w.dumps(doc))
+    tmp.replace(path)
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, (list, tuple)):
+        return [_drop_none(v) for v in obj if v is not None]
+    return obj

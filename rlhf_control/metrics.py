@@ -1,0 +1,112 @@
+"""Run metrics: one CSV row per iteration (flushed at once) and TensorBoard scalars.
+
+CSV columns are fixed (``COLUMNS``); a value that does not exist for the run (a true return on a
+task with no true reward) is written as an empty cell, never invented.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+COLUMNS = (
+    "step",
+    "iteration",
+    "labels",
+    "pending",
+    "true_return",
+    "learned_return",
+    "eval_true_return",
+    "reward_val_accuracy",
+    "reward_return_corr",
+    "reward_train_loss",
+    "reward_val_loss",
+    "reward_l2",
+    "steps_per_second",
+    "wall_seconds",
+)
+
+# TensorBoard tag groups, CleanRL style.
+_TB_GROUP = {
+    "true_return": "charts",
+    "learned_return": "charts",
+    "eval_true_return": "charts",
+    "labels": "charts",
+    "pending": "charts",
+    "reward_val_accuracy": "reward",
+    "reward_return_corr": "reward",
+    "reward_train_loss": "losses",
+    "reward_val_loss": "losses",
+    "reward_l2": "reward",
+    "steps_per_second": "charts",
+}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+class MetricsLogger:
+    """Appends rows to ``run_dir/metrics.csv`` and writes TensorBoard events to ``run_dir/tb``."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.path = Path(run_dir) / "metrics.csv"
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.writer(self._file)
+        if new:
+            self._writer.writerow(COLUMNS)
+            self._file.flush()
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Write one row (keys from ``COLUMNS``; missing ones are empty)."""
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown metric columns {sorted(unknown)}; allowed: {', '.join(COLUMNS)}")
+        self._writer.writerow([_cell(row.get(c)) for c in COLUMNS])
+        self._file.flush()
+        if self._tb is not None:
+            step = int(row["step"])
+            for key, group in _TB_GROUP.items():
+                value = row.get(key)
+                if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                    self._tb.add_scalar(f"{group}/{key}", float(value), step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    """Rows of a metrics CSV as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def truncate_metrics(path: Path, max_step: int) -> None:
+    """Drop rows past ``max_step`` (a resumed run re-runs those steps); atomic rewrite."""
+    if not path.exists():
+        return
+    rows = read_metrics(path)
+    kept = [r for r in rows if r.get("step") and int(float(r["step"])) <= max_step]
+    if len(kept) == len(rows):
+        return
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        w.writeheader()
+        for r in kept:
+            w.writerow({c: r.get(c, "") for c in COLUMNS})
+    tmp.replace(path)

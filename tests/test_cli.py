@@ -1,0 +1,152 @@
+"""End-to-end runs of the `rlhf-control` command on tiny budgets, and its bad-input errors."""
+
+import csv
+import os
+import sqlite3
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from rlhf_control.cli import main
+from rlhf_control.metrics import COLUMNS
+
+TINY = ["--steps", "2048", "--labels", "20", "--n-envs", "2", "--no-progress", "--seed", "1"]
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _answers(run_dir: Path) -> list[tuple]:
+    con = sqlite3.connect(run_dir / "preferences.sqlite")
+    try:
+        return con.execute("SELECT query_id, label, skipped FROM answers ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", "--run-dir", str(run_dir), *TINY]) == 0
+    return run_dir
+
+
+def test_train_writes_every_artefact(tiny_run):
+    run = tiny_run
+    for name in ("config.toml", "metrics.csv", "preferences.sqlite", "DONE", "checkpoints/LATEST"):
+        assert (run / name).exists(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "LATEST").read_text().strip()
+    for name in ("agent.zip", "ensemble.pt", "reward_trainer.pt", "state.json"):
+        assert (ckpt / name).is_file(), name
+    rows = _rows(run)
+    assert tuple(rows[0].keys()) == COLUMNS
+    for col in ("step", "labels", "true_return", "learned_return", "reward_val_accuracy",
+                "reward_return_corr", "steps_per_second"):
+        assert rows[-1][col] != "", col
+    assert int(rows[-1]["step"]) >= 2048
+    assert int(rows[-1]["labels"]) == 20
+    steps = [int(r["step"]) for r in rows]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    answers = _answers(run)
+    assert len(answers) == 20 and len({a[0] for a in answers}) == 20
+    assert {a[1] for a in answers} <= {-1, 0, 1}
+    cfg = tomllib.loads((run / "config.toml").read_text())
+    assert cfg["run"]["labels"] == 20 and cfg["task"]["env_id"] == "Pendulum-v1"
+
+
+def test_config_file_reruns_the_same_run(tiny_run, tmp_path):
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(tiny_run / "config.toml"), "--run-dir", str(again), "--no-progress"]) == 0
+    a, b = _rows(tiny_run), _rows(again)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    assert [r["labels"] for r in a] == [r["labels"] for r in b]
+    assert _answers(tiny_run) == _answers(again)  # same seed, same queries and answers
+
+
+def test_eval_and_video(tiny_run, tmp_path, capsys):
+    video = tmp_path / "policy.mp4"
+    assert main(["eval", str(tiny_run), "--episodes", "2", "--video", str(video)]) == 0
+    out = capsys.readouterr().out
+    assert "true return over 2 episodes" in out
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(str(video))
+    assert reader.count_frames() >= 200  # a whole 200-step Pendulum episode
+    reader.close()
+
+
+def test_tasks_lists_the_catalogue(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    for name in ("Pendulum-v1", "HalfCheetah-v5", "Pong", "hopper-backflip"):
+        assert name in out
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlhf_control.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}, timeout=120)
+
+
+def _snapshot(d: Path) -> dict:
+    return {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "--task", "HalfCheeta"], "HalfCheetah-v5"),  # suggests the nearest names
+        (["train", "--env", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
+        (["train", "--oracle", "perfekt"], "perfect"),
+        (["train", "--selector", "variancee"], "variance"),
+        (["train", "--labels", "0"], "positive"),
+        (["train", "--steps", "-5"], "positive"),
+        (["train", "--oracle", "mistake:epsilon=2"], "epsilon"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needle):
+    res = _cli(*args, "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert needle in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_of_a_non_run_and_unknown_config_keys(tmp_path):
+    res = _cli("train", "--resume", str(tmp_path), cwd=tmp_path)
+    assert res.returncode == 2 and "not a run directory" in res.stderr and "Traceback" not in res.stderr
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[run]\ntask = "Pendulum-v1"\nlabelz = 3\n')
+    res = _cli("train", "--config", str(cfg), "--run-dir", str(tmp_path / "r"), cwd=tmp_path)
+    assert res.returncode == 2 and "labelz" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_run_is_never_overwritten(tiny_run, tmp_path):
+    before = _snapshot(tiny_run)
+    res = _cli("train", "--run-dir", str(tiny_run), *TINY, cwd=tmp_path)
+    assert res.returncode == 2 and "already exists" in res.stderr
+    assert _snapshot(tiny_run) == before
+
+
+def test_corrupt_checkpoint_is_reported(tiny_run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run, broken)
+    (broken / "DONE").unlink()
+    ckpt = broken / "checkpoints" / (broken / "checkpoints" / "LATEST").read_text().strip()
+    data = (ckpt / "ensemble.pt").read_bytes()
+    (ckpt / "ensemble.pt").write_bytes(data[: len(data) // 2])  # truncated
+    before = _snapshot(broken)
+    res = _cli("train", "--resume", str(broken), "--no-progress", cwd=tmp_path)
+    assert res.returncode == 2 and "corrupt or truncated checkpoint" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert _snapshot(broken) == before

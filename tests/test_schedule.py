@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from rlhf_control.registry import UnknownNameError
+from rlhf_control.schedule import make_schedule
+
+
+def test_paper_schedule_spends_budget_with_a_falling_rate():
+    s = make_schedule("paper", budget=700, pretrain=175, total_steps=300_000, horizon=2e6)
+    assert s.target(0) == 175
+    assert s.target(300_000) == 700
+    assert s.target(10**9) == 700
+    steps = np.linspace(0, 300_000, 31).astype(int)
+    targets = np.array([s.target(int(t)) for t in steps])
+    assert np.all(np.diff(targets) >= 0)
+    increments = np.diff(targets)
+    # Labels per step fall over time: the first tenth gets more than the last tenth.
+    assert increments[:3].sum() > increments[-3:].sum()
+
+
+def test_paper_rate_follows_the_hyperbola():
+    # With a horizon of c, the rate at T is proportional to c / (T + c): compare two windows.
+    c = 1000.0
+    s = make_schedule("paper", budget=100_000, pretrain=0, total_steps=10_000, horizon=c)
+    early = s.target(100) - s.target(0)
+    late = s.target(9100) - s.target(9000)
+    expected_ratio = (c / (50 + c)) / (c / (9050 + c))
+    assert early / late == pytest.approx(expected_ratio, rel=0.05)
+
+
+def test_constant_and_offline():
+    s = make_schedule("constant", budget=110, pretrain=10, total_steps=1000)
+    assert [s.target(t) for t in (0, 500, 1000)] == [10, 60, 110]
+    off = make_schedule("offline", budget=50, pretrain=0, total_steps=1000)
+    assert off.target(0) == 50 and off.pretrain == 50
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(budget=0, pretrain=0, total_steps=10), "budget 0"),
+        (dict(budget=10, pretrain=11, total_steps=10), "pretraining labels 11"),
+        (dict(budget=10, pretrain=0, total_steps=0), "total steps 0"),
+    ],
+)
+def test_bad_schedules(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_schedule("paper", **kwargs)
+
+
+def test_unknown_schedule_lists_known():
+    with pytest.raises(UnknownNameError, match="constant.*offline.*paper"):
+        make_schedule("papr", 10, 0, 10)
