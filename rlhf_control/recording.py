@@ -125,6 +125,7 @@ class TrajectoryRecorder(VecEnvWrapper):
         obs_fn: ObsFn | None = None,
         frame_stack: int = 0,
         render_state_fn: RenderStateFn | None = None,
+        keep_true_rewards: bool = True,
     ) -> None:
         super().__init__(venv)
         if isinstance(clip_length, bool) or not isinstance(clip_length, (int, np.integer)) or clip_length < 1:
@@ -147,6 +148,8 @@ class TrajectoryRecorder(VecEnvWrapper):
         self.obs_fn = obs_fn
         self.frame_stack = int(frame_stack)
         self.render_state_fn = render_state_fn
+        # A task with no true reward records none, so nothing downstream can read the env's reward.
+        self.keep_true_rewards = bool(keep_true_rewards)
         # Metrics: env steps (summed over envs), finished segments, finished episodes.
         self.n_steps = 0
         self.n_segments = 0
@@ -273,7 +276,7 @@ class TrajectoryRecorder(VecEnvWrapper):
         segment = Segment(
             obs=obs,
             acts=self._act_buf[i],
-            true_rewards=self._rew_buf[i],
+            true_rewards=self._rew_buf[i] if self.keep_true_rewards else None,
             episode_id=self._ep_id[i],
             start_step=self._ep_step[i] - self.clip_length,
             render_ref=self._render_buf[i] if self.render_state_fn is not None else None,

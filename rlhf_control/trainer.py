@@ -152,7 +152,8 @@ class RLHFTrainer:
             render_fn = render_state_fn(self.task)  # only human runs keep what is needed to draw clips
         self.recorder = TrajectoryRecorder(self.venv, self.task.clip_length, self.pool,
                                            obs_fn=self.task.reward_obs_fn, frame_stack=self.task.frame_stack,
-                                           render_state_fn=render_fn)
+                                           render_state_fn=render_fn,
+                                           keep_true_rewards=self.task.has_true_reward)
         self.ensemble = self._make_ensemble()
         self.learned = LearnedReward(self.recorder, self.ensemble.reward, obs_fn=self.task.reward_obs_fn)
         # The agent may see normalised observations (RL Zoo's `normalize`); the reward model never does.
@@ -174,6 +175,7 @@ class RLHFTrainer:
         self.step_at_start = 0
         self._pbar = None
         self._last_logged = -1
+        self._train_on_resume = False
         self.agent = None if resume else self._new_agent()
 
         # A damaged checkpoint is reported before the run directory is touched.
@@ -408,7 +410,10 @@ class RLHFTrainer:
         # The store is the source of truth for labels, including those answered after the checkpoint.
         for answer_id, label in self.store.labels_with_ids(limit=self.r.label_window):
             self.dataset.add(label, seq=answer_id)
+        trained_up_to = int(state["last_answer_id"]) if state else 0
         self.last_answer_id = self.store.last_answer_id()
+        # Answers that arrived after the checkpoint (or while the run was stopped) are trained on first.
+        self._train_on_resume = self.pretrain_done and self.last_answer_id > trained_up_to
         # Segments stored after the checkpoint keep their ids: new pool ids start above them.
         if self.store.max_segment_id() >= self.pool.next_uid:
             self.pool.load_state_dict({"next_uid": self.store.max_segment_id() + 1})
@@ -430,12 +435,17 @@ class RLHFTrainer:
                 self._pbar = tqdm(total=self.r.steps, initial=done, unit="step", dynamic_ncols=True)
             if not self.pretrain_done:
                 self.pretrain()
+            elif self._train_on_resume:
+                self._train_reward(self.cfg.reward_epochs)
             remaining = self.r.steps - done
             if remaining > 0:
                 self.agent.learn(total_timesteps=remaining, callback=_IterationCallback(self),
                                  reset_num_timesteps=False)
             final = int(self.agent.num_timesteps)
-            if self._collect() or self._last_logged != final:
+            new = self._collect()
+            if new:  # answers that came in after the last iteration (or while the run was stopped)
+                self._train_reward(self.cfg.reward_epochs)
+            if new or self._last_logged != final:
                 self._log(final)
             self.checkpoint(int(self.agent.num_timesteps))
             (self.run_dir / "DONE").write_text(json.dumps({"step": int(self.agent.num_timesteps)}) + "\n")

@@ -1,0 +1,119 @@
+"""The human oracle end to end through the labelling app's HTTP API: labels answered while the agent
+trains, labels answered offline on a stopped run and learned on resume, and a task with no true reward."""
+
+import csv
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from rlhf_control.cli import main
+from rlhf_control.store import PreferenceStore
+from rlhf_control.web.server import start_server
+
+ROOT = Path(__file__).parents[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.status, (json.loads(r.read() or b"null"))
+
+
+def _post(url: str, body: dict):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status, json.loads(r.read())
+
+
+def _answer_all(base: str, store_path: Path, want: int, deadline_s: float = 150) -> int:
+    """A scripted labeller: answers by the true return of the two clips, until ``want`` answers."""
+    import time
+
+    store = PreferenceStore.open(store_path)
+    done, t0 = 0, time.time()
+    try:
+        while done < want and time.time() - t0 < deadline_s:
+            status, q = _get(f"{base}/api/next?labeller=bot")
+            if status == 204 or not q:
+                time.sleep(0.3)
+                continue
+            pair = store.load_query(q["query_id"]).pair
+            a, b = pair.first.true_return, pair.second.true_return
+            label = 1 if a > b else (-1 if b > a else 0)
+            status, _ = _post(f"{base}/api/answer", {"query_id": q["query_id"], "label": label,
+                                                      "labeller": "bot", "seconds": 1.5})
+            assert status == 200
+            done += 1
+    finally:
+        store.close()
+    return done
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_labels_answered_while_training_reach_the_reward_model(tmp_path):
+    run = tmp_path / "human"
+    args = ["train", "--oracle", "human", "--wait-for-labels", "--steps", "4096", "--labels", "8",
+            "--pretrain-labels", "4", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run), "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", *args], text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        assert url, line + proc.stderr.read()
+        assert _answer_all(url.group(1), run / "preferences.sqlite", want=8) == 8
+        assert proc.wait(timeout=150) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    rows = _rows(run)
+    assert int(rows[-1]["labels"]) == 8
+    assert rows[-1]["reward_val_accuracy"] != ""
+    clips = sorted((run / "clips").glob("*.mp4"))
+    assert len(clips) >= 8 * 2  # two clips per query, plus side-by-side ones
+
+
+def test_offline_labelling_then_resume_learns_the_answers(tmp_path):
+    run = tmp_path / "offline"
+    assert main(["train", "--oracle", "human", "--steps", "2048", "--labels", "6", "--pretrain-labels", "6",
+                 "--n-envs", "2", "--label-port", "0", "--run-dir", str(run), "--no-progress"]) == 0
+    rows = _rows(run)
+    assert rows[-1]["labels"] == "0" and rows[-1]["reward_val_accuracy"] == ""
+    # The run has stopped; a person labels its pending queries with `rlhf-control label`.
+    server = start_server(run, port=0)
+    try:
+        assert _answer_all(f"http://127.0.0.1:{server.port}", run / "preferences.sqlite", want=6) == 6
+    finally:
+        server.stop()
+    assert main(["train", "--resume", str(run), "--no-progress", "--label-port", "0"]) == 0
+    rows = _rows(run)
+    assert rows[-1]["labels"] == "6" and rows[-1]["reward_val_accuracy"] != ""
+    con = sqlite3.connect(run / "preferences.sqlite")
+    assert con.execute("SELECT COUNT(*) FROM answers WHERE labeller = 'bot'").fetchone()[0] == 6
+    con.close()
+
+
+def test_task_without_true_reward(tmp_path, capsys):
+    # Only a person can label it; a synthetic oracle is refused before anything is written.
+    assert main(["train", "--task", "hopper-backflip", "--run-dir", str(tmp_path / "no")]) == 2
+    assert "no true reward" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+    run = tmp_path / "flip"
+    assert main(["train", "--task", "hopper-backflip", "--oracle", "human", "--steps", "2048", "--labels", "2",
+                 "--pretrain-labels", "2", "--n-envs", "1", "--label-port", "0", "--run-dir", str(run),
+                 "--no-progress"]) == 0
+    for row in _rows(run):
+        assert row["true_return"] == "" and row["reward_return_corr"] == ""
+    store = PreferenceStore.open(run / "preferences.sqlite")
+    q = store.pending_queries()[0]
+    assert store.load_query(q.query_id).pair.first.true_rewards is None
+    store.close()
