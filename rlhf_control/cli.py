@@ -15,24 +15,21 @@ from pathlib import Path
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return value
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be a {what} integer")
+        return value
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a non-negative integer")
-    return value
+_positive_int = _int_at_least(1, "positive")
+_nonneg_int = _int_at_least(0, "non-negative")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,7 +44,7 @@ TRAIN_FLAGS = {
     "seed": "seed", "algo": "algo", "device": "device", "n_envs": "n_envs", "schedule": "schedule",
     "pretrain_labels": "pretrain_labels", "reward_members": "reward_members", "clip_length": "clip_length",
     "wait_for_labels": "wait_for_labels", "max_pending": "max_pending", "checkpoint_every": "checkpoint_every",
-    "label_host": "label_host", "label_port": "label_port",
+    "label_host": "label_host", "label_port": "label_port", "stale_after": "stale_after_steps",
 }
 
 
@@ -73,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clip-length", type=_positive_int)
     t.add_argument("--checkpoint-every", type=_positive_int, help="iterations between checkpoints")
     t.add_argument("--max-pending", type=_positive_int, help="cap on queries waiting for an answer")
+    t.add_argument("--stale-after", type=_positive_int, metavar="STEPS",
+                   help="retire queries not answered within STEPS agent steps (default a quarter of the run)")
     t.add_argument("--wait-for-labels", action="store_true", default=None,
                    help="wait for pending answers instead of running ahead (human oracle)")
     t.add_argument("--run-dir", type=Path, help="where the run goes (default runs/<task>-<time>)")
@@ -99,7 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--token", default=os.environ.get("RLHF_CONTROL_LABEL_TOKEN"), help="secret labellers need")
     lb.add_argument("--instructions", help="text shown when the run has no instructions.md")
 
+    ex = sub.add_parser("labels", help="export a run's answers to JSONL or CSV, or import answers from JSONL")
+    ex.add_argument("run_dir", type=Path)
+    group = ex.add_mutually_exclusive_group(required=True)
+    group.add_argument("--export", type=Path, metavar="FILE", help="write FILE (.jsonl or .csv)")
+    group.add_argument("--import", dest="import_", type=Path, metavar="FILE", help="read answers from FILE (.jsonl)")
+
     sub.add_parser("tasks", help="list the task catalogue")
+
+    from rlhf_control.experiments import add_subcommands
+
+    add_subcommands(sub)  # `sweep` and `report`; each sets args.handler
     return p
 
 
@@ -121,10 +130,12 @@ def _train(args: argparse.Namespace) -> int:
         if args.config:
             raise ValueError("--resume uses the run's own config; drop --config")
         cfg, task_dict = load_config_file(run_dir / CONFIG_NAME)
-        allowed = {"wait_for_labels", "max_pending", "device", "label_host", "label_port"}
+        allowed = {"wait_for_labels", "max_pending", "device", "label_host", "label_port", "stale_after_steps"}
         bad = sorted(set(overrides) - allowed)
         if bad:
-            raise ValueError(f"--resume cannot change {', '.join(bad)}; only {', '.join(sorted(allowed))} may be given")
+            flag = {f: "--" + k.replace("_", "-") for k, f in TRAIN_FLAGS.items()}
+            raise ValueError(f"--resume cannot change {', '.join(flag[b] for b in bad)}; "
+                             f"only {', '.join(sorted(flag[a] for a in allowed))} may be given")
         cfg = cfg.replace(**overrides)
         task_spec = TaskSpec.from_dict(task_dict) if task_dict else None
         resume = True
@@ -174,6 +185,26 @@ def _label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labels(args: argparse.Namespace) -> int:
+    from rlhf_control.checkpoint import STORE_NAME, check_run_dir
+    from rlhf_control.store import PreferenceStore
+
+    store = PreferenceStore.open(check_run_dir(args.run_dir) / STORE_NAME)
+    try:
+        if args.export:
+            suffix = args.export.suffix.lower()
+            if suffix not in (".jsonl", ".csv"):
+                raise ValueError(f"export file {str(args.export)!r} must end in .jsonl or .csv")
+            n = store.export_jsonl(args.export) if suffix == ".jsonl" else store.export_csv(args.export)
+            print(f"exported {n} answers to {args.export}")
+        else:
+            n = store.import_jsonl(args.import_)
+            print(f"imported {n} new answers from {args.import_}")
+    finally:
+        store.close()
+    return 0
+
+
 def _tasks(_: argparse.Namespace) -> int:
     from rlhf_control.tasks import list_tasks, load_task
 
@@ -192,9 +223,9 @@ def _tasks(_: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train, "eval": _eval, "tasks": _tasks, "label": _label}
+    handlers = {"train": _train, "eval": _eval, "tasks": _tasks, "label": _label, "labels": _labels}
     try:
-        return handlers[args.command](args)
+        return (handlers.get(args.command) or args.handler)(args)
     except USER_ERRORS as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         sys.stderr.write(f"rlhf-control: error: {msg}\n")

@@ -307,8 +307,9 @@ class RLHFTrainer:
     def iteration(self, step: int) -> None:
         """One RLHF iteration at agent step ``step`` (called after each rollout)."""
         self.iterations += 1
-        if self.cfg.stale_after_steps:
-            self.store.retire_older_than(step - self.cfg.stale_after_steps)
+        # Clips from a much older policy are retired rather than shown (a quarter of the run by default).
+        stale_after = self.cfg.stale_after_steps or max(self.r.steps // 4, 1)
+        self.store.retire_older_than(step - stale_after)
         due = self.schedule.target(step) - self._asked()
         room = self.cfg.max_pending - self.store.count_pending()
         self._ask(min(due, room), step)

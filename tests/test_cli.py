@@ -1,6 +1,7 @@
 """End-to-end runs of the `rlhf-control` command on tiny budgets, and its bad-input errors."""
 
 import csv
+import json
 import os
 import sqlite3
 import subprocess
@@ -79,6 +80,17 @@ def test_eval_and_video(tiny_run, tmp_path, capsys):
     reader = imageio.get_reader(str(video))
     assert reader.count_frames() >= 200  # a whole 200-step Pendulum episode
     reader.close()
+
+
+def test_labels_export(tiny_run, tmp_path, capsys):
+    assert main(["labels", str(tiny_run), "--export", str(tmp_path / "a.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 and {r["label"] for r in rows} <= {-1, 0, 1}
+    assert main(["labels", str(tiny_run), "--export", str(tmp_path / "a.csv")]) == 0
+    with open(tmp_path / "a.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 20
+    assert main(["labels", str(tiny_run), "--export", str(tmp_path / "a.txt")]) == 2
+    assert ".jsonl or .csv" in capsys.readouterr().err
 
 
 def test_tasks_lists_the_catalogue(capsys):

@@ -1,0 +1,225 @@
+"""RL on the true reward: the yardstick of every result (DESIGN.md, "Baselines").
+
+The same agent as an RLHF run of the task (``agents.make_agent`` with the task's algorithm and
+hyperparameters, the same steps and seed, resolved by ``trainer.resolve``), trained on the env's
+own reward through SB3's ``VecNormalize`` with reward normalisation, as the RL Zoo does
+(observation normalisation only where the task says ``normalize = true``, as its RLHF runs do).
+
+It writes the run directory layout of an RLHF run: ``config.toml`` (``[meta] baseline =
+"rl-true-reward"`` marks it), ``metrics.csv`` with the same columns (``true_return`` is the mean
+undiscounted env return of the last 100 finished training episodes, as ``LearnedReward`` reports
+it for RLHF runs; label and reward-model columns stay empty), ``checkpoints/`` (agent and
+``VecNormalize`` statistics as npz, no pickle), ``DONE``, and ``baseline.json`` with the return of a uniformly random
+policy on the same task (the zero of the report's normalised score).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
+
+from rlhf_control import __version__
+from rlhf_control.agents import load_agent, make_agent
+from rlhf_control.checkpoint import CONFIG_NAME, latest_checkpoint, load_checkpoint_state, save_checkpoint
+from rlhf_control.config import RunConfig, load_config_file, write_config_file
+from rlhf_control.metrics import MetricsLogger, truncate_metrics
+
+BASELINE_MARKER = "rl-true-reward"
+BASELINE_FILE = "baseline.json"
+RANDOM_EPISODES = 10
+RANDOM_MAX_STEPS = 25_000
+RANDOM_SEED_OFFSET = 10_000  # the random-policy env never shares a seed with a training env
+
+
+def is_baseline_dir(run_dir: Path) -> bool:
+    """True if ``run_dir`` holds a baseline run (its config's ``[meta] baseline`` marker)."""
+    import tomllib
+
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        return False
+    return tomllib.loads(path.read_text()).get("meta", {}).get("baseline") is not None
+
+
+class EpisodeReturns(VecEnvWrapper):
+    """Passes everything through and keeps the undiscounted env return of the last ``history`` episodes."""
+
+    def __init__(self, venv: VecEnv, history: int = 100) -> None:
+        super().__init__(venv)
+        self._running = np.zeros(self.num_envs, dtype=np.float64)
+        self.returns: deque[float] = deque(maxlen=history)
+
+    def reset(self) -> np.ndarray:
+        self._running[:] = 0.0
+        return self.venv.reset()
+
+    def step_wait(self):
+        obs, rews, dones, infos = self.venv.step_wait()
+        self._running += np.asarray(rews, dtype=np.float64)
+        for i in np.flatnonzero(dones):
+            self.returns.append(float(self._running[i]))
+            self._running[i] = 0.0
+        return obs, rews, dones, infos
+
+
+def save_normalization(venv: VecNormalize, path: Path) -> None:
+    """``VecNormalize`` running statistics (returns, per-env discounted return, observations if
+    normalised) as npz."""
+    ret = venv.ret_rms
+    arrays = {"ret_mean": ret.mean, "ret_var": ret.var, "ret_count": np.array(ret.count), "returns": venv.returns}
+    if venv.norm_obs:
+        obs = venv.obs_rms
+        arrays.update(obs_mean=obs.mean, obs_var=obs.var, obs_count=np.array(obs.count))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_normalization(venv: VecNormalize, path: Path) -> None:
+    with np.load(path, allow_pickle=False) as d:
+        venv.ret_rms.mean, venv.ret_rms.var, venv.ret_rms.count = d["ret_mean"], d["ret_var"], float(d["ret_count"])
+        venv.returns = d["returns"].copy()
+        if venv.norm_obs:
+            venv.obs_rms.mean, venv.obs_rms.var = d["obs_mean"], d["obs_var"]
+            venv.obs_rms.count = float(d["obs_count"])
+
+
+def random_policy_return(task: Any, seed: int, episodes: int = RANDOM_EPISODES,
+                         max_steps: int = RANDOM_MAX_STEPS) -> tuple[float | None, int]:
+    """Mean true return of uniformly random actions over up to ``episodes`` episodes (one env,
+    at most ``max_steps`` steps); ``(None, 0)`` if no episode ended within them."""
+    venv = EpisodeReturns(task.make_vec_env(1, seed=seed))
+    try:
+        venv.reset()
+        space = venv.action_space
+        space.seed(seed)
+        for _ in range(max_steps):
+            venv.step(np.array([space.sample()]))
+            if len(venv.returns) >= episodes:
+                break
+        rets = list(venv.returns)
+    finally:
+        venv.close()
+    return (float(np.mean(rets)) if rets else None), len(rets)
+
+
+class _RolloutCallback(BaseCallback):
+    def __init__(self, trainer: BaselineTrainer) -> None:
+        super().__init__()
+        self.trainer = trainer
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.trainer.iteration(int(self.model.num_timesteps))
+
+
+class BaselineTrainer:
+    """Trains the task's agent on its true reward into ``run_dir`` (``resume`` continues a stopped one)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, task: Any = None) -> None:
+        from rlhf_control.trainer import _device, resolve  # the RLHF run's own resolution of the task
+
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.r = resolve(cfg, task)
+        self.task = self.r.task
+        device = _device(cfg.device)
+        config_path = self.run_dir / CONFIG_NAME
+        if resume:
+            stored, _ = load_config_file(config_path)
+            if stored.replace(device=cfg.device) != cfg:
+                raise ValueError(f"--resume of {str(self.run_dir)!r} with settings other than its config.toml")
+        elif config_path.exists():
+            raise FileExistsError(f"run directory {str(self.run_dir)!r} already holds a run; resume it instead")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            write_config_file(config_path, cfg, self.task.to_dict(),
+                              {"version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                               "baseline": BASELINE_MARKER})
+        params = dict(self.r.agent_params)
+        self.tracker = EpisodeReturns(self.task.make_vec_env(self.r.n_envs, seed=cfg.seed))
+        # gamma as the RL Zoo sets it: the agent's discount, so returns are normalised on its horizon.
+        self.venv = VecNormalize(self.tracker, norm_obs=bool(self.task.normalize), norm_reward=True,
+                                 gamma=float(params.get("gamma", 0.99)))
+        self.iterations = 0
+        self.step_at_start = 0
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if ckpt is not None:
+            state = load_checkpoint_state(ckpt)
+            load_normalization(self.venv, ckpt / "normalization.npz")
+            self.agent = load_agent(self.r.algo, str(ckpt / "agent.zip"), self.venv, device=device)
+            self.iterations = int(state["iteration"])
+            self.tracker.returns.extend(float(x) for x in state["returns"])
+            truncate_metrics(self.run_dir / "metrics.csv", int(state["step"]))
+        else:
+            # A run killed before its first checkpoint starts over; drop the rows it logged.
+            truncate_metrics(self.run_dir / "metrics.csv", -1)
+            self.agent = make_agent(self.r.algo, self.venv, params, seed=cfg.seed, device=device,
+                                    policy=self.task.policy)
+        self.last_ckpt_step = int(self.agent.num_timesteps)
+        self.ckpt_min_steps = max(1, self.r.steps // 50)  # cheap rollouts (A2C) must not checkpoint each time
+        self.metrics = MetricsLogger(self.run_dir)
+        self.t_start = time.time()
+
+    def iteration(self, step: int) -> None:
+        """Log a metrics row after a rollout; checkpoint every ``checkpoint_every`` of them."""
+        self.iterations += 1
+        self._log(step)
+        if self.iterations % self.cfg.checkpoint_every == 0 and step - self.last_ckpt_step >= self.ckpt_min_steps:
+            self.checkpoint(step)
+
+    def _log(self, step: int) -> None:
+        elapsed = max(time.time() - self.t_start, 1e-9)
+        rets = self.tracker.returns
+        self.metrics.log({"step": step, "iteration": self.iterations,
+                          "true_return": float(np.mean(rets)) if rets else None,
+                          "steps_per_second": (step - self.step_at_start) / elapsed, "wall_seconds": elapsed})
+
+    def checkpoint(self, step: int) -> None:
+        state = {"iteration": self.iterations, "algo": self.r.algo, "returns": list(self.tracker.returns)}
+        save_checkpoint(self.run_dir, step, {"agent.zip": lambda p: self.agent.save(str(p)),
+                                             "normalization.npz": lambda p: save_normalization(self.venv, p)},
+                        state)
+        self.last_ckpt_step = step
+
+    def run(self) -> Path:
+        """Measure the random policy (once), train for the remaining steps, write ``DONE``."""
+        try:
+            info = self.run_dir / BASELINE_FILE
+            if not info.is_file():
+                seed = self.cfg.seed + RANDOM_SEED_OFFSET
+                ret, n = random_policy_return(self.task, seed)
+                doc = {"random_return": ret, "random_episodes": n, "random_seed": seed}
+                tmp = info.with_name(info.name + ".tmp")
+                tmp.write_text(json.dumps(doc, indent=1) + "\n")
+                tmp.replace(info)
+            done = int(self.agent.num_timesteps)
+            self.step_at_start = done
+            self.t_start = time.time()
+            if self.r.steps - done > 0:
+                self.agent.learn(total_timesteps=self.r.steps - done, callback=_RolloutCallback(self),
+                                 reset_num_timesteps=False)
+            step = int(self.agent.num_timesteps)
+            self._log(step)
+            self.checkpoint(step)
+            (self.run_dir / "DONE").write_text(json.dumps({"step": step}) + "\n")
+        finally:
+            self.close()
+        return self.run_dir
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.venv.close()
+
+
+def train_baseline(cfg: RunConfig, run_dir: Path, resume: bool = False, task: Any = None) -> Path:
+    """Train the RL-on-true-reward baseline for ``cfg`` (task, seed, steps, agent) into ``run_dir``."""
+    return BaselineTrainer(cfg, run_dir, resume=resume, task=task).run()

@@ -1,0 +1,218 @@
+"""Where sweep runs execute: a local process pool or a Ray cluster, and the worker entry point.
+
+Each run gets a fresh process (spawned pool worker with ``max_tasks_per_child=1``, Ray worker with
+``max_calls=1``) and one torch thread, so a run's numbers depend only on its config and seed, not on
+the backend or on the runs before it in the same process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+Payload = dict[str, Any]
+OnResult = Callable[[dict[str, Any]], None]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _init_worker() -> None:
+    # Before torch is imported in the worker: one thread per run, headless rendering.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+
+def execute_point(payload: Payload) -> dict[str, Any]:
+    """Run one grid point to the end (resuming if asked); never raises: a failure comes back as a
+    one-line error and its traceback goes to ``error.txt`` in the run directory."""
+    from rlhf_control.experiments import ERROR_FILE, POINT_FILE, REGRESSION, SHIPPED_FILES, write_json
+
+    _init_worker()
+    t0 = time.time()
+    run_dir = Path(payload["run_dir"])
+    res: dict[str, Any] = {"name": payload["name"], "status": "ok", "error": None}
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        from rlhf_control.config import run_config_from_dict
+
+        cfg = run_config_from_dict(payload["cfg"], where=payload["name"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / POINT_FILE, payload["point"])
+        if payload["kind"] == "baseline":
+            from rlhf_control.baseline import train_baseline
+
+            train_baseline(cfg, run_dir, resume=payload["resume"])
+        else:
+            if payload.get("ablation") == REGRESSION:
+                from rlhf_control.regression import ReturnRegressionTrainer as trainer_cls
+            else:
+                from rlhf_control.trainer import RLHFTrainer as trainer_cls
+            trainer_cls(cfg, run_dir, resume=payload["resume"]).run()
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
+    except Exception as exc:  # one run's failure must not stop the sweep
+        res.update(status="failed", error=_one_line(exc))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / ERROR_FILE).write_text(traceback.format_exc())
+        except OSError:
+            pass
+    res["seconds"] = time.time() - t0
+    if payload.get("ship_files"):
+        # For a cluster without a shared file system: the driver writes these into its output directory.
+        res["files"] = {f: (run_dir / f).read_bytes() for f in SHIPPED_FILES if (run_dir / f).is_file()}
+    return res
+
+
+def sync_files(out: Path, res: dict[str, Any]) -> None:
+    """Write the result files a worker sent back, where the driver's copy is missing or differs."""
+    for fname, data in (res.get("files") or {}).items():
+        target = Path(out) / res["name"] / fname
+        if target.is_file() and target.read_bytes() == data:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".sync")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+
+
+def _failed(payload: Payload, exc: BaseException) -> dict[str, Any]:
+    return {"name": payload["name"], "status": "failed", "error": _one_line(exc), "seconds": 0.0}
+
+
+def default_workers(cpus_per_run: float) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, int(cores // max(cpus_per_run, 1e-9)))
+
+
+def run_local(payloads: list[Payload], workers: int | None, on_result: OnResult) -> None:
+    """Run the payloads on a spawned process pool (``workers`` at once)."""
+    if not payloads:
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    n = min(workers or default_workers(max(p["cpus"] for p in payloads)), len(payloads))
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, max_tasks_per_child=1)
+    try:
+        futures = {pool.submit(execute_point, p): p for p in payloads}
+        for fut in as_completed(futures):
+            try:
+                res = fut.result()
+            except Exception as exc:  # the worker process died (killed, out of memory)
+                res = _failed(futures[fut], exc)
+            on_result(res)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _check_reachable(address: str) -> None:
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"Ray address {address!r} is not host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ValueError(f"Ray address {address!r} is unreachable ({exc.strerror or exc}); "
+                         "start the cluster (ray start --head) or leave out --address for a local one") from None
+
+
+def connect_ray(address: str | None, workers: int | None) -> bool:
+    """Connect to the cluster at ``address`` (or start a local one); True if this call started Ray."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("the ray backend needs Ray: pip install 'rlhf-control[ray]'") from None
+    if ray.is_initialized():
+        return False
+    if address not in (None, "auto"):
+        _check_reachable(address)
+    _init_worker()  # inherited by the workers a local cluster starts
+    kw: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if address is None:
+        try:
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, **kw)
+        except Exception as exc:
+            raise ValueError(f"cannot start a local Ray cluster: {_one_line(exc)}") from None
+        return True
+    error = None
+    with _captured_stderr() as captured:
+        try:
+            ray.init(address=address, **kw)
+        except Exception as exc:
+            error = exc
+    log = "".join(captured)
+    if error is None:
+        sys.stderr.write(log)
+        return True
+    # Ray's C++ client logs a line per retry on fd 2; the one-line error replaces them, with their reason.
+    reasons = [line.split("RPC error:", 1)[1].strip() for line in log.splitlines() if "RPC error:" in line]
+    why = f" ({reasons[-1]})" if reasons else ""
+    hint = ("; the cluster uses token authentication: set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or "
+            "~/.ray/auth_token), or use --address auto on a cluster node"
+            if "Authentication token" in why else "")
+    raise ValueError(f"cannot connect to Ray at {address!r}: {_one_line(error)}{why}{hint}")
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Redirect file descriptor 2 (C++ logging included) to a temporary file inside the block;
+    the yielded list holds what was written once the block has ended."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    out: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode(errors="replace"))
+
+
+def run_ray(payloads: list[Payload], workers: int | None, on_result: OnResult) -> None:
+    """Run each payload as a Ray task with its CPU and GPU needs (at most ``workers`` in flight)."""
+    if not payloads:
+        return
+    import ray
+
+    remote = ray.remote(max_calls=1)(execute_point)
+    waiting = list(payloads)
+    inflight: dict[Any, Payload] = {}
+    limit = workers or len(payloads)
+    while waiting or inflight:
+        while waiting and len(inflight) < limit:
+            p = waiting.pop(0)
+            inflight[remote.options(num_cpus=p["cpus"], num_gpus=p["gpus"]).remote(p)] = p
+        ready, _ = ray.wait(list(inflight), num_returns=1)
+        payload = inflight.pop(ready[0])
+        try:
+            res = ray.get(ready[0])
+        except Exception as exc:  # the worker died or the task was lost
+            res = _failed(payload, exc)
+        on_result(res)

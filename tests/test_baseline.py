@@ -1,0 +1,105 @@
+"""RL-on-true-reward baseline: run directory layout, normalisation, random-policy return, resume."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stable_baselines3.common.vec_env import VecNormalize
+
+from rlhf_control import __version__
+from rlhf_control.baseline import (
+    BASELINE_FILE,
+    BASELINE_MARKER,
+    BaselineTrainer,
+    EpisodeReturns,
+    is_baseline_dir,
+    random_policy_return,
+    train_baseline,
+)
+from rlhf_control.config import RunConfig
+from rlhf_control.metrics import COLUMNS, read_metrics
+from rlhf_control.tasks import get_task
+from rlhf_control.trainer import resolve
+
+# Pendulum: 200-step episodes; one env and 200-step rollouts, so every rollout ends an episode.
+CFG = RunConfig(task="Pendulum-v1", seed=3, steps=800, n_envs=1, checkpoint_every=1,
+                agent={"n_steps": 200, "batch_size": 100, "n_epochs": 1})
+
+
+class _Stop(Exception):
+    pass
+
+
+class _KilledAfterTwo(BaselineTrainer):
+    def iteration(self, step: int) -> None:
+        super().iteration(step)
+        if self.iterations == 2:
+            raise _Stop
+
+
+def _rows(run_dir: Path) -> list[tuple[str, str]]:
+    return [(r["step"], r["true_return"]) for r in read_metrics(run_dir / "metrics.csv")]
+
+
+def test_baseline_writes_a_run_directory_of_the_true_reward(tmp_path: Path) -> None:
+    trainer = BaselineTrainer(CFG, tmp_path / "b")
+    # Same agent as the RLHF run of this config, on VecNormalize with reward (not obs) normalisation.
+    venv = trainer.agent.get_env()
+    assert isinstance(venv, VecNormalize) and venv.norm_reward and not venv.norm_obs
+    assert venv.gamma == trainer.agent.gamma == resolve(CFG).agent_params["gamma"]
+    assert trainer.agent.n_steps == 200 and trainer.agent.seed == 3
+    trainer.run()
+    d = tmp_path / "b"
+    doc = tomllib.loads((d / "config.toml").read_text())
+    assert doc["meta"]["baseline"] == BASELINE_MARKER and doc["meta"]["version"] == __version__
+    assert doc["run"]["steps"] == 800 and doc["task"]["env_id"] == "Pendulum-v1" and is_baseline_dir(d)
+    with open(d / "metrics.csv") as f:
+        assert f.readline().strip().split(",") == list(COLUMNS)
+    rows = read_metrics(d / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [200, 400, 600, 800, 800]
+    assert all(r["labels"] == "" and r["learned_return"] == "" for r in rows)
+    # true_return is the mean env return of the episodes finished so far (the env reward, not normalised).
+    rets = [float(r["true_return"]) for r in rows]
+    assert all(-2000 < x < 0 for x in rets)
+    assert json.loads((d / "DONE").read_text())["step"] == 800
+    assert (d / "checkpoints" / "LATEST").is_file()
+    info = json.loads((d / BASELINE_FILE).read_text())
+    assert info["random_episodes"] == 10 and -1700 < info["random_return"] < -800  # Pendulum's random policy
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
+    train_baseline(CFG, tmp_path / "whole")
+    with pytest.raises(_Stop):
+        _KilledAfterTwo(CFG, tmp_path / "cut").run()
+    assert not (tmp_path / "cut" / "DONE").exists()
+    random_info = (tmp_path / "cut" / BASELINE_FILE).read_text()
+    with pytest.raises(FileExistsError):
+        BaselineTrainer(CFG, tmp_path / "cut")
+    with pytest.raises(ValueError, match="other than its config"):
+        BaselineTrainer(CFG.replace(steps=900), tmp_path / "cut", resume=True)
+    resumed = BaselineTrainer(CFG, tmp_path / "cut", resume=True)
+    assert resumed.agent.num_timesteps == 400 and resumed.iterations == 2
+    resumed.run()
+    cut, whole = _rows(tmp_path / "cut"), _rows(tmp_path / "whole")
+    assert [s for s, _ in cut] == [s for s, _ in whole] == ["200", "400", "600", "800", "800"]
+    assert cut[:2] == whole[:2]  # same seed, same run up to the checkpoint
+    assert (tmp_path / "cut" / BASELINE_FILE).read_text() == random_info  # measured once
+
+
+def test_episode_returns_match_the_monitor() -> None:
+    task = get_task("Pendulum-v1")
+    venv = EpisodeReturns(task.make_vec_env(2, seed=0))
+    venv.reset()
+    rng = np.random.default_rng(0)
+    monitor = []
+    for _ in range(450):
+        _, _, dones, infos = venv.step(rng.uniform(-2, 2, size=(2, 1)).astype(np.float32))
+        monitor += [i["episode"]["r"] for i, d in zip(infos, dones, strict=True) if d]
+    venv.close()
+    assert len(monitor) == 4 and np.allclose(sorted(venv.returns), sorted(monitor), atol=1e-3)
+    ret, n = random_policy_return(task, seed=1, episodes=3)
+    assert n == 3 and ret < 0

@@ -1,0 +1,103 @@
+"""Report: figure files and a table whose numbers are the metrics CSVs' final values."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlhf_control.config import RunConfig, write_config_file
+from rlhf_control.metrics import COLUMNS
+from rlhf_control.report import RL_METHOD, find_run_dirs, load_runs, normalised, summarize, write_report
+
+
+def _run(root: Path, name: str, cfg: RunConfig, returns: list[float | None], baseline: bool = False,
+         random_return: float | None = None, point: dict | None = None, done: bool = True) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    meta = {"version": "0.1.0"} | ({"baseline": "rl-true-reward"} if baseline else {})
+    write_config_file(d / "config.toml", cfg, {"name": cfg.task, "label_budget": 99}, meta)
+    with open(d / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        w.writeheader()
+        for i, ret in enumerate(returns):
+            w.writerow({"step": 100 * (i + 1), "iteration": i + 1, "true_return": "" if ret is None else ret})
+    if baseline:
+        (d / "baseline.json").write_text(json.dumps({"random_return": random_return}))
+    if point:
+        (d / "point.json").write_text(json.dumps(point))
+    if done:
+        (d / "DONE").write_text("{}")
+    return d
+
+
+@pytest.fixture()
+def sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "sweep"
+    for seed, (rl, rnd) in enumerate([(100.0, -10.0), (120.0, -14.0)]):
+        _run(root, f"Pendulum-v1/rl-true-reward-s{seed}", RunConfig(task="Pendulum-v1", seed=seed),
+             [None, 5.0, 50.0, rl], baseline=True, random_return=rnd)
+    finals = {(350, 0): 40.0, (350, 1): 60.0, (700, 0): 90.0, (700, 1): 70.0}
+    for (labels, seed), final in finals.items():
+        _run(root, f"Pendulum-v1/L{labels}-perfect-variance-s{seed}",
+             RunConfig(task="Pendulum-v1", seed=seed, labels=labels), [1.0, 2.5, final])
+    # A second task with an ablation (from point.json) and no baseline: no normalised score.
+    _run(root, "CartPole-v1/L99-perfect-random-no-ensemble-s0",
+         RunConfig(task="CartPole-v1", seed=0, selector="random", reward_members=1), [3.0, 7.25],
+         point={"kind": "rlhf", "ablation": "no-ensemble"}, done=False)
+    return root
+
+
+def test_table_numbers_equal_csv_final_values(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    files = write_report([sweep], out)
+    assert {f.name for f in files} == {"returns.png", "returns.svg", "results.md", "results.csv"}
+    assert (out / "returns.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in (out / "returns.svg").read_bytes()[:2000]
+    with open(out / "results.csv", newline="") as f:
+        rows = {(r["task"], r["method"], r["labels"]): r for r in csv.DictReader(f)}
+    rl, rnd = np.mean([100.0, 120.0]), np.mean([-10.0, -14.0])
+    assert float(rows[("Pendulum-v1", RL_METHOD, "")]["final_return_mean"]) == rl
+    assert float(rows[("Pendulum-v1", "random policy", "")]["final_return_mean"]) == rnd
+    for labels, finals in ((350, [40.0, 60.0]), (700, [90.0, 70.0])):
+        r = rows[("Pendulum-v1", "perfect, variance", str(labels))]
+        assert float(r["final_return_mean"]) == np.mean(finals)
+        assert float(r["final_return_std"]) == pytest.approx(np.std(finals))
+        assert float(r["normalised_score"]) == pytest.approx((np.mean(finals) - rnd) / (rl - rnd))
+        assert r["seeds"] == "2"
+    abl = rows[("CartPole-v1", "perfect, random, no-ensemble", "99")]
+    assert float(abl["final_return_mean"]) == 7.25 and abl["normalised_score"] == ""
+    md = (out / "results.md").read_text()
+    assert "| Pendulum-v1 | perfect, variance | 700 | 2 | 80.0 ± 10.0 | 0.75 |" in md
+    assert "| Pendulum-v1 | RL (true reward) | – | 2 | 110.0 ± 10.0 | 1.00 |" in md
+    assert "| CartPole-v1 | perfect, random, no-ensemble | 99 | 1 | 7.2 ± 0.0 | – |" in md
+
+
+def test_single_run_dirs_and_skipping_runs_without_returns(sweep: Path, tmp_path: Path) -> None:
+    empty = _run(tmp_path, "empty", RunConfig(task="Pendulum-v1"), [None, None])
+    one = sweep / "Pendulum-v1/L350-perfect-variance-s1"
+    runs = load_runs([one, empty])
+    assert len(runs) == 1 and runs[0].final == 60.0 and runs[0].labels == 350
+    assert [r.method for r in summarize(runs)] == ["perfect, variance"]
+    assert summarize(runs)[0].score is None  # no baseline, no normalised score
+    assert len(find_run_dirs([sweep])) == 7
+
+
+def test_normalised_score() -> None:
+    assert normalised(50.0, 100.0, 0.0) == 0.5
+    assert normalised(-5.0, 100.0, -10.0) == pytest.approx(5 / 110)
+    assert normalised(50.0, 1.0, 1.0) is None and normalised(1.0, None, 0.0) is None
+
+
+def test_bad_paths(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        find_run_dirs([tmp_path / "nope"])
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ValueError, match="not a run directory"):
+        find_run_dirs([tmp_path / "plain"])
+    _run(tmp_path, "norets", RunConfig(), [None])
+    with pytest.raises(ValueError, match="has logged a true return"):
+        load_runs([tmp_path / "norets"])
