@@ -9,33 +9,29 @@ Thread-safe: connections come from a small pool (a thread-per-request web server
 them); writers in this process take a lock and every write is one ``BEGIN IMMEDIATE`` transaction,
 so other processes (``busy_timeout``) and threads see all of it or none.
 
-Segments are stored without pickle: ``np.lib.format`` arrays (obs or StackedFrames' frames, acts,
-true rewards when present) in one zlib-compressed blob; ``render_ref`` as JSON when it is
-JSON-serialisable (numpy arrays/scalars become lists/numbers), else it is dropped. A segment with
-``uid=-1`` gets the next free id; give segments run-unique uids so a segment shared by two queries
+Segments are stored without pickle (:mod:`rlhf_control.serialize`: npy arrays in a zlib blob,
+``render_ref`` as JSON or dropped); answers go to JSONL/CSV files and back through
+:mod:`rlhf_control.store_io`. A segment with ``uid=-1`` gets the next free id; give segments run-unique uids so a segment shared by two queries
 is stored once. Label convention: +1 first better, -1 second better, 0 equal, NULL + skipped=1.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 import sqlite3
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from rlhf_control.types import Answer, Label, Query, Segment, SegmentPair, StackedFrames, check_label
+from rlhf_control import store_io
+from rlhf_control.serialize import ENCODING, decode_segment, encode_segment
+from rlhf_control.store_io import EXPORT_FIELDS
+from rlhf_control.types import Answer, Label, Query, Segment, SegmentPair, check_label
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x524C4846  # "RLHF" in the SQLite header, so a foreign SQLite file is refused
@@ -65,10 +61,6 @@ CREATE INDEX answers_labeller ON answers(labeller, id);
 CREATE INDEX answers_time ON answers(answered_at);
 """
 _TABLES = {"segments", "queries", "answers"}
-
-EXPORT_FIELDS = ("answer_id", "query_id", "first_id", "second_id", "first_episode", "second_episode",
-                 "first_start", "second_start", "length", "created_step", "label", "skipped",
-                 "labeller", "answered_at", "seconds")
 
 
 class StoreError(ValueError):
@@ -110,41 +102,11 @@ _QCOLS = "id, first_id, second_id, created, created_step, status, clip_first, cl
 _SEGCOLS = "id, episode_id, start_step, stack_k, encoding, data, render_ref"
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def _encode_segment(seg: Segment) -> tuple[int, bytes, str | None]:
-    """-> (stack_k (0 = plain obs array), zlib-compressed npy arrays, render_ref JSON or None)."""
-    obs, k = (seg.obs.frames, seg.obs.k) if isinstance(seg.obs, StackedFrames) else (seg.obs, 0)
-    buf = io.BytesIO()
-    for arr in (obs, seg.acts) if seg.true_rewards is None else (obs, seg.acts, seg.true_rewards):
-        if arr.dtype.hasobject:
-            raise ValueError(f"segment arrays must not have dtype object, got {arr.dtype}; use numeric arrays")
-        np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    try:
-        ref = None if seg.render_ref is None else json.dumps(seg.render_ref, default=_json_default)
-    except (TypeError, ValueError):
-        ref = None
-    return k, zlib.compress(buf.getvalue(), 1), ref
-
-
 def _decode_segment(row: tuple) -> Segment:
     seg_id, episode_id, start_step, k, encoding, data, ref = row
-    if encoding != "npy+zlib":
-        raise StoreError(f"segment {seg_id} has unknown encoding {encoding!r}; allowed: 'npy+zlib'")
-    buf = io.BytesIO(zlib.decompress(data))
-    arrays = []
-    while buf.tell() < buf.getbuffer().nbytes:
-        arrays.append(np.lib.format.read_array(buf, allow_pickle=False))
-    obs = StackedFrames(arrays[0], k) if k else arrays[0]
-    return Segment(obs=obs, acts=arrays[1], true_rewards=arrays[2] if len(arrays) > 2 else None,
-                   episode_id=episode_id, start_step=start_step,
-                   render_ref=None if ref is None else json.loads(ref), uid=seg_id)
+    if encoding != ENCODING:
+        raise StoreError(f"segment {seg_id} has unknown encoding {encoding!r}; allowed: {ENCODING!r}")
+    return decode_segment(k, data, ref, episode_id=episode_id, start_step=start_step, uid=seg_id)
 
 
 def _check_answer(answer: Answer) -> tuple[int | None, str, float]:
@@ -323,7 +285,7 @@ class PreferenceStore:
 
     def add_segment(self, seg: Segment) -> int:
         """Store ``seg`` (if its uid is not stored yet) and return its id."""
-        enc = _encode_segment(seg)  # outside the write lock: compression is the slow part
+        enc = encode_segment(seg)  # outside the write lock: compression is the slow part
         with self._write() as conn:
             return self._put_segment(conn, seg, enc)
 
@@ -362,7 +324,7 @@ class PreferenceStore:
 
         The returned Query carries the segments with their store ids as ``uid``.
         """
-        encs = (_encode_segment(pair.first), _encode_segment(pair.second))
+        encs = (encode_segment(pair.first), encode_segment(pair.second))
         with self._write() as conn:
             a = self._put_segment(conn, pair.first, encs[0])
             b = self._put_segment(conn, pair.second, encs[1])
@@ -554,89 +516,21 @@ class PreferenceStore:
                 "pending": status.get("pending", 0), "retired": status.get("retired", 0),
                 "answers_per_minute": recent / 5.0}
 
-    # ---- export / import ---------------------------------------------------------------------
-    def _export_rows(self) -> list[dict[str, Any]]:
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT a.id, a.query_id, q.first_id, q.second_id, f.episode_id, s.episode_id, f.start_step,"
-                " s.start_step, f.length, q.created_step, a.label, a.skipped, a.labeller, a.answered_at, a.seconds"
-                " FROM answers a JOIN queries q ON q.id = a.query_id JOIN segments f ON f.id = q.first_id"
-                " JOIN segments s ON s.id = q.second_id ORDER BY a.id").fetchall()
-        return [dict(zip(EXPORT_FIELDS, r, strict=True)) | {"skipped": bool(r[11])} for r in rows]
-
+    # ---- export / import (rlhf_control.store_io) ---------------------------------------------------
     def export_jsonl(self, path: str | os.PathLike) -> int:
         """One JSON object per answer (fields EXPORT_FIELDS; label null when skipped); returns the count."""
-        rows = self._export_rows()
-        _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-        return len(rows)
+        return store_io.export_jsonl(self, path)
 
     def export_csv(self, path: str | os.PathLike) -> int:
         """One CSV row per answer (header EXPORT_FIELDS; label empty when skipped); returns the count."""
-        rows = self._export_rows()
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        _write_atomic(path, buf.getvalue())
-        return len(rows)
+        return store_io.export_csv(self, path)
 
     def import_jsonl(self, path: str | os.PathLike) -> int:
         """Add the answers of an :meth:`export_jsonl` file; returns how many were new.
 
-        A row's query must be in this store with the same first/second segment ids; if the query is
-        missing but the row has ``first_id``/``second_id`` whose segments are here, the query is
-        created (answered, with the row's ``created_step``). Rows already present (same label and
-        labeller) are skipped. All or nothing: any bad line raises ValueError (or one of the answer
-        errors) naming ``path:line`` and nothing is imported.
+        All or nothing; see :func:`rlhf_control.store_io.import_jsonl` for the rules.
         """
-        new = 0
-        with open(path, encoding="utf-8") as f, self._write() as conn:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    new += self._import_row(conn, json.loads(line))
-                except (ValueError, TypeError, KeyError) as exc:
-                    kind = type(exc) if type(exc) in _ANSWER_ERRORS else ValueError
-                    msg = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
-                    raise kind(f"{path}:{lineno}: {msg}") from None
-        return new
-
-    def _import_row(self, conn: sqlite3.Connection, row: Any) -> int:
-        if not isinstance(row, dict):
-            raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-        qid = row["query_id"]
-        if not isinstance(qid, int) or isinstance(qid, bool):
-            raise ValueError(f"query_id {qid!r} must be an integer")
-        skipped = bool(row.get("skipped", row["label"] is None))
-        if skipped != (row["label"] is None):
-            raise ValueError(f"label {row['label']!r} with skipped={skipped} is inconsistent; skipped needs label null")
-        ans = Answer(qid, row["label"], row["labeller"], row.get("seconds", 0.0))
-        label, labeller, seconds = _check_answer(ans)
-        at = row.get("answered_at", self._clock())
-        if not isinstance(at, (int, float)) or isinstance(at, bool) or not math.isfinite(at):
-            raise ValueError(f"answered_at {at!r} must be a finite number (unix seconds)")
-        pair = (row.get("first_id"), row.get("second_id"))
-        stored = conn.execute("SELECT first_id, second_id FROM queries WHERE id = ?", (qid,)).fetchone()
-        if stored is None and None not in pair:
-            have = {r[0] for r in conn.execute("SELECT id FROM segments WHERE id IN (?, ?)", pair)}
-            if set(pair) - have:
-                raise UnknownQueryError(f"query {qid} and segments {sorted(set(pair) - have)} are not in the store")
-            conn.execute("INSERT INTO queries(id, first_id, second_id, created, created_step, status) VALUES"
-                         " (?, ?, ?, ?, ?, 'pending')", (qid, *pair, at, int(row.get("created_step", 0))))
-        elif stored is not None and None not in pair and tuple(stored) != tuple(pair):
-            raise ValueError(f"query {qid} has segments {tuple(stored)} here but {pair} in the file")
-        return int(self._insert_answer(conn, qid, label, labeller, seconds, float(at)))
-
-
-_ANSWER_ERRORS = (UnknownQueryError, AlreadyAnsweredError, QueryRetiredError)
-
-
-def _write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write via a temporary file and rename, so an interrupted export leaves no half file."""
-    tmp = Path(f"{path}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        return store_io.import_jsonl(self, path)
 
 
 __all__ = ["EXPORT_FIELDS", "SCHEMA_VERSION", "STORE_FILENAME", "AlreadyAnsweredError", "PreferenceStore",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The paper's ablations (Christiano et al. 2017, Section 3.3, Figures 5 and 6), each next to the
+"""The paper's ablations (Christiano et al. 2017), each next to the
 full method and RL on the true reward:
 
     random-queries          queries drawn uniformly at random (selector random)
@@ -10,7 +10,8 @@ full method and RL on the true reward:
     true-return-regression  the reward fitted to true segment returns by regression, no comparisons
 
 MuJoCo: the eight tasks, 700 labels, 5 seeds; Atari (--suite atari): the seven games, 5,500 labels,
-3 seeds (the label counts and seed counts of the paper's ablation figures).
+3 seeds. These budgets and seed counts are this project's choice (the middle budget of each suite's
+main experiment); PAPER.md does not give the ablation figures' own.
 
     python scripts/paper_ablations.py --dry-run
     python scripts/paper_ablations.py --suite atari --scale 0.05 --ablations full random-queries
