@@ -154,3 +154,34 @@ def test_bad_inputs_raise_one_line():
         with pytest.raises(ValueError) as err:
             call()
         assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("n_actions, act_shape", [(None, (2,)), (3, ())])
+def test_fast_rl_reward_matches_the_torch_path_through_training_and_normalisation(n_actions, act_shape):
+    from rlhf_control.reward.dataset import PreferenceDataset
+    from rlhf_control.reward.training import RewardTrainer, RewardTrainerConfig
+    from rlhf_control.types import Label, Segment, SegmentPair
+
+    rng = np.random.default_rng(0)
+    ens = RewardEnsemble(EnsembleConfig(n_members=3, target_std=0.5), (5,), act_shape, n_actions=n_actions)
+
+    def acts(n):
+        return rng.integers(0, 3, size=n) if n_actions else rng.normal(size=(n, 2)).astype(np.float32)
+
+    obs, a = rng.normal(size=(7, 5)).astype(np.float32), acts(7)
+
+    def slow():
+        return ens.member_rewards(obs, a, normalized=True).mean(axis=0)
+
+    np.testing.assert_allclose(ens.reward(obs, a), slow(), rtol=1e-5, atol=1e-6)
+    segs = [Segment(rng.normal(size=(4, 5)).astype(np.float32), acts(4), rng.normal(size=4)) for _ in range(20)]
+    ens.update_normalization(segs)  # the cached weights must follow the new statistics
+    np.testing.assert_allclose(ens.reward(obs, a), slow(), rtol=1e-5, atol=1e-6)
+    data = PreferenceDataset()
+    for i in range(0, 20, 2):
+        data.add(Label(SegmentPair(segs[i], segs[i + 1]), 1))
+    before = ens.reward(obs, a)
+    RewardTrainer(ens, RewardTrainerConfig(epochs=2)).train(data)  # ... and the trained weights
+    after = ens.reward(obs, a)
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, slow(), rtol=1e-5, atol=1e-6)

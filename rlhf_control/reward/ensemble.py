@@ -179,19 +179,26 @@ class RewardEnsemble:
         """Bytes of float input per step, for sizing batches."""
         return 4 * (math.prod(self.obs_shape) + self.act_dim)
 
+    def _check_inputs(self, obs: Any, acts: Any) -> tuple[np.ndarray, np.ndarray]:
+        obs = np.asarray(obs)
+        acts = np.asarray(acts)
+        n = obs.shape[0] if obs.ndim else -1
+        if obs.ndim and acts.ndim and len(obs) != len(acts):
+            raise ValueError(f"obs has {len(obs)} steps but acts has {len(acts)}; they must match")
+        if obs.ndim == 0 or tuple(obs.shape[1:]) != self.obs_shape:
+            raise ValueError(f"obs shape {obs.shape} is not allowed; expected (N, *{self.obs_shape})")
+        if acts.shape != (n, *self.act_shape):
+            raise ValueError(f"acts shape {acts.shape} is not allowed; expected ({n}, *{self.act_shape})")
+        return obs, acts
+
     def encode(self, obs: Any, acts: Any) -> Encoded:
         """``obs: (N, *obs_shape)``, ``acts: (N, *act_shape)`` -> network input on ``self.device``.
 
         MLP: float ``(N, obs_dim + act_dim)``. CNN: ``(N, H, W, C)`` (uint8 kept as uint8), or
         ``(obs, acts_float)`` when actions are used.
         """
-        obs = np.asarray(obs)
-        acts = np.asarray(acts)
-        n = obs.shape[0] if obs.ndim else -1
-        if obs.ndim == 0 or tuple(obs.shape[1:]) != self.obs_shape:
-            raise ValueError(f"obs shape {obs.shape} is not allowed; expected (N, *{self.obs_shape})")
-        if acts.shape != (n, *self.act_shape):
-            raise ValueError(f"acts shape {acts.shape} is not allowed; expected ({n}, *{self.act_shape})")
+        obs, acts = self._check_inputs(obs, acts)
+        n = obs.shape[0]
         a = self._encode_acts(acts) if self.act_dim else None
         if self.config.net == "mlp":
             x = torch.as_tensor(obs.reshape(n, -1), dtype=torch.float32).to(self.device)
@@ -250,8 +257,53 @@ class RewardEnsemble:
         return out.cpu().numpy().astype(np.float32, copy=False)
 
     def reward(self, obs: Any, acts: Any) -> np.ndarray:
-        """RL reward ``(N,)`` float32: mean over members of the normalised member rewards (no grad)."""
-        return self.member_rewards(obs, acts, normalized=True).mean(axis=0)
+        """RL reward ``(N,)`` float32: mean over members of the normalised member rewards (no grad).
+
+        Called once per vector step of the agent: for the MLP on the CPU it runs the members as
+        stacked NumPy matrices (a few microseconds), since torch's per-call overhead on a batch of a
+        handful of steps costs more than the arithmetic.
+        """
+        fast = self._fast_mlp()
+        if fast is None:
+            return self.member_rewards(obs, acts, normalized=True).mean(axis=0)
+        obs, acts = self._check_inputs(obs, acts)
+        x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
+        if self.act_dim:
+            if self.n_actions is None:
+                a = acts.reshape(len(acts), -1).astype(np.float32, copy=False)
+            else:
+                a = self._encode_acts(acts).numpy()
+            x = np.concatenate([x, a], axis=1)
+        layers, slope, offset, scale = fast
+        h = x[None]  # (1, N, in) broadcast over members
+        for i, (w, b) in enumerate(layers):
+            h = h @ w + b  # (K, N, out)
+            if i < len(layers) - 1:
+                h = np.maximum(h, slope * h) if slope <= 1 else np.where(h > 0, h, slope * h)
+        out = (h[..., 0] - offset) * scale  # (K, N) normalised
+        return out.mean(axis=0).astype(np.float32)
+
+    def _fast_mlp(self) -> tuple | None:
+        """Stacked NumPy weights of the MLP members, rebuilt whenever a parameter or the
+        normalisation changed (torch bumps a tensor's ``_version`` on every in-place update)."""
+        if self.config.net != "mlp" or self.device.type != "cpu":
+            return None
+        params = list(self.members.parameters())
+        key = (tuple(p._version for p in params), tuple(id(p) for p in params),
+               tuple(self.norm_mean.tolist()), tuple(self.norm_std.tolist()), float(self.config.target_std))
+        if getattr(self, "_fast_key", None) == key:
+            return self._fast_cache
+        linears = [[m for m in member.modules() if isinstance(m, nn.Linear)] for member in self.members]
+        layers = []
+        for j in range(len(linears[0])):
+            w = np.stack([lin[j].weight.detach().numpy().T for lin in linears]).astype(np.float32)  # (K, in, out)
+            b = np.stack([lin[j].bias.detach().numpy() for lin in linears]).astype(np.float32)[:, None, :]
+            layers.append((w, b))
+        offset = self.norm_mean.numpy().astype(np.float32)[:, None]
+        scale = (self.config.target_std / self.norm_std.numpy()).astype(np.float32)[:, None]
+        self._fast_cache = (layers, float(self.config.slope), offset, scale)
+        self._fast_key = key
+        return self._fast_cache
 
     def member_segment_returns(self, segments: Sequence[Segment], normalized: bool = False) -> np.ndarray:
         """``(K, len(segments))`` float64: per-member sum of reward over each segment's steps."""
