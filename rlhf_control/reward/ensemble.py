@@ -288,11 +288,17 @@ class RewardEnsemble:
         normalisation changed (torch bumps a tensor's ``_version`` on every in-place update)."""
         if self.config.net != "mlp" or self.device.type != "cpu":
             return None
-        params = list(self.members.parameters())
-        key = (tuple(p._version for p in params), tuple(id(p) for p in params),
-               tuple(self.norm_mean.tolist()), tuple(self.norm_std.tolist()), float(self.config.target_std))
-        if getattr(self, "_fast_key", None) == key:
-            return self._fast_cache
+        # An optimiser step updates each parameter of a member in place, so the version of each
+        # member's first parameter tells whether its weights changed; normalisation is replaced,
+        # not updated, so the identity of its tensors tells the same. A few attribute reads a call.
+        held = getattr(self, "_fast_params", None)
+        if held is not None:
+            key = (tuple(p._version for p in held), id(self.norm_mean), id(self.norm_std))
+            if key == self._fast_key:
+                return self._fast_cache
+        held = tuple(next(iter(member.parameters())) for member in self.members)
+        self._fast_params = held
+        key = (tuple(p._version for p in held), id(self.norm_mean), id(self.norm_std))
         linears = [[m for m in member.modules() if isinstance(m, nn.Linear)] for member in self.members]
         layers = []
         for j in range(len(linears[0])):
@@ -301,7 +307,9 @@ class RewardEnsemble:
             layers.append((w, b))
         offset = self.norm_mean.numpy().astype(np.float32)[:, None]
         scale = (self.config.target_std / self.norm_std.numpy()).astype(np.float32)[:, None]
+        # Keep the normalisation tensors referenced by the cache alive so that their ids stay unique.
         self._fast_cache = (layers, float(self.config.slope), offset, scale)
+        self._fast_refs = (self.norm_mean, self.norm_std)
         self._fast_key = key
         return self._fast_cache
 
