@@ -45,6 +45,7 @@ TRAIN_FLAGS = {
     "pretrain_labels": "pretrain_labels", "reward_members": "reward_members", "clip_length": "clip_length",
     "wait_for_labels": "wait_for_labels", "max_pending": "max_pending", "checkpoint_every": "checkpoint_every",
     "label_host": "label_host", "label_port": "label_port", "stale_after": "stale_after_steps",
+    "iteration_steps": "iteration_steps",
 }
 
 
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--reward-members", type=_positive_int)
     t.add_argument("--clip-length", type=_positive_int)
     t.add_argument("--checkpoint-every", type=_positive_int, help="iterations between checkpoints")
+    t.add_argument("--iteration-steps", type=_positive_int,
+                   help="agent steps per iteration (default one rollout, at least 2048)")
     t.add_argument("--max-pending", type=_positive_int, help="cap on queries waiting for an answer")
     t.add_argument("--stale-after", type=_positive_int, metavar="STEPS",
                    help="retire queries not answered within STEPS agent steps (default a quarter of the run)")

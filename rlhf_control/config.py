@@ -42,6 +42,7 @@ class RunConfig:
     reward_l2: bool = True
     clip_length: int | None = None
     checkpoint_every: int = 5
+    iteration_steps: int | None = None
     wait_for_labels: bool = False
     max_pending: int = 40
     stale_after_steps: int | None = None
@@ -52,7 +53,7 @@ class RunConfig:
     agent: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("labels", "steps", "n_envs", "label_window", "clip_length"):
+        for name in ("labels", "steps", "n_envs", "label_window", "clip_length", "iteration_steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name.replace('_', '-')} {value!r} must be a positive integer")

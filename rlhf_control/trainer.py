@@ -58,6 +58,7 @@ class Resolved:
     schedule: str
     label_window: int
     agent_params: dict[str, Any]
+    iteration_steps: int
 
 
 def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
@@ -93,7 +94,19 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         schedule=cfg.schedule or task.schedule,
         label_window=cfg.label_window or task.label_window,
         agent_params=agent_params,
+        iteration_steps=cfg.iteration_steps or _default_iteration_steps(algo, agent_params, cfg.n_envs or task.n_envs),
     )
+
+
+# SB3's default rollout lengths, for the iteration size when a task does not set n_steps.
+_DEFAULT_N_STEPS = {"ppo": 2048, "a2c": 5, "trpo": 2048}
+
+
+def _default_iteration_steps(algo: str, agent_params: dict[str, Any], n_envs: int) -> int:
+    """One rollout, but at least 2,048 steps: A2C's rollouts (80 steps for Atari) are far too short to
+    retrain the reward, log and checkpoint after each."""
+    rollout = int(agent_params.get("n_steps", _DEFAULT_N_STEPS[algo])) * n_envs
+    return max(rollout, 2048)
 
 
 def _device(name: str) -> str:
@@ -113,7 +126,9 @@ class _IterationCallback(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
-        self.trainer.iteration(self.model.num_timesteps)
+        step = self.model.num_timesteps
+        if step - self.trainer.last_iteration_step >= self.trainer.r.iteration_steps:
+            self.trainer.iteration(step)
 
 
 class RLHFTrainer:
@@ -176,6 +191,7 @@ class RLHFTrainer:
         self._pbar = None
         self._last_logged = -1
         self._train_on_resume = False
+        self.last_iteration_step = 0
         self.agent = None if resume else self._new_agent()
 
         # A damaged checkpoint is reported before the run directory is touched.
@@ -307,6 +323,7 @@ class RLHFTrainer:
     def iteration(self, step: int) -> None:
         """One RLHF iteration at agent step ``step`` (called after each rollout)."""
         self.iterations += 1
+        self.last_iteration_step = step
         # Clips from a much older policy are retired rather than shown (a quarter of the run by default).
         stale_after = self.cfg.stale_after_steps or max(self.r.steps // 4, 1)
         self.store.retire_older_than(step - stale_after)
@@ -356,7 +373,8 @@ class RLHFTrainer:
         """Pearson correlation of learned and true returns over recent pool segments."""
         if not self.task.has_true_reward or len(self.pool) < 8:
             return None
-        segs: list[Segment] = self.pool.recent(min(len(self.pool), 256))
+        # 64 recent clips: enough for a correlation, cheap even for the Atari CNN.
+        segs: list[Segment] = self.pool.recent(min(len(self.pool), 64))
         true = np.array([s.true_return for s in segs])
         if np.std(true) == 0:
             return None
@@ -401,6 +419,7 @@ class RLHFTrainer:
                                                 rng=np.random.default_rng(self.cfg.seed + 1))
             self.reward_trainer.load_state_dict(torch.load(ckpt / "reward_trainer.pt", weights_only=True))
             self.iterations = int(state["iteration"])
+            self.last_iteration_step = int(state["step"])
             self.pretrain_done = bool(state["pretrain_done"])
             self.rng.bit_generator.state = state["rng"]
             self.pool.load_state_dict(state["pool"])

@@ -101,7 +101,8 @@ def test_atari_run_with_a_small_cnn(tmp_path):
         n_envs=2, reward_net_kwargs={"cnn_filters": 4, "cnn_fc": 16}, pretrain_epochs=1,
         agent={"n_steps": 20},
     )
-    cfg = RunConfig(task="Pong", steps=400, labels=8, pretrain_labels=4, seed=0, checkpoint_every=5)
+    cfg = RunConfig(task="Pong", steps=400, labels=8, pretrain_labels=4, seed=0, checkpoint_every=5,
+                    iteration_steps=120)
     run = tmp_path / "pong"
     RLHFTrainer(cfg, run, task=task).run()
     assert (run / "DONE").exists()
@@ -110,6 +111,9 @@ def test_atari_run_with_a_small_cnn(tmp_path):
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert int(rows[-1]["step"]) >= 400
+    # An iteration (metrics row) every 120 steps or more, not after every 40-step A2C rollout.
+    steps = [int(r["step"]) for r in rows]
+    assert all(b - a >= 120 for a, b in zip(steps[:-2], steps[1:-1], strict=True))
     # Segments the reward model saw are 84x84 frames with the score area blank.
     from rlhf_control.store import PreferenceStore
 

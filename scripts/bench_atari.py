@@ -1,0 +1,255 @@
+"""Benchmark an Atari Pong run on CPU: frames per second and peak memory, RLHF loop vs plain A2C.
+
+Units: one agent step is one env step of one of the ``--n-envs`` envs, which is 4 emulator frames
+(the task's ``atari_frames`` wrapper repeats each action 4 frames). ``--frames 100000`` therefore
+means 25,000 agent steps (1,563 vector steps of 16 envs, 313 A2C rollouts of 5 steps).
+
+Each run goes in its own subprocess, so ``ru_maxrss`` (peak resident memory) is that run's own:
+
+* A2C: the task's agent (A2C, CnnPolicy, the catalogue hyperparameters, same n_envs and seed) on the
+  env's own reward (Pong's +-1 rewards are already clipped; no normalisation, as the RL Zoo).
+* RLHF: ``RLHFTrainer`` with the perfect synthetic oracle and the paper's CNN reward ensemble (3
+  members, variance selector). The paper's pretraining (500 labels, 1,000 random-policy clips =
+  25,000 agent steps, then 200 reward epochs) takes hours on a CPU, so by default this benchmark
+  pretrains on ``--pretrain-labels 50`` for ``--pretrain-epochs 5`` and asks for online labels at
+  the rate of the start of a full 10M-step, 5,500-label run. It prints where the time goes and an
+  estimate of what the reward-model training of a full run costs at the measured rate.
+
+Usage::
+
+    python scripts/bench_atari.py                         # 100k frames
+    python scripts/bench_atari.py --frames 20000          # a quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FRAME_SKIP = 4
+TASK = "Pong"
+FULL = {"steps": 10_000_000, "labels": 5500, "pretrain": 500, "pretrain_epochs": 200, "window": 3000,
+        "epochs": 3, "horizon": 5e6}
+
+
+def peak_mb() -> float:
+    """Peak resident set size of this process (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def online_labels(steps: int) -> int:
+    """Online labels a full paper-schedule run asks for in its first ``steps`` agent steps."""
+    from rlhf_control.schedule import make_schedule
+
+    s = make_schedule("paper", FULL["labels"], FULL["pretrain"], FULL["steps"], FULL["horizon"])
+    return max(1, s.target(steps) - FULL["pretrain"])
+
+
+# ----------------------------------------------------------------------------- children
+def child_a2c(args: argparse.Namespace) -> dict[str, Any]:
+    from rlhf_control.agents import make_agent
+    from rlhf_control.config import RunConfig
+    from rlhf_control.trainer import resolve
+
+    torch.set_num_threads(1)
+    r = resolve(RunConfig(task=TASK, n_envs=args.n_envs, steps=args.steps, seed=args.seed))
+    t0 = time.perf_counter()
+    env = r.task.make_vec_env(r.n_envs, seed=args.seed)
+    agent = make_agent(r.algo, env, r.agent_params, seed=args.seed, device="cpu", policy=r.task.policy)
+    setup = time.perf_counter() - t0
+    w0, c0 = time.perf_counter(), time.process_time()
+    agent.learn(total_timesteps=args.steps)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    steps = int(agent.num_timesteps)
+    env.close()
+    return {"run": "a2c", "algo": r.algo, "agent_params": {k: str(v) for k, v in r.agent_params.items()},
+            "steps": steps, "frames": steps * FRAME_SKIP, "setup_s": setup, "wall_s": wall, "cpu_s": cpu,
+            "peak_mb": peak_mb()}
+
+
+def child_rlhf(args: argparse.Namespace) -> dict[str, Any]:
+    from bench_overhead import instrument_trainer
+
+    from rlhf_control.config import RunConfig
+    from rlhf_control.trainer import RLHFTrainer
+
+    labels = args.pretrain_labels + args.online_labels
+    cfg = RunConfig(task=TASK, oracle="perfect", selector="variance", labels=labels,
+                    pretrain_labels=args.pretrain_labels, pretrain_epochs=args.pretrain_epochs,
+                    steps=args.steps, seed=args.seed, n_envs=args.n_envs, torch_threads=1, device="cpu")
+    t0 = time.perf_counter()
+    trainer = RLHFTrainer(cfg, args.run_dir)
+    setup = time.perf_counter() - t0
+    pt = instrument_trainer(trainer)
+    pair_epochs = {"pretrain": 0, "online": 0}
+    train = trainer.reward_trainer.train
+
+    def counted_train(dataset, epochs=None):
+        key = "online" if trainer.pretrain_done else "pretrain"
+        pair_epochs[key] += len(dataset) * int(epochs or trainer.reward_trainer.config.epochs)
+        return train(dataset, epochs=epochs)
+
+    object.__setattr__(trainer.reward_trainer, "train", counted_train)  # `train` is already timed
+    pretrain = trainer.pretrain
+    env_in_pretrain = {}
+
+    def pretrain_noting_env() -> None:
+        before = pt.seconds["env.step_wait"] + pt.seconds["env.step_async"]
+        pretrain()
+        env_in_pretrain["s"] = pt.seconds["env.step_wait"] + pt.seconds["env.step_async"] - before
+
+    trainer.pretrain = pretrain_noting_env
+    w0, c0 = time.perf_counter(), time.process_time()
+    trainer.run()
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    steps = int(trainer.agent.num_timesteps)
+    pool_segments = len(trainer.pool)
+    return {"run": "rlhf", "steps": steps, "frames": steps * FRAME_SKIP, "setup_s": setup, "wall_s": wall,
+            "cpu_s": cpu, "peak_mb": peak_mb(), "labels": labels, "pretrain_labels": args.pretrain_labels,
+            "pretrain_epochs": args.pretrain_epochs, "online_labels": args.online_labels,
+            "pair_epochs": pair_epochs, "phases_s": dict(pt.seconds), "calls": dict(pt.calls),
+            "pool_segments": pool_segments, "env_in_pretrain_s": env_in_pretrain.get("s", 0.0)}
+
+
+# ----------------------------------------------------------------------------- parent
+def run_child(kind: str, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", kind, "--frames", str(args.frames), "--n-envs", str(args.n_envs),
+           "--seed", str(args.seed), "--pretrain-labels", str(args.pretrain_labels),
+           "--pretrain-epochs", str(args.pretrain_epochs), "--online-labels", str(args.online_labels), *extra]
+    print(f"[{kind}] {' '.join(cmd[1:])}", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"{kind} run failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def full_run_reward_cost(sec_per_pair_epoch: float, n_envs: int, n_steps: int) -> tuple[float, float, int]:
+    """Reward-training seconds of a full paper run at ``sec_per_pair_epoch``: (pretraining, online,
+    trainings), replaying the paper schedule one rollout (iteration) at a time; every iteration that
+    gets a label retrains ``epochs`` passes over the window, as ``RLHFTrainer.iteration`` does."""
+    from rlhf_control.schedule import make_schedule
+
+    s = make_schedule("paper", FULL["labels"], FULL["pretrain"], FULL["steps"], FULL["horizon"])
+    per_iter = n_envs * n_steps
+    asked, pair_epochs, trainings = FULL["pretrain"], 0, 0
+    for step in range(per_iter, FULL["steps"] + per_iter, per_iter):
+        due = s.target(step) - asked
+        if due > 0:
+            asked += due
+            pair_epochs += FULL["epochs"] * min(asked, FULL["window"])
+            trainings += 1
+    pre = FULL["pretrain_epochs"] * FULL["pretrain"] * sec_per_pair_epoch
+    return pre, pair_epochs * sec_per_pair_epoch, trainings
+
+
+def report(a2c: dict[str, Any], rlhf: dict[str, Any], args: argparse.Namespace) -> None:
+    ph = rlhf["phases_s"]
+    pre = ph.get("pretrain", 0.0)
+    rl_phase = rlhf["wall_s"] - pre
+    fps = {
+        "a2c": a2c["frames"] / a2c["wall_s"],
+        "rlhf_total": rlhf["frames"] / rlhf["wall_s"],
+        "rlhf_rl_phase": rlhf["frames"] / rl_phase,
+    }
+    print(f"\n=== {TASK} (ALE/Pong-v5), {args.n_envs} envs, seed {args.seed}; 1 agent step = {FRAME_SKIP} frames")
+    print(f"A2C : {a2c['steps']} agent steps = {a2c['frames']} frames in {a2c['wall_s']:.1f} s wall "
+          f"({a2c['cpu_s']:.1f} s CPU): {fps['a2c']:.0f} frames/s ({fps['a2c'] / FRAME_SKIP:.0f} steps/s); "
+          f"peak RSS {a2c['peak_mb']:.0f} MiB")
+    print(f"RLHF: {rlhf['steps']} agent steps = {rlhf['frames']} frames in {rlhf['wall_s']:.1f} s wall "
+          f"({rlhf['cpu_s']:.1f} s CPU): {fps['rlhf_total']:.0f} frames/s overall, "
+          f"{fps['rlhf_rl_phase']:.0f} frames/s after pretraining; peak RSS {rlhf['peak_mb']:.0f} MiB")
+    print(f"      labels {rlhf['labels']} ({rlhf['pretrain_labels']} pretraining x {rlhf['pretrain_epochs']} epochs, "
+          f"{rlhf['online_labels']} online); pool {rlhf['pool_segments']} clips at the end")
+    print(f"ratio RLHF/A2C wall: {rlhf['wall_s'] / a2c['wall_s']:.2f} overall, {rl_phase / a2c['wall_s']:.2f} "
+          f"after pretraining; CPU-time ratio {rlhf['cpu_s'] / a2c['cpu_s']:.2f} overall; "
+          f"peak memory ratio {rlhf['peak_mb'] / a2c['peak_mb']:.2f}")
+    print(f"RLHF: where the wall-clock goes (of {rlhf['wall_s']:.1f} s; pretrain holds its own ask/train_reward)")
+    env = ph.get("env.step_wait", 0.0) + ph.get("env.step_async", 0.0)
+    env_pre = rlhf.get("env_in_pretrain_s", 0.0)
+    rows = {"env step, pretraining": env_pre, "env step, RL phase": env - env_pre,
+            "recorder own work": ph.get("recorder.step_wait (incl. env)", 0.0) - ph.get("env.step_wait", 0.0)}
+    rows.update({k: v for k, v in ph.items() if not k.startswith(("env.", "recorder.step_wait"))})
+    for name, secs in sorted(rows.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:28s} {secs:9.2f} s  {100 * secs / rlhf['wall_s']:5.1f} %  calls {rlhf['calls'].get(name, '')}")
+    total_pe = sum(rlhf["pair_epochs"].values())
+    if total_pe:
+        c = ph.get("reward_trainer.train", 0.0) / total_pe
+        print(f"reward training: {total_pe} pair-epochs in {ph.get('reward_trainer.train', 0.0):.1f} s = "
+              f"{c:.3f} s per labelled pair per epoch (incl. evaluation and pre-stacking)")
+        n_steps = 5
+        pre_s, online_s, trainings = full_run_reward_cost(c, args.n_envs, n_steps)
+        print(f"full paper run at that rate ({FULL['steps']:,} steps = {FULL['steps'] * FRAME_SKIP:,} frames, "
+              f"{FULL['labels']} labels, window {FULL['window']}): pretraining {FULL['pretrain']} pairs x "
+              f"{FULL['pretrain_epochs']} epochs = {pre_s / 3600:.1f} h; online {trainings} retrainings x "
+              f"{FULL['epochs']} epochs over the window = {online_s / 3600:.0f} h of reward training alone")
+        per_frame_other = (rl_phase - ph.get("train_reward", 0.0)) / rlhf["frames"]
+        print(f"full run, everything but reward training at this run's rate: "
+              f"{per_frame_other * FULL['steps'] * FRAME_SKIP / 3600:.0f} h "
+              f"(A2C alone: {FULL['steps'] * FRAME_SKIP / fps['a2c'] / 3600:.0f} h)")
+    print("\n| run | agent steps | frames | wall s | frames/s | peak RSS MiB |")
+    print("|---|---|---|---|---|---|")
+    print(f"| A2C | {a2c['steps']} | {a2c['frames']} | {a2c['wall_s']:.0f} | {fps['a2c']:.0f} | {a2c['peak_mb']:.0f} |")
+    print(f"| RLHF (total) | {rlhf['steps']} | {rlhf['frames']} | {rlhf['wall_s']:.0f} | {fps['rlhf_total']:.0f} | "
+          f"{rlhf['peak_mb']:.0f} |")
+    print(f"| RLHF (after pretraining) | {rlhf['steps']} | {rlhf['frames']} | {rl_phase:.0f} | "
+          f"{fps['rlhf_rl_phase']:.0f} | |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", type=int, default=100_000, help=f"emulator frames (agent steps x {FRAME_SKIP})")
+    p.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the task's, 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pretrain-labels", type=int, default=50, help="paper: 500 (hours on a CPU)")
+    p.add_argument("--pretrain-epochs", type=int, default=5, help="paper: 200")
+    p.add_argument("--online-labels", type=int, default=None,
+                   help="labels asked during the run (default: a full paper run's count over the same steps)")
+    p.add_argument("--out", type=Path, default=None, help="directory for the RLHF run dir and results.json")
+    p.add_argument("--only", choices=("a2c", "rlhf"), default=None, help="run one side only")
+    p.add_argument("--child", choices=("a2c", "rlhf"), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.frames < FRAME_SKIP:
+        p.error(f"--frames must be at least {FRAME_SKIP}")
+    if args.n_envs is None:
+        from rlhf_control.tasks import get_task
+
+        args.n_envs = get_task(TASK).n_envs
+    args.steps = math.ceil(args.frames / FRAME_SKIP)
+    if args.online_labels is None:
+        args.online_labels = online_labels(args.steps)
+    if args.child is not None:
+        res = child_a2c(args) if args.child == "a2c" else child_rlhf(args)
+        print(json.dumps(res))
+        return
+    args.out = args.out or Path(f"/tmp/bench_atari-{time.strftime('%Y%m%d-%H%M%S')}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"bench_atari: {args.frames} frames = {args.steps} agent steps, n_envs {args.n_envs}, out {args.out}")
+    results: dict[str, Any] = {}
+    if args.only in (None, "a2c"):
+        results["a2c"] = run_child("a2c", args, [])
+        print(f"  a2c: {results['a2c']['wall_s']:.1f} s, peak {results['a2c']['peak_mb']:.0f} MiB", flush=True)
+    if args.only in (None, "rlhf"):
+        results["rlhf"] = run_child("rlhf", args, ["--run-dir", str(args.out / "rlhf-run")])
+        print(f"  rlhf: {results['rlhf']['wall_s']:.1f} s, peak {results['rlhf']['peak_mb']:.0f} MiB", flush=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if len(results) == 2:
+        report(results["a2c"], results["rlhf"], args)
+    else:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()

@@ -1,0 +1,278 @@
+"""Benchmark the RLHF loop's overhead and final score against plain RL on the true reward.
+
+For each task, in one process: plain SB3 RL on the env's true reward (the DESIGN.md baseline:
+same task env, n_envs, seed, hyperparameters and steps as the RLHF run, ``VecNormalize`` reward
+normalisation as the RL Zoo does, observation normalisation where the task says ``normalize``),
+then the RLHF loop (``RLHFTrainer``: perfect synthetic oracle, 700 labels, an ensemble of 3, the
+``variance`` selector). Both use one torch thread.
+
+Printed per task: training wall-clock and CPU seconds of each (evaluation excluded; the RLHF figure
+includes its pretraining and checkpoints), the ratio RLHF/RL (target <= 1.15), where the RLHF run's
+time goes (instrumented phases), the final true return of each (deterministic policy, mean over
+``--eval-episodes`` episodes on the task env), a uniformly random policy's return, and the
+normalised score (RLHF - random) / (RL - random) (target >= 0.9). A markdown table at the end.
+
+Usage::
+
+    python scripts/bench_overhead.py                                   # Pendulum-v1 200k, HalfCheetah-v5 300k
+    python scripts/bench_overhead.py --tasks HalfCheetah-v5 --algo ppo
+    python scripts/bench_overhead.py --steps-scale 0.1 --profile       # quick check, with cProfile
+
+Ratios are only meaningful within one run (the same machine load for both halves); absolute
+seconds are not comparable across machines or runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+from rlhf_control.agents import make_agent
+from rlhf_control.config import RunConfig
+from rlhf_control.evaluation import evaluate_policy_returns, evaluate_run, make_eval_env
+from rlhf_control.tasks import get_task
+from rlhf_control.trainer import RLHFTrainer, resolve
+
+DEFAULT_STEPS = {"Pendulum-v1": 200_000, "HalfCheetah-v5": 300_000}
+EVAL_SEED = 12345  # evaluate_run's default, so both policies meet the same episodes
+LABELS, MEMBERS, SELECTOR = 700, 3, "variance"
+WALL_TARGET, SCORE_TARGET = 1.15, 0.9
+
+
+# ----------------------------------------------------------------------------- instrumentation
+class PhaseTimer:
+    """Wall seconds and call counts of wrapped callables, by phase name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - t0
+                self.calls[name] += 1
+
+        return timed
+
+    def patch(self, obj: Any, attr: str, name: str) -> None:
+        """Replace ``obj.attr`` (a bound method) on this instance by a timed version (frozen dataclasses too)."""
+        object.__setattr__(obj, attr, self.wrap(name, getattr(obj, attr)))
+
+
+def instrument_trainer(trainer: RLHFTrainer) -> PhaseTimer:
+    """Time the trainer's phases by wrapping methods on this instance only (no code changed).
+
+    ``env.step`` is the raw vec env; ``recorder`` the TrajectoryRecorder's own work (segment cutting,
+    obs copies); ``reward_inference`` the ensemble's per-step reward; the trainer methods nest:
+    ``pretrain`` holds its own ``ask``/``collect``/``train_reward``.
+    """
+    pt = PhaseTimer()
+    rec = trainer.recorder
+    pt.patch(rec.venv, "step_wait", "env.step_wait")
+    pt.patch(rec.venv, "step_async", "env.step_async")
+    pt.patch(rec, "step_wait", "recorder.step_wait (incl. env)")
+    trainer.learned._reward_fn = pt.wrap("reward_inference", trainer.learned._reward_fn)
+    for attr, name in [("pretrain", "pretrain"), ("iteration", "iteration (total)"), ("_ask", "ask"),
+                       ("_collect", "collect"), ("_train_reward", "train_reward"), ("_log", "log"),
+                       ("checkpoint", "checkpoint")]:
+        pt.patch(trainer, attr, name)
+    pt.patch(trainer.selector, "select", "select")
+    pt.patch(trainer, "_return_corr", "log.return_corr")
+    pt.patch(trainer.ensemble, "update_normalization", "update_normalization")
+    pt.patch(trainer.reward_trainer, "train", "reward_trainer.train")
+    return pt
+
+
+def print_phases(pt: PhaseTimer, total: float, title: str) -> None:
+    print(f"  {title}: where the wall-clock goes (of {total:.1f} s)")
+    env = pt.seconds["env.step_wait"] + pt.seconds["env.step_async"]
+    derived = {
+        "env step (raw vec env)": env,
+        "recorder own work": pt.seconds["recorder.step_wait (incl. env)"] - pt.seconds["env.step_wait"],
+    }
+    for name, secs in list(derived.items()) + sorted(pt.seconds.items(), key=lambda kv: -kv[1]):
+        if name.startswith("env.") or name.startswith("recorder.step_wait"):
+            continue
+        print(f"    {name:28s} {secs:9.2f} s  {100 * secs / max(total, 1e-9):5.1f} %  calls {pt.calls.get(name, '')}")
+
+
+# ----------------------------------------------------------------------------- baseline
+def make_baseline_env(task, n_envs: int, seed: int, gamma: float) -> VecNormalize:
+    """The task env as the RLHF run builds it, with VecNormalize on the true reward (RL Zoo style)."""
+    venv = task.make_vec_env(n_envs, seed=seed)
+    return VecNormalize(venv, norm_obs=task.normalize, norm_reward=True, gamma=gamma)
+
+
+def eval_agent(agent, task, train_env: VecNormalize | None, episodes: int) -> list[float]:
+    """Deterministic true returns on the task env, with the training env's obs statistics frozen."""
+    venv: VecEnv = make_eval_env(task, EVAL_SEED)
+    if train_env is not None and train_env.norm_obs:
+        venv = VecNormalize(venv, norm_obs=True, norm_reward=False, training=False)
+        venv.obs_rms = train_env.obs_rms.copy()
+    try:
+        return evaluate_policy_returns(agent, venv, episodes, deterministic=True)
+    finally:
+        venv.close()
+
+
+def random_return(task, episodes: int) -> float:
+    """Mean true return of uniformly random actions on the same eval env and seed."""
+    venv = make_eval_env(task, EVAL_SEED)
+    space = venv.action_space
+    space.seed(EVAL_SEED)
+    returns: list[float] = []
+    venv.reset()
+    try:
+        while len(returns) < episodes:
+            _, _, dones, infos = venv.step(np.array([space.sample()]))
+            if dones[0] and "episode" in infos[0]:
+                returns.append(float(infos[0]["episode"]["r"]))
+    finally:
+        venv.close()
+    return float(np.mean(returns))
+
+
+def timed_learn(agent, steps: int, callback=None) -> tuple[float, float]:
+    w0, c0 = time.perf_counter(), time.process_time()
+    agent.learn(total_timesteps=steps, callback=callback)
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+# ----------------------------------------------------------------------------- one task
+def bench_task(name: str, steps: int, args: argparse.Namespace) -> dict[str, Any]:
+    cfg = RunConfig(task=name, oracle="perfect", selector=SELECTOR, labels=LABELS, reward_members=MEMBERS,
+                    steps=steps, seed=args.seed, algo=args.algo, torch_threads=1, device="cpu")
+    r = resolve(cfg)
+    task = r.task
+    gamma = float(r.agent_params.get("gamma", 0.99))
+    print(f"\n=== {name}: {r.algo.upper()} ({'task default' if args.algo is None else '--algo'}), "
+          f"{steps} steps, n_envs {r.n_envs}, seed {args.seed}, obs normalisation {task.normalize}")
+    print(f"  agent hyperparameters (both runs): {r.agent_params}")
+    print(f"  RLHF: {r.labels} labels ({r.pretrain_labels} pretraining, {r.pretrain_epochs} pretrain epochs), "
+          f"{MEMBERS} members, selector {SELECTOR}, schedule {r.schedule}")
+    torch.set_num_threads(1)
+
+    # Plain RL on the true reward.
+    env = make_baseline_env(task, r.n_envs, args.seed, gamma)
+    agent = make_agent(r.algo, env, r.agent_params, seed=args.seed, device="cpu", policy=task.policy)
+    rl_pt = PhaseTimer()
+    rl_pt.patch(env.venv, "step_wait", "env.step_wait")
+    rl_pt.patch(env.venv, "step_async", "env.step_async")
+    rl_wall, rl_cpu = timed_learn(agent, steps)
+    env_s = rl_pt.seconds["env.step_wait"] + rl_pt.seconds["env.step_async"]
+    print(f"  RL   train: {rl_wall:9.1f} s wall, {rl_cpu:9.1f} s CPU  ({steps / rl_wall:.0f} steps/s; "
+          f"raw env step {env_s:.1f} s)")
+    env.training = False
+    rl_returns = eval_agent(agent, task, env, args.eval_episodes)
+    env.close()
+
+    # The RLHF loop.
+    run_dir = args.out / f"{name.replace('/', '_')}-{r.algo}-s{args.seed}-rlhf"
+    if run_dir.exists():
+        raise SystemExit(f"{run_dir} exists; pass another --out")
+    trainer = RLHFTrainer(cfg, run_dir)
+    pt = instrument_trainer(trainer)
+    prof = cProfile.Profile() if args.profile else None
+    w0, c0 = time.perf_counter(), time.process_time()
+    if prof is not None:
+        prof.enable()
+    trainer.run()
+    if prof is not None:
+        prof.disable()
+    rlhf_wall, rlhf_cpu = time.perf_counter() - w0, time.process_time() - c0
+    note = " (under cProfile: inflated)" if prof is not None else ""
+    print(f"  RLHF train: {rlhf_wall:9.1f} s wall, {rlhf_cpu:9.1f} s CPU  ({steps / rlhf_wall:.0f} steps/s){note}")
+    print_phases(pt, rlhf_wall, "RLHF")
+    if prof is not None:
+        report_profile(prof, run_dir.parent / f"{run_dir.name}.prof")
+    rlhf_eval = evaluate_run(run_dir, episodes=args.eval_episodes, seed=EVAL_SEED)
+
+    rand = random_return(task, args.eval_episodes)
+    rl_mean, rlhf_mean = float(np.mean(rl_returns)), rlhf_eval.mean
+    denom = rl_mean - rand
+    score = (rlhf_mean - rand) / denom if abs(denom) > 1e-9 else float("nan")
+    res = {
+        "task": name, "algo": r.algo, "steps": steps, "n_envs": r.n_envs, "seed": args.seed,
+        "rl_wall_s": rl_wall, "rl_cpu_s": rl_cpu, "rlhf_wall_s": rlhf_wall, "rlhf_cpu_s": rlhf_cpu,
+        "wall_ratio": rlhf_wall / rl_wall, "cpu_ratio": rlhf_cpu / rl_cpu, "profiled": prof is not None,
+        "rl_return": rl_mean, "rl_return_std": float(np.std(rl_returns)),
+        "rlhf_return": rlhf_mean, "rlhf_return_std": rlhf_eval.std, "random_return": rand,
+        "normalised_score": score, "eval_episodes": args.eval_episodes,
+        "labels": LABELS,
+        "phases_s": dict(pt.seconds), "rlhf_run_dir": str(run_dir),
+    }
+    print(f"  wall ratio RLHF/RL {res['wall_ratio']:.3f} (target <= {WALL_TARGET}); CPU ratio {res['cpu_ratio']:.3f}")
+    print(f"  true return ({args.eval_episodes} episodes, deterministic): RL {rl_mean:.1f} +- {res['rl_return_std']:.1f}, "
+          f"RLHF {rlhf_mean:.1f} +- {rlhf_eval.std:.1f}, random {rand:.1f}")
+    print(f"  normalised score (RLHF - random) / (RL - random) = {score:.3f} (target >= {SCORE_TARGET})")
+    return res
+
+
+def report_profile(prof: cProfile.Profile, path: Path, top: int = 25) -> None:
+    prof.dump_stats(str(path))
+    for key, title in (("cumulative", "cumulative"), ("tottime", "own time")):
+        buf = io.StringIO()
+        stats = pstats.Stats(prof, stream=buf).sort_stats(key)
+        stats.print_stats(r"rlhf_control" if key == "cumulative" else "", top)
+        lines = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
+        start = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls")), 0)
+        print(f"  cProfile, top {top} by {title}{' (rlhf_control only)' if key == 'cumulative' else ''}; "
+              f"full stats in {path}")
+        for ln in lines[start:start + top + 1]:
+            print("    " + ln)
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print("\n| task | algo | steps | RL wall s | RLHF wall s | wall ratio | CPU ratio | RL return | "
+          "RLHF return | random | normalised score |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        flag = " (profiled)" if r["profiled"] else ""
+        print(f"| {r['task']} | {r['algo']} | {r['steps']} | {r['rl_wall_s']:.0f} | {r['rlhf_wall_s']:.0f} | "
+              f"{r['wall_ratio']:.2f}{flag} | {r['cpu_ratio']:.2f} | {r['rl_return']:.1f} | {r['rlhf_return']:.1f} | "
+              f"{r['random_return']:.1f} | {r['normalised_score']:.2f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", nargs="+", default=list(DEFAULT_STEPS), help="catalogue task names")
+    p.add_argument("--steps-scale", type=float, default=1.0, help="multiply each task's steps (quick checks)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--algo", choices=("ppo", "a2c", "trpo"), default=None,
+                   help="agent for both runs (default: the task's own; another algo gets SB3 defaults + task gamma)")
+    p.add_argument("--out", type=Path, default=None, help="directory for the RLHF run dirs and results.json")
+    p.add_argument("--profile", action="store_true", help="run the RLHF loop under cProfile (inflates its time)")
+    args = p.parse_args()
+    if args.eval_episodes < 1 or args.steps_scale <= 0:
+        p.error("--eval-episodes must be >= 1 and --steps-scale > 0")
+    args.out = args.out or Path(f"/tmp/bench_overhead-{time.strftime('%Y%m%d-%H%M%S')}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"bench_overhead: tasks {args.tasks}, steps-scale {args.steps_scale}, seed {args.seed}, "
+          f"torch threads 1, out {args.out}")
+    results = []
+    for name in args.tasks:
+        steps = max(1, int(round(DEFAULT_STEPS.get(name, get_task(name).total_steps) * args.steps_scale)))
+        results.append(bench_task(name, steps, args))
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
