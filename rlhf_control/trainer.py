@@ -94,7 +94,8 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         schedule=cfg.schedule or task.schedule,
         label_window=cfg.label_window or task.label_window,
         agent_params=agent_params,
-        iteration_steps=cfg.iteration_steps or _default_iteration_steps(algo, agent_params, cfg.n_envs or task.n_envs),
+        iteration_steps=cfg.iteration_steps or _default_iteration_steps(algo, agent_params, cfg.n_envs or task.n_envs,
+                                                                        cfg.steps or task.total_steps),
     )
 
 
@@ -102,11 +103,12 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
 _DEFAULT_N_STEPS = {"ppo": 2048, "a2c": 5, "trpo": 2048}
 
 
-def _default_iteration_steps(algo: str, agent_params: dict[str, Any], n_envs: int) -> int:
+def _default_iteration_steps(algo: str, agent_params: dict[str, Any], n_envs: int, total_steps: int) -> int:
     """One rollout, but at least 2,048 steps: A2C's rollouts (80 steps for Atari) are far too short to
-    retrain the reward, log and checkpoint after each."""
+    retrain the reward, log and checkpoint after each. A run shorter than 16,384 steps still gets
+    about eight iterations."""
     rollout = int(agent_params.get("n_steps", _DEFAULT_N_STEPS[algo])) * n_envs
-    return max(rollout, 2048)
+    return max(rollout, min(2048, total_steps // 8))
 
 
 def _device(name: str) -> str:
@@ -127,7 +129,9 @@ class _IterationCallback(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         step = self.model.num_timesteps
-        if step - self.trainer.last_iteration_step >= self.trainer.r.iteration_steps:
+        # The last rollout always ends an iteration, so that the schedule's whole budget is asked for.
+        if (step - self.trainer.last_iteration_step >= self.trainer.r.iteration_steps
+                or step >= self.trainer.r.steps):
             self.trainer.iteration(step)
 
 
