@@ -34,7 +34,7 @@ from rlhf_control.metrics import MetricsLogger, truncate_metrics
 from rlhf_control.oracles import make_oracle
 from rlhf_control.recording import SegmentPool, TrajectoryRecorder
 from rlhf_control.reward.dataset import PreferenceDataset
-from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble
+from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble, segment_steps
 from rlhf_control.reward.training import RewardTrainer, RewardTrainerConfig
 from rlhf_control.schedule import make_schedule
 from rlhf_control.selection import make_selector
@@ -288,6 +288,10 @@ class RLHFTrainer:
     def _train_reward(self, epochs: int) -> None:
         if len(self.dataset) == 0:
             return
+        if not self.ensemble.input_stats_set and self.ensemble.config.net == "mlp" and self.ensemble.config.input_norm:
+            # Fixed once, from the first labelled clips (random-policy clips when there is pretraining).
+            segs = [s for lb in self.dataset.labels for s in (lb.pair.first, lb.pair.second)]
+            self.ensemble.set_input_stats(segment_steps(segs)[0])
         self.last_report = self.reward_trainer.train(self.dataset, epochs=epochs)
         recent = self.pool.recent(min(len(self.pool), 512))
         if recent:

@@ -174,6 +174,8 @@ def test_fast_rl_reward_matches_the_torch_path_through_training_and_normalisatio
         return ens.member_rewards(obs, a, normalized=True).mean(axis=0)
 
     np.testing.assert_allclose(ens.reward(obs, a), slow(), rtol=1e-5, atol=1e-6)
+    ens.set_input_stats(rng.normal(3.0, 5.0, size=(50, 5)))  # both paths standardise the same way
+    np.testing.assert_allclose(ens.reward(obs, a), slow(), rtol=1e-5, atol=1e-6)
     segs = [Segment(rng.normal(size=(4, 5)).astype(np.float32), acts(4), rng.normal(size=4)) for _ in range(20)]
     ens.update_normalization(segs)  # the cached weights must follow the new statistics
     np.testing.assert_allclose(ens.reward(obs, a), slow(), rtol=1e-5, atol=1e-6)
@@ -185,3 +187,27 @@ def test_fast_rl_reward_matches_the_torch_path_through_training_and_normalisatio
     after = ens.reward(obs, a)
     assert not np.allclose(before, after)
     np.testing.assert_allclose(after, slow(), rtol=1e-5, atol=1e-6)
+
+
+def test_input_standardisation_makes_the_mlp_blind_to_feature_scale_and_survives_save(tmp_path):
+    rng = np.random.default_rng(5)
+    obs = rng.normal(size=(40, 3)).astype(np.float32)
+    acts = rng.normal(size=(40, 1)).astype(np.float32)
+    scales = np.array([100.0, 0.01, 1.0], dtype=np.float32)
+    plain = RewardEnsemble(EnsembleConfig(n_members=2), (3,), (1,), seed=1)
+    scaled = RewardEnsemble(EnsembleConfig(n_members=2), (3,), (1,), seed=1)
+    plain.set_input_stats(obs)
+    scaled.set_input_stats(obs * scales)
+    # Same weights, features rescaled: after standardisation the inputs and outputs are the same.
+    np.testing.assert_allclose(scaled.member_rewards(obs * scales, acts), plain.member_rewards(obs, acts),
+                               rtol=1e-4, atol=1e-5)
+    unnormed = RewardEnsemble(EnsembleConfig(n_members=2, input_norm=False), (3,), (1,), seed=1)
+    unnormed.set_input_stats(obs * scales)  # switched off: no effect
+    assert not unnormed.input_stats_set
+    path = tmp_path / "ens.pt"
+    scaled.save(path)
+    back = RewardEnsemble.load(path)
+    assert back.input_stats_set
+    np.testing.assert_array_equal(back.member_rewards(obs * scales, acts), scaled.member_rewards(obs * scales, acts))
+    with pytest.raises(ValueError, match=r"shape \(N >= 2, \*\(3,\)\)"):
+        plain.set_input_stats(np.zeros((5, 4)))

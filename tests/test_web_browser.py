@@ -321,8 +321,8 @@ def test_scripted_labeller_in_the_browser_trains_a_reward_that_ranks_like_the_tr
                         0: ("ArrowUp", "e", "#btn-equal")}
                 for i in range(40):
                     wait_ready(page)
-                    page.wait_for_function(BRIGHTNESS_JS, timeout=WAIT_MS)
-                    left, right = page.evaluate(BRIGHTNESS_JS)
+                    # The value the wait saw: a second evaluation could catch a video between frames.
+                    left, right = page.wait_for_function(BRIGHTNESS_JS, timeout=WAIT_MS).json_value()
                     label = 0 if abs(left - right) < 1.0 else (1 if left > right else -1)
                     act(page, keys[label][i % 3])
                 page.wait_for_selector("#empty:not([hidden])", timeout=WAIT_MS)

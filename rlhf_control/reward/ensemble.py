@@ -36,6 +36,11 @@ class EnsembleConfig:
 
     ``use_actions``: feed actions to the predictor (MLP: concatenated with obs; CNN: at the FC layer).
     ``target_std``: std of each member's normalised reward (paper: 1 MuJoCo, 0.05 Atari).
+    ``input_norm``: the MLP standardises each observation feature with statistics fixed once by
+    :meth:`RewardEnsemble.set_input_stats` (identity until then). Not in the paper: without it the
+    features that carry the reward can be drowned by large ones (Reacher's fingertip offset has std
+    0.15 beside joint velocities of std 9; 300 random-policy labels gave a Spearman rank correlation
+    of 0.4 with the true return without it, 0.83 with it). The CNN ignores it (batch norm instead).
     """
 
     n_members: int = 3
@@ -50,6 +55,7 @@ class EnsembleConfig:
     cnn_kernels: tuple[int, ...] = (7, 5, 3, 3)
     cnn_strides: tuple[int, ...] = (3, 2, 1, 1)
     slope: float = 0.01
+    input_norm: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.n_members, bool) or int(self.n_members) != self.n_members or self.n_members < 1:
@@ -159,6 +165,35 @@ class RewardEnsemble:
         k = config.n_members
         self.norm_mean = torch.zeros(k, dtype=torch.float64, device=self.device)
         self.norm_std = torch.ones(k, dtype=torch.float64, device=self.device)
+        # Observation standardisation of the MLP's input (identity until set_input_stats).
+        self.in_mean: np.ndarray | None = None
+        self.in_inv_std: np.ndarray | None = None
+
+    @property
+    def input_stats_set(self) -> bool:
+        return self.in_mean is not None
+
+    def set_input_stats(self, obs: Any) -> None:
+        """Fix the MLP's per-feature observation mean and std from ``obs (N, *obs_shape)``, once,
+        before training (changing them later would change what the trained weights mean). A
+        constant feature keeps scale 1. No effect unless ``config.input_norm`` and the net is an MLP."""
+        if self.config.net != "mlp" or not self.config.input_norm:
+            return
+        obs = np.asarray(obs, dtype=np.float64)
+        if obs.ndim < 1 or len(obs) < 2 or tuple(obs.shape[1:]) != self.obs_shape:
+            raise ValueError(f"input statistics need obs of shape (N >= 2, *{self.obs_shape}), got {obs.shape}")
+        flat = obs.reshape(len(obs), -1)
+        if not np.all(np.isfinite(flat)):
+            raise ValueError("input statistics got non-finite observations")
+        std = flat.std(axis=0)
+        self.in_mean = flat.mean(axis=0).astype(np.float32)
+        self.in_inv_std = np.where(std > 1e-6, 1.0 / np.maximum(std, 1e-6), 1.0).astype(np.float32)
+
+    def _standardise(self, flat_obs: np.ndarray) -> np.ndarray:
+        x = flat_obs.astype(np.float32, copy=False)
+        if self.in_mean is None:
+            return x
+        return (x - self.in_mean) * self.in_inv_std
 
     def _make_net(self) -> nn.Module:
         c = self.config
@@ -201,7 +236,7 @@ class RewardEnsemble:
         n = obs.shape[0]
         a = self._encode_acts(acts) if self.act_dim else None
         if self.config.net == "mlp":
-            x = torch.as_tensor(obs.reshape(n, -1), dtype=torch.float32).to(self.device)
+            x = torch.as_tensor(self._standardise(obs.reshape(n, -1))).to(self.device)
             return x if a is None else torch.cat([x, a], dim=1)
         o = torch.as_tensor(obs if obs.dtype == np.uint8 else obs.astype(np.float32)).to(self.device)
         return o if a is None else (o, a)
@@ -267,7 +302,7 @@ class RewardEnsemble:
         if fast is None:
             return self.member_rewards(obs, acts, normalized=True).mean(axis=0)
         obs, acts = self._check_inputs(obs, acts)
-        x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
+        x = self._standardise(obs.reshape(len(obs), -1))
         if self.act_dim:
             if self.n_actions is None:
                 a = acts.reshape(len(acts), -1).astype(np.float32, copy=False)
@@ -370,6 +405,8 @@ class RewardEnsemble:
             "state_dict": {k: v.detach().cpu() for k, v in self.members.state_dict().items()},
             "norm_mean": self.norm_mean.cpu(),
             "norm_std": self.norm_std.cpu(),
+            "in_mean": None if self.in_mean is None else torch.from_numpy(self.in_mean),
+            "in_inv_std": None if self.in_inv_std is None else torch.from_numpy(self.in_inv_std),
         }
         tmp = f"{os.fspath(path)}.tmp"
         torch.save(blob, tmp)
@@ -395,4 +432,7 @@ class RewardEnsemble:
             raise ValueError(f"weights in {os.fspath(path)!r} do not match its config") from None
         ens.norm_mean = blob["norm_mean"].double()
         ens.norm_std = blob["norm_std"].double()
+        if blob.get("in_mean") is not None:
+            ens.in_mean = blob["in_mean"].numpy().astype(np.float32)
+            ens.in_inv_std = blob["in_inv_std"].numpy().astype(np.float32)
         return ens.to(device)
