@@ -82,20 +82,21 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         # The task's hyperparameters belong to its own algorithm: another one starts from SB3's
         # defaults, keeping the task's discount and the user's own overrides.
         agent_params = {"gamma": task.agent.get("gamma", 0.99), **cfg.agent}
+    steps = cfg.steps or task.total_steps
+    n_envs = cfg.n_envs or task.n_envs
     return Resolved(
         cfg=cfg,
         task=task,
         algo=algo,
-        steps=cfg.steps or task.total_steps,
+        steps=steps,
         labels=labels,
         pretrain_labels=pretrain,
         pretrain_epochs=task.pretrain_epochs if cfg.pretrain_epochs is None else cfg.pretrain_epochs,
-        n_envs=cfg.n_envs or task.n_envs,
+        n_envs=n_envs,
         schedule=cfg.schedule or task.schedule,
         label_window=cfg.label_window or task.label_window,
         agent_params=agent_params,
-        iteration_steps=cfg.iteration_steps or _default_iteration_steps(algo, agent_params, cfg.n_envs or task.n_envs,
-                                                                        cfg.steps or task.total_steps),
+        iteration_steps=cfg.iteration_steps or _default_iteration_steps(algo, agent_params, n_envs, steps),
     )
 
 
@@ -288,7 +289,7 @@ class RLHFTrainer:
     def _train_reward(self, epochs: int) -> None:
         if len(self.dataset) == 0:
             return
-        if not self.ensemble.input_stats_set and self.ensemble.config.net == "mlp" and self.ensemble.config.input_norm:
+        if self.ensemble.uses_input_norm and not self.ensemble.input_stats_set:
             # Fixed once, from the first labelled clips (random-policy clips when there is pretraining).
             segs = [s for lb in self.dataset.labels for s in (lb.pair.first, lb.pair.second)]
             self.ensemble.set_input_stats(segment_steps(segs)[0])

@@ -170,6 +170,11 @@ class RewardEnsemble:
         self.in_inv_std: np.ndarray | None = None
 
     @property
+    def uses_input_norm(self) -> bool:
+        """Whether observations are standardised (an MLP with ``config.input_norm``)."""
+        return self.config.net == "mlp" and self.config.input_norm
+
+    @property
     def input_stats_set(self) -> bool:
         return self.in_mean is not None
 
@@ -177,7 +182,7 @@ class RewardEnsemble:
         """Fix the MLP's per-feature observation mean and std from ``obs (N, *obs_shape)``, once,
         before training (changing them later would change what the trained weights mean). A
         constant feature keeps scale 1. No effect unless ``config.input_norm`` and the net is an MLP."""
-        if self.config.net != "mlp" or not self.config.input_norm:
+        if not self.uses_input_norm:
             return
         obs = np.asarray(obs, dtype=np.float64)
         if obs.ndim < 1 or len(obs) < 2 or tuple(obs.shape[1:]) != self.obs_shape:
