@@ -45,7 +45,7 @@ TRAIN_FLAGS = {
     "pretrain_labels": "pretrain_labels", "reward_members": "reward_members", "clip_length": "clip_length",
     "wait_for_labels": "wait_for_labels", "max_pending": "max_pending", "checkpoint_every": "checkpoint_every",
     "label_host": "label_host", "label_port": "label_port", "stale_after": "stale_after_steps",
-    "iteration_steps": "iteration_steps",
+    "iteration_steps": "iteration_steps", "reward_async": "reward_async",
 }
 
 
@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retire queries not answered within STEPS agent steps (default a quarter of the run)")
     t.add_argument("--wait-for-labels", action="store_true", default=None,
                    help="wait for pending answers instead of running ahead (human oracle)")
+    t.add_argument("--sync-reward", dest="reward_async", action="store_false", default=None,
+                   help="retrain the reward in this process between rollouts instead of in a second "
+                        "process during the next rollout")
     t.add_argument("--run-dir", type=Path, help="where the run goes (default runs/<task>-<time>)")
     t.add_argument("--config", type=Path, help="a config TOML (a run's config.toml reruns it)")
     t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped or killed run")
@@ -133,10 +136,12 @@ def _train(args: argparse.Namespace) -> int:
         if args.config:
             raise ValueError("--resume uses the run's own config; drop --config")
         cfg, task_dict = load_config_file(run_dir / CONFIG_NAME)
-        allowed = {"wait_for_labels", "max_pending", "device", "label_host", "label_port", "stale_after_steps"}
+        allowed = {"wait_for_labels", "max_pending", "device", "label_host", "label_port", "stale_after_steps",
+                   "reward_async"}
         bad = sorted(set(overrides) - allowed)
         if bad:
             flag = {f: "--" + k.replace("_", "-") for k, f in TRAIN_FLAGS.items()}
+            flag["reward_async"] = "--sync-reward"
             raise ValueError(f"--resume cannot change {', '.join(flag[b] for b in bad)}; "
                              f"only {', '.join(sorted(flag[a] for a in allowed))} may be given")
         cfg = cfg.replace(**overrides)

@@ -40,6 +40,7 @@ class RunConfig:
     reward_noise: float = 0.1
     reward_lr: float = 1e-3
     reward_l2: bool = True
+    reward_async: bool = True
     clip_length: int | None = None
     checkpoint_every: int = 5
     iteration_steps: int | None = None

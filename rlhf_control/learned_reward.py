@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvStepReturn, VecEnvWrapper
@@ -24,6 +25,12 @@ class LearnedReward(VecEnvWrapper):
 
     The learned reward is computed right after the actions are dispatched, so with a
     subprocess VecEnv the reward model runs while the envs step.
+
+    ``deferred=True``: each step returns reward 0 and keeps the step's inputs; :meth:`flush` then
+    computes the rewards of all steps since the last flush in one call (what :func:`relabel_rollouts`
+    does at the end of each SB3 rollout, so that the agent trains on exactly the per-step rewards at a
+    fraction of the per-call cost). Episode returns (``recent_returns``) are counted at the flush and
+    the ``info["episode_*_return"]`` keys are not set.
     """
 
     def __init__(
@@ -32,6 +39,7 @@ class LearnedReward(VecEnvWrapper):
         reward_fn: RewardFn,
         obs_fn: ObsFn | None = None,
         history: int = 100,
+        deferred: bool = False,
     ) -> None:
         super().__init__(venv)
         if not callable(reward_fn):
@@ -48,6 +56,9 @@ class LearnedReward(VecEnvWrapper):
         self._true_ret = np.zeros(self.num_envs, dtype=np.float64)
         self._recent_learned: deque[float] = deque(maxlen=int(history))
         self._recent_true: deque[float] = deque(maxlen=int(history))
+        self.deferred = bool(deferred)
+        self._batch: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # obs, acts, true, dones
+        self._pending_acts: np.ndarray | None = None
 
     @property
     def reward_fn(self) -> RewardFn:
@@ -68,6 +79,7 @@ class LearnedReward(VecEnvWrapper):
     def reset(self) -> np.ndarray:
         obs = self.venv.reset()
         self._last_obs = self._transform(obs)
+        self._batch.clear()
         self._learned_ret[:] = 0.0
         self._true_ret[:] = 0.0
         return obs
@@ -77,17 +89,29 @@ class LearnedReward(VecEnvWrapper):
             raise RuntimeError("LearnedReward: call reset() before step()")
         acts = np.asarray(actions)
         self.venv.step_async(actions)
-        out = np.asarray(self._reward_fn(self._last_obs, acts), dtype=np.float32)
-        if out.shape != (self.num_envs,):
-            raise ValueError(f"reward_fn must return shape ({self.num_envs},), got {out.shape}")
+        if self.deferred:
+            self._pending_acts = np.array(acts, copy=True)
+            return
+        self._pending = self._checked(self._reward_fn(self._last_obs, acts), self.num_envs)
+
+    def _checked(self, out: np.ndarray, n: int) -> np.ndarray:
+        out = np.asarray(out, dtype=np.float32)
+        if out.shape != (n,):
+            raise ValueError(f"reward_fn must return shape ({n},), got {out.shape}")
         if not np.all(np.isfinite(out)):
             raise ValueError(f"reward_fn returned non-finite rewards {out.tolist()}")
-        self._pending = out
+        return out
 
     def step_wait(self) -> VecEnvStepReturn:
         obs, rews, dones, infos = self.venv.step_wait()
-        learned, self._pending = self._pending, None
         true = np.asarray(rews, dtype=np.float64)
+        if self.deferred:
+            for i in range(self.num_envs):
+                infos[i]["true_reward"] = float(true[i])
+            self._batch.append((self._last_obs, self._pending_acts, true, np.array(dones, dtype=bool)))
+            self._last_obs = self._transform(obs)
+            return obs, np.zeros(self.num_envs, dtype=np.float32), dones, infos
+        learned, self._pending = self._pending, None
         self._learned_ret += learned
         self._true_ret += true
         for i in range(self.num_envs):
@@ -104,9 +128,61 @@ class LearnedReward(VecEnvWrapper):
         self._last_obs = self._transform(obs)
         return obs, learned, dones, infos
 
+    def pending_steps(self) -> int:
+        """Vector steps waiting for :meth:`flush` (always 0 unless ``deferred``)."""
+        return len(self._batch)
+
+    def flush(self) -> np.ndarray:
+        """Learned rewards ``(T, n_envs)`` float32 of the T vector steps since the last flush (or reset),
+        from one ``reward_fn`` call; counts the episodes that ended in them."""
+        n = self.num_envs
+        if not self._batch:
+            return np.zeros((0, n), dtype=np.float32)
+        batch, self._batch = self._batch, []
+        obs = np.concatenate([b[0] for b in batch])
+        acts = np.concatenate([b[1] for b in batch])
+        learned = self._checked(self._reward_fn(obs, acts), len(obs)).reshape(len(batch), n)
+        for t, (_, _, true, dones) in enumerate(batch):
+            self._learned_ret += learned[t]
+            self._true_ret += true
+            for i in np.flatnonzero(dones):
+                self._recent_learned.append(float(self._learned_ret[i]))
+                self._recent_true.append(float(self._true_ret[i]))
+                self._learned_ret[i] = 0.0
+                self._true_ret[i] = 0.0
+        return learned
+
     def _transform(self, obs: np.ndarray) -> np.ndarray:
         # A copy: some VecEnvs hand out a buffer they later overwrite.
         x = np.array(obs if self.obs_fn is None else self.obs_fn(obs), copy=True)
         if x.shape != np.shape(obs):
             raise ValueError(f"obs_fn must keep the observation shape {np.shape(obs)}, got {x.shape}")
         return x
+
+
+def relabel_rollouts(agent: Any, learned: LearnedReward) -> None:
+    """Give an SB3 on-policy ``agent`` (PPO, A2C, TRPO) the rewards of a ``deferred`` ``learned``
+    env in one batch per rollout.
+
+    SB3 fills its rollout buffer with the rewards the env returned (0 here) plus, where an episode
+    was cut by a time limit, ``gamma * V(terminal obs)``; then it computes returns and advantages.
+    Just before that computation the rollout's learned rewards are added to the buffer, which gives
+    the buffer exactly what per-step rewards would have. Call again after the agent's buffer is
+    rebuilt (a loaded agent gets a new one).
+    """
+    if not learned.deferred:
+        raise ValueError("relabel_rollouts needs a LearnedReward built with deferred=True")
+    buf = agent.rollout_buffer
+    original = buf.compute_returns_and_advantage
+
+    def compute_returns_and_advantage(last_values: Any, dones: np.ndarray) -> None:
+        rewards = learned.flush()
+        if rewards.shape != (buf.pos if not buf.full else buf.buffer_size, buf.n_envs):
+            raise RuntimeError(
+                f"learned rewards for {rewards.shape[0]} steps do not match a rollout of {buf.buffer_size} steps; "
+                "the env was stepped outside the agent's rollout"
+            )
+        buf.rewards[: len(rewards)] += rewards
+        return original(last_values=last_values, dones=dones)
+
+    buf.compute_returns_and_advantage = compute_returns_and_advantage

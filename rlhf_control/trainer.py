@@ -29,13 +29,14 @@ from rlhf_control.checkpoint import (
     save_checkpoint,
 )
 from rlhf_control.config import RunConfig, write_config_file
-from rlhf_control.learned_reward import LearnedReward
+from rlhf_control.learned_reward import LearnedReward, relabel_rollouts
 from rlhf_control.metrics import MetricsLogger, truncate_metrics
 from rlhf_control.oracles import make_oracle
 from rlhf_control.recording import SegmentPool, TrajectoryRecorder
 from rlhf_control.reward.dataset import PreferenceDataset
 from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble, segment_steps
 from rlhf_control.reward.training import RewardTrainer, RewardTrainerConfig
+from rlhf_control.reward.worker import RewardWorker, RewardWorkerError
 from rlhf_control.schedule import make_schedule
 from rlhf_control.selection import make_selector
 from rlhf_control.store import PreferenceStore
@@ -175,7 +176,9 @@ class RLHFTrainer:
                                            render_state_fn=render_fn,
                                            keep_true_rewards=self.task.has_true_reward)
         self.ensemble = self._make_ensemble()
-        self.learned = LearnedReward(self.recorder, self.ensemble.reward, obs_fn=self.task.reward_obs_fn)
+        # Rewards are computed once per rollout, in one batch (relabel_rollouts), not once per step.
+        self.learned = LearnedReward(self.recorder, self.ensemble.reward, obs_fn=self.task.reward_obs_fn,
+                                     deferred=True)
         # The agent may see normalised observations (RL Zoo's `normalize`); the reward model never does.
         self.agent_env: VecEnv = (VecNormalize(self.learned, norm_obs=True, norm_reward=False)
                                   if self.task.normalize else self.learned)
@@ -188,6 +191,9 @@ class RLHFTrainer:
         self.dataset = PreferenceDataset(max_size=self.r.label_window)
         self._pairs: dict[int, SegmentPair] = {}
         self.last_answer_id = 0
+        self.trained_answer_id = 0  # the last answer the ensemble's weights were trained on
+        self.worker: RewardWorker | None = None
+        self._job: tuple[int, int] | None = None  # (epochs, last answer id) of the job in the worker
         self.iterations = 0
         self.pretrain_done = False
         self.last_report = None
@@ -287,16 +293,62 @@ class RLHFTrainer:
         return new
 
     def _train_reward(self, epochs: int) -> None:
+        """Retrain the ensemble on the window here and now (pretraining, resume, end of run, and
+        every iteration when ``reward_async`` is off)."""
         if len(self.dataset) == 0:
             return
+        self._set_input_stats()
+        self.last_report = self.reward_trainer.train(self.dataset, epochs=epochs)
+        recent = self._norm_segments()
+        if recent:
+            self.ensemble.update_normalization(recent)
+        self.trained_answer_id = int(self.dataset.seqs[-1])
+
+    def _set_input_stats(self) -> None:
         if self.ensemble.uses_input_norm and not self.ensemble.input_stats_set:
             # Fixed once, from the first labelled clips (random-policy clips when there is pretraining).
             segs = [s for lb in self.dataset.labels for s in (lb.pair.first, lb.pair.second)]
             self.ensemble.set_input_stats(segment_steps(segs)[0])
-        self.last_report = self.reward_trainer.train(self.dataset, epochs=epochs)
-        recent = self.pool.recent(min(len(self.pool), 512))
-        if recent:
-            self.ensemble.update_normalization(recent)
+
+    def _norm_segments(self) -> list[Segment]:
+        return self.pool.recent(min(len(self.pool), 512))
+
+    def _start_reward_job(self, epochs: int) -> None:
+        """Retrain in the worker process while the agent's next rollout runs (synchronously without one)."""
+        if self.worker is None or len(self.dataset) == 0:
+            self._train_reward(epochs)
+            return
+        self._set_input_stats()
+        try:
+            self.worker.submit(self.ensemble, self.reward_trainer, self.dataset, epochs, self._norm_segments())
+        except RewardWorkerError as e:
+            self._drop_worker(e)
+            self._train_reward(epochs)
+            return
+        self._job = (epochs, int(self.dataset.seqs[-1]))
+
+    def _finish_reward_job(self) -> bool:
+        """Take the running job's weights (waiting for it); False when none was running."""
+        if self._job is None:
+            return False
+        epochs, answer_id = self._job
+        self._job = None
+        try:
+            self.last_report = self.worker.result(self.ensemble, self.reward_trainer)
+        except RewardWorkerError as e:
+            # The ensemble and trainer are as they were at submission: train the job here instead.
+            self._drop_worker(e)
+            self._train_reward(epochs)
+            return True
+        self.trained_answer_id = answer_id
+        return True
+
+    def _drop_worker(self, err: Exception) -> None:
+        import sys
+
+        print(f"warning: {err}; training the reward in the main process from now on", file=sys.stderr, flush=True)
+        self.worker.close(timeout=1)
+        self.worker = None
 
     # ----------------------------------------------------------------- phases
     def pretrain(self) -> None:
@@ -305,15 +357,18 @@ class RLHFTrainer:
         if n > 0:
             want = min(self.pool.capacity, max(2 * n, 20))
             rng = np.random.default_rng(self.cfg.seed + 7)
-            self.learned.reset()
-            space = self.learned.action_space
+            # The recorder alone: random-policy steps need no learned reward. The agent's first
+            # learn() resets the envs, and with them the learned-reward wrapper.
+            env = self.recorder
+            env.reset()
+            space = env.action_space
             space.seed(int(rng.integers(2**31)))
             max_steps = want * self.task.clip_length * 4 + 10_000
             steps = 0
             while len(self.pool) < want and steps < max_steps:
-                acts = np.stack([space.sample() for _ in range(self.learned.num_envs)])
-                self.learned.step(acts)
-                steps += self.learned.num_envs
+                acts = np.stack([space.sample() for _ in range(env.num_envs)])
+                env.step(acts)
+                steps += env.num_envs
             from rlhf_control.selection import make_selector as _mk
 
             self._ask(n - self._asked(), 0, selector=_mk("random"))
@@ -333,6 +388,8 @@ class RLHFTrainer:
         """One RLHF iteration at agent step ``step`` (called after each rollout)."""
         self.iterations += 1
         self.last_iteration_step = step
+        # The reward trained during the last rollout takes over (what the agent trains on next).
+        self._finish_reward_job()
         # Clips from a much older policy are retired rather than shown (a quarter of the run by default).
         stale_after = self.cfg.stale_after_steps or max(self.r.steps // 4, 1)
         self.store.retire_older_than(step - stale_after)
@@ -342,8 +399,10 @@ class RLHFTrainer:
         if self.cfg.wait_for_labels:
             self._wait_answers()
         new = self._collect()
-        if new:
-            self._train_reward(self.cfg.reward_epochs)
+        if new and step >= self.r.steps:
+            self._train_reward(self.cfg.reward_epochs)  # the last: no rollout left to overlap with
+        elif new:
+            self._start_reward_job(self.cfg.reward_epochs)
         self._log(step)
         if self.iterations % self.cfg.checkpoint_every == 0:
             self.checkpoint(step)
@@ -397,7 +456,7 @@ class RLHFTrainer:
         state = {
             "iteration": self.iterations,
             "pretrain_done": self.pretrain_done,
-            "last_answer_id": self.last_answer_id,
+            "trained_answer_id": self.trained_answer_id,
             "rng": self.rng.bit_generator.state,
             "pool": self.pool.state_dict(),
             "recorder": self.recorder.state_dict(),
@@ -439,7 +498,8 @@ class RLHFTrainer:
         # The store is the source of truth for labels, including those answered after the checkpoint.
         for answer_id, label in self.store.labels_with_ids(limit=self.r.label_window):
             self.dataset.add(label, seq=answer_id)
-        trained_up_to = int(state["last_answer_id"]) if state else 0
+        trained_up_to = int(state.get("trained_answer_id", state.get("last_answer_id", 0))) if state else 0
+        self.trained_answer_id = trained_up_to
         self.last_answer_id = self.store.last_answer_id()
         # Answers that arrived after the checkpoint (or while the run was stopped) are trained on first.
         self._train_on_resume = self.pretrain_done and self.last_answer_id > trained_up_to
@@ -462,15 +522,21 @@ class RLHFTrainer:
                 from tqdm import tqdm
 
                 self._pbar = tqdm(total=self.r.steps, initial=done, unit="step", dynamic_ncols=True)
+            remaining = self.r.steps - done
+            if self.cfg.reward_async and remaining > 0:
+                # Started now, so that it boots while pretraining runs.
+                self.worker = RewardWorker(self.reward_trainer.config, self.r.label_window,
+                                           threads=self.cfg.torch_threads, device=self.device)
             if not self.pretrain_done:
                 self.pretrain()
             elif self._train_on_resume:
                 self._train_reward(self.cfg.reward_epochs)
-            remaining = self.r.steps - done
             if remaining > 0:
+                relabel_rollouts(self.agent, self.learned)
                 self.agent.learn(total_timesteps=remaining, callback=_IterationCallback(self),
                                  reset_num_timesteps=False)
             final = int(self.agent.num_timesteps)
+            self._finish_reward_job()  # (the last iteration trains in this process: normally none)
             new = self._collect()
             if new:  # answers that came in after the last iteration (or while the run was stopped)
                 self._train_reward(self.cfg.reward_epochs)
@@ -486,6 +552,9 @@ class RLHFTrainer:
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
         self.metrics.close()
         self.agent_env.close()
         if self.label_server is not None:

@@ -79,7 +79,9 @@ def instrument_trainer(trainer: RLHFTrainer) -> PhaseTimer:
     """Time the trainer's phases by wrapping methods on this instance only (no code changed).
 
     ``env.step`` is the raw vec env; ``recorder`` the TrajectoryRecorder's own work (segment cutting,
-    obs copies); ``reward_inference`` the ensemble's per-step reward; the trainer methods nest:
+    obs copies); ``reward_inference`` the ensemble's reward (one call per rollout); ``wait for reward
+    worker`` the time the loop waited for a retraining running in the worker process (and took its
+    weights); the trainer methods nest:
     ``pretrain`` holds its own ``ask``/``collect``/``train_reward``.
     """
     pt = PhaseTimer()
@@ -89,7 +91,8 @@ def instrument_trainer(trainer: RLHFTrainer) -> PhaseTimer:
     pt.patch(rec, "step_wait", "recorder.step_wait (incl. env)")
     trainer.learned._reward_fn = pt.wrap("reward_inference", trainer.learned._reward_fn)
     for attr, name in [("pretrain", "pretrain"), ("iteration", "iteration (total)"), ("_ask", "ask"),
-                       ("_collect", "collect"), ("_train_reward", "train_reward"), ("_log", "log"),
+                       ("_collect", "collect"), ("_train_reward", "train_reward (in process)"),
+                       ("_finish_reward_job", "wait for reward worker"), ("_log", "log"),
                        ("checkpoint", "checkpoint")]:
         pt.patch(trainer, attr, name)
     pt.patch(trainer.selector, "select", "select")

@@ -179,3 +179,54 @@ def test_under_ppo_with_recorder_inside():
     learned, true = env.recent_returns()
     assert len(true) > 5 and all(t >= 1 for t in true)
     assert all(lr <= 0 for lr in learned)
+
+
+def test_deferred_rewards_give_ppo_the_same_rollout_as_per_step_rewards():
+    """One batched call per rollout (relabel_rollouts) leaves the buffer exactly as per-step rewards do,
+    time-limit bootstraps included (Pendulum's episodes are cut at 200 steps, inside the rollout)."""
+    from rlhf_control.learned_reward import relabel_rollouts
+
+    def reward_fn(obs, acts):
+        return (obs[:, 0] - 0.1 * acts[:, 0] ** 2).astype(np.float32)
+
+    def rollout(deferred: bool):
+        calls = []
+
+        def fn(obs, acts):
+            calls.append(len(obs))
+            return reward_fn(obs, acts)
+
+        env = LearnedReward(DummyVecEnv([lambda: gym.make("Pendulum-v1")] * 2), fn, deferred=deferred)
+        env.seed(3)
+        model = PPO("MlpPolicy", env, n_steps=256, batch_size=512, n_epochs=1, seed=0, device="cpu")
+        if deferred:
+            relabel_rollouts(model, env)
+        model.learn(total_timesteps=512)  # one rollout, then one update
+        return model.rollout_buffer, env, calls
+
+    per_step, env_a, calls_a = rollout(False)
+    batched, env_b, calls_b = rollout(True)
+    assert calls_a == [2] * 256 and calls_b == [512]
+    assert batched.rewards.shape == (256, 2) and np.any(batched.rewards != 0)
+    np.testing.assert_allclose(batched.rewards, per_step.rewards, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(batched.advantages, per_step.advantages, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(batched.returns, per_step.returns, rtol=1e-4, atol=1e-4)
+    (la, ta), (lb, tb) = env_a.recent_returns(), env_b.recent_returns()
+    assert len(la) == len(lb) == 2  # one 200-step episode per env
+    np.testing.assert_allclose(lb, la, rtol=1e-5)
+    np.testing.assert_allclose(tb, ta)
+    assert env_b.pending_steps() == 0
+
+
+def test_deferred_rewards_out_of_step_with_the_rollout_are_refused():
+    from rlhf_control.learned_reward import relabel_rollouts
+
+    env = LearnedReward(DummyVecEnv([lambda: gym.make("Pendulum-v1")]), lambda o, a: o[:, 0], deferred=True)
+    model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    relabel_rollouts(model, env)
+    model.learn(total_timesteps=64)
+    env.step(np.zeros((1, 1), dtype=np.float32))  # a step the agent did not take
+    with pytest.raises(RuntimeError, match="65 steps do not match a rollout of 64"):
+        model.learn(total_timesteps=64, reset_num_timesteps=False)
+    with pytest.raises(ValueError, match="deferred=True"):
+        relabel_rollouts(model, LearnedReward(DummyVecEnv([lambda: gym.make("Pendulum-v1")]), lambda o, a: o[:, 0]))

@@ -398,9 +398,10 @@ class RewardEnsemble:
         self.norm_std = self.norm_std.to(self.device)
         return self
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write config, shapes, weights and normalisation to ``path`` (atomically, via a temp file)."""
-        blob = {
+    def blob(self) -> dict[str, Any]:
+        """Config, shapes, weights and normalisation as one dict of plain values and CPU tensors
+        (what :meth:`save` writes and what the reward worker ships between processes)."""
+        return {
             "format": _FORMAT,
             "config": asdict(self.config),
             "obs_shape": list(self.obs_shape),
@@ -413,8 +414,35 @@ class RewardEnsemble:
             "in_mean": None if self.in_mean is None else torch.from_numpy(self.in_mean),
             "in_inv_std": None if self.in_inv_std is None else torch.from_numpy(self.in_inv_std),
         }
+
+    def load_blob_weights(self, blob: dict[str, Any]) -> None:
+        """Take weights and normalisation from a :meth:`blob` of an ensemble with the same config.
+        Parameters are copied in place, so optimisers holding them stay valid."""
+        self.members.load_state_dict(blob["state_dict"])
+        self.norm_mean = blob["norm_mean"].double().to(self.device)
+        self.norm_std = blob["norm_std"].double().to(self.device)
+        if blob.get("in_mean") is not None:
+            self.in_mean = blob["in_mean"].numpy().astype(np.float32)
+            self.in_inv_std = blob["in_inv_std"].numpy().astype(np.float32)
+        else:
+            self.in_mean = self.in_inv_std = None
+
+    @classmethod
+    def from_blob(cls, blob: dict[str, Any], device: str | torch.device = "cpu") -> RewardEnsemble:
+        """A new ensemble from a :meth:`blob` (ValueError when the weights do not fit the config)."""
+        known = {f.name for f in fields(EnsembleConfig)}
+        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in blob["config"].items() if k in known}
+        ens = cls(EnsembleConfig(**cfg), blob["obs_shape"], blob["act_shape"], blob["n_actions"], "cpu", blob["seed"])
+        try:
+            ens.load_blob_weights(blob)
+        except RuntimeError:
+            raise ValueError("ensemble weights do not match its config") from None
+        return ens.to(device)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`blob` to ``path`` (atomically, via a temp file)."""
         tmp = f"{os.fspath(path)}.tmp"
-        torch.save(blob, tmp)
+        torch.save(self.blob(), tmp)
         os.replace(tmp, path)
 
     @classmethod
@@ -428,16 +456,7 @@ class RewardEnsemble:
             raise ValueError(f"reward ensemble file {os.fspath(path)!r} is not readable: {type(e).__name__}") from None
         if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
             raise ValueError(f"{os.fspath(path)!r} is not a RewardEnsemble checkpoint (format {_FORMAT})")
-        known = {f.name for f in fields(EnsembleConfig)}
-        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in blob["config"].items() if k in known}
-        ens = cls(EnsembleConfig(**cfg), blob["obs_shape"], blob["act_shape"], blob["n_actions"], "cpu", blob["seed"])
         try:
-            ens.members.load_state_dict(blob["state_dict"])
-        except RuntimeError:
+            return cls.from_blob(blob, device)
+        except ValueError:
             raise ValueError(f"weights in {os.fspath(path)!r} do not match its config") from None
-        ens.norm_mean = blob["norm_mean"].double()
-        ens.norm_std = blob["norm_std"].double()
-        if blob.get("in_mean") is not None:
-            ens.in_mean = blob["in_mean"].numpy().astype(np.float32)
-            ens.in_inv_std = blob["in_inv_std"].numpy().astype(np.float32)
-        return ens.to(device)
