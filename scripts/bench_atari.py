@@ -86,20 +86,33 @@ def child_rlhf(args: argparse.Namespace) -> dict[str, Any]:
     labels = args.pretrain_labels + args.online_labels
     cfg = RunConfig(task=TASK, oracle="perfect", selector="variance", labels=labels,
                     pretrain_labels=args.pretrain_labels, pretrain_epochs=args.pretrain_epochs,
-                    steps=args.steps, seed=args.seed, n_envs=args.n_envs, torch_threads=1, device="cpu")
+                    steps=args.steps, seed=args.seed, n_envs=args.n_envs, torch_threads=1, device="cpu",
+                    reward_async=not args.sync_reward)
     t0 = time.perf_counter()
     trainer = RLHFTrainer(cfg, args.run_dir)
     setup = time.perf_counter() - t0
     pt = instrument_trainer(trainer)
-    pair_epochs = {"pretrain": 0, "online": 0}
-    train = trainer.reward_trainer.train
+    # Labelled pairs x epochs trained: in this process (pretraining, the last iteration, --sync-reward)
+    # and in the reward worker (every other retraining).
+    pair_epochs = {"pretrain": 0, "online": 0, "worker": 0}
 
-    def counted_train(dataset, epochs=None):
-        key = "online" if trainer.pretrain_done else "pretrain"
-        pair_epochs[key] += len(dataset) * int(epochs or trainer.reward_trainer.config.epochs)
-        return train(dataset, epochs=epochs)
+    def counting(method, key_fn):
+        def counted(epochs):
+            pair_epochs[key_fn()] += len(trainer.dataset) * int(epochs)
+            return method(epochs)
+        return counted
 
-    object.__setattr__(trainer.reward_trainer, "train", counted_train)  # `train` is already timed
+    local = trainer._train_reward  # already timed as train_reward (in process)
+    trainer._train_reward = counting(local, lambda: "online" if trainer.pretrain_done else "pretrain")
+    start_job = trainer._start_reward_job
+
+    def start_counted(epochs):
+        if trainer.worker is not None and len(trainer.dataset):
+            pair_epochs["worker"] += len(trainer.dataset) * int(epochs)
+            # _start_reward_job falls back to _train_reward without a worker; not counted twice.
+        return start_job(epochs)
+
+    trainer._start_reward_job = start_counted
     pretrain = trainer.pretrain
     env_in_pretrain = {}
 
@@ -112,10 +125,13 @@ def child_rlhf(args: argparse.Namespace) -> dict[str, Any]:
     w0, c0 = time.perf_counter(), time.process_time()
     trainer.run()
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the reward worker, reaped when the run closed
     steps = int(trainer.agent.num_timesteps)
     pool_segments = len(trainer.pool)
     return {"run": "rlhf", "steps": steps, "frames": steps * FRAME_SKIP, "setup_s": setup, "wall_s": wall,
-            "cpu_s": cpu, "peak_mb": peak_mb(), "labels": labels, "pretrain_labels": args.pretrain_labels,
+            "cpu_s": cpu, "peak_mb": peak_mb(), "worker_cpu_s": kids.ru_utime + kids.ru_stime,
+            "worker_peak_mb": kids.ru_maxrss / 1024, "reward_async": cfg.reward_async,
+            "labels": labels, "pretrain_labels": args.pretrain_labels,
             "pretrain_epochs": args.pretrain_epochs, "online_labels": args.online_labels,
             "pair_epochs": pair_epochs, "phases_s": dict(pt.seconds), "calls": dict(pt.calls),
             "pool_segments": pool_segments, "env_in_pretrain_s": env_in_pretrain.get("s", 0.0)}
@@ -125,7 +141,8 @@ def child_rlhf(args: argparse.Namespace) -> dict[str, Any]:
 def run_child(kind: str, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", kind, "--frames", str(args.frames), "--n-envs", str(args.n_envs),
            "--seed", str(args.seed), "--pretrain-labels", str(args.pretrain_labels),
-           "--pretrain-epochs", str(args.pretrain_epochs), "--online-labels", str(args.online_labels), *extra]
+           "--pretrain-epochs", str(args.pretrain_epochs), "--online-labels", str(args.online_labels),
+           *(["--sync-reward"] if args.sync_reward else []), *extra]
     print(f"[{kind}] {' '.join(cmd[1:])}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -167,8 +184,9 @@ def report(a2c: dict[str, Any], rlhf: dict[str, Any], args: argparse.Namespace) 
           f"({a2c['cpu_s']:.1f} s CPU): {fps['a2c']:.0f} frames/s ({fps['a2c'] / FRAME_SKIP:.0f} steps/s); "
           f"peak RSS {a2c['peak_mb']:.0f} MiB")
     print(f"RLHF: {rlhf['steps']} agent steps = {rlhf['frames']} frames in {rlhf['wall_s']:.1f} s wall "
-          f"({rlhf['cpu_s']:.1f} s CPU): {fps['rlhf_total']:.0f} frames/s overall, "
-          f"{fps['rlhf_rl_phase']:.0f} frames/s after pretraining; peak RSS {rlhf['peak_mb']:.0f} MiB")
+          f"({rlhf['cpu_s']:.1f} s CPU + {rlhf['worker_cpu_s']:.1f} s in the reward worker): "
+          f"{fps['rlhf_total']:.0f} frames/s overall, {fps['rlhf_rl_phase']:.0f} frames/s after pretraining; "
+          f"peak RSS {rlhf['peak_mb']:.0f} MiB (+ {rlhf['worker_peak_mb']:.0f} MiB reward worker)")
     print(f"      labels {rlhf['labels']} ({rlhf['pretrain_labels']} pretraining x {rlhf['pretrain_epochs']} epochs, "
           f"{rlhf['online_labels']} online); pool {rlhf['pool_segments']} clips at the end")
     print(f"ratio RLHF/A2C wall: {rlhf['wall_s'] / a2c['wall_s']:.2f} overall, {rl_phase / a2c['wall_s']:.2f} "
@@ -184,16 +202,19 @@ def report(a2c: dict[str, Any], rlhf: dict[str, Any], args: argparse.Namespace) 
         print(f"  {name:28s} {secs:9.2f} s  {100 * secs / rlhf['wall_s']:5.1f} %  calls {rlhf['calls'].get(name, '')}")
     total_pe = sum(rlhf["pair_epochs"].values())
     if total_pe:
-        c = ph.get("reward_trainer.train", 0.0) / total_pe
-        print(f"reward training: {total_pe} pair-epochs in {ph.get('reward_trainer.train', 0.0):.1f} s = "
-              f"{c:.3f} s per labelled pair per epoch (incl. evaluation and pre-stacking)")
+        train_s = ph.get("reward_trainer.train", 0.0) + rlhf["worker_cpu_s"]
+        c = train_s / total_pe
+        print(f"reward training: {total_pe} pair-epochs ({rlhf['pair_epochs']['worker']} in the worker) in "
+              f"{train_s:.1f} s (in process, plus the worker's CPU) = {c:.3f} s per labelled pair per epoch "
+              f"(incl. evaluation, pre-stacking, output normalisation and the worker's unpickling)")
         n_steps = 5
         pre_s, online_s, trainings = full_run_reward_cost(c, args.n_envs, n_steps)
         print(f"full paper run at that rate ({FULL['steps']:,} steps = {FULL['steps'] * FRAME_SKIP:,} frames, "
               f"{FULL['labels']} labels, window {FULL['window']}): pretraining {FULL['pretrain']} pairs x "
               f"{FULL['pretrain_epochs']} epochs = {pre_s / 3600:.1f} h; online {trainings} retrainings x "
               f"{FULL['epochs']} epochs over the window = {online_s / 3600:.0f} h of reward training alone")
-        per_frame_other = (rl_phase - ph.get("train_reward", 0.0)) / rlhf["frames"]
+        in_process = ph.get("train_reward (in process)", 0.0) + ph.get("wait for reward worker", 0.0)
+        per_frame_other = (rl_phase - in_process) / rlhf["frames"]
         print(f"full run, everything but reward training at this run's rate: "
               f"{per_frame_other * FULL['steps'] * FRAME_SKIP / 3600:.0f} h "
               f"(A2C alone: {FULL['steps'] * FRAME_SKIP / fps['a2c'] / 3600:.0f} h)")
@@ -217,6 +238,7 @@ def main() -> None:
                    help="labels asked during the run (default: a full paper run's count over the same steps)")
     p.add_argument("--out", type=Path, default=None, help="directory for the RLHF run dir and results.json")
     p.add_argument("--only", choices=("a2c", "rlhf"), default=None, help="run one side only")
+    p.add_argument("--sync-reward", action="store_true", help="retrain the reward in the main process (no worker)")
     p.add_argument("--child", choices=("a2c", "rlhf"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -4,10 +4,12 @@ For each task, in one process: plain SB3 RL on the env's true reward (the DESIGN
 same task env, n_envs, seed, hyperparameters and steps as the RLHF run, ``VecNormalize`` reward
 normalisation as the RL Zoo does, observation normalisation where the task says ``normalize``),
 then the RLHF loop (``RLHFTrainer``: perfect synthetic oracle, 700 labels, an ensemble of 3, the
-``variance`` selector). Both use one torch thread.
+``variance`` selector). Both use one torch thread; the RLHF loop retrains its reward in a second
+process (its default; ``--sync-reward`` keeps it in the main process, as RL has nothing to run there).
 
 Printed per task: training wall-clock and CPU seconds of each (evaluation excluded; the RLHF figure
-includes its pretraining and checkpoints), the ratio RLHF/RL (target <= 1.15), where the RLHF run's
+includes its pretraining and checkpoints, and its CPU the reward worker's), the ratio RLHF/RL of
+wall-clock (target <= 1.15) and of CPU, where the RLHF run's
 time goes (instrumented phases), the final true return of each (deterministic policy, mean over
 ``--eval-episodes`` episodes on the task env), a uniformly random policy's return, and the
 normalised score (RLHF - random) / (RL - random) (target >= 0.9). A markdown table at the end.
@@ -16,6 +18,7 @@ Usage::
 
     python scripts/bench_overhead.py                                   # Pendulum-v1 200k, HalfCheetah-v5 300k
     python scripts/bench_overhead.py --tasks HalfCheetah-v5 --algo ppo
+    python scripts/bench_overhead.py --tasks HalfCheetah-v5 --seeds 0 1 2   # scores over seeds, too
     python scripts/bench_overhead.py --steps-scale 0.1 --profile       # quick check, with cProfile
 
 Ratios are only meaningful within one run (the same machine load for both halves); absolute
@@ -29,6 +32,7 @@ import cProfile
 import io
 import json
 import pstats
+import resource
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -151,6 +155,12 @@ def random_return(task, episodes: int) -> float:
     return float(np.mean(returns))
 
 
+def children_cpu() -> float:
+    """User + system CPU seconds of this process's finished (waited-for) children."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def timed_learn(agent, steps: int, callback=None) -> tuple[float, float]:
     w0, c0 = time.perf_counter(), time.process_time()
     agent.learn(total_timesteps=steps, callback=callback)
@@ -158,22 +168,24 @@ def timed_learn(agent, steps: int, callback=None) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- one task
-def bench_task(name: str, steps: int, args: argparse.Namespace) -> dict[str, Any]:
+def bench_task(name: str, steps: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     cfg = RunConfig(task=name, oracle="perfect", selector=SELECTOR, labels=LABELS, reward_members=MEMBERS,
-                    steps=steps, seed=args.seed, algo=args.algo, torch_threads=1, device="cpu")
+                    steps=steps, seed=seed, algo=args.algo, torch_threads=1, device="cpu",
+                    reward_async=not args.sync_reward)
     r = resolve(cfg)
     task = r.task
     gamma = float(r.agent_params.get("gamma", 0.99))
     print(f"\n=== {name}: {r.algo.upper()} ({'task default' if args.algo is None else '--algo'}), "
-          f"{steps} steps, n_envs {r.n_envs}, seed {args.seed}, obs normalisation {task.normalize}")
+          f"{steps} steps, n_envs {r.n_envs}, seed {seed}, obs normalisation {task.normalize}")
     print(f"  agent hyperparameters (both runs): {r.agent_params}")
     print(f"  RLHF: {r.labels} labels ({r.pretrain_labels} pretraining, {r.pretrain_epochs} pretrain epochs), "
-          f"{MEMBERS} members, selector {SELECTOR}, schedule {r.schedule}")
+          f"{MEMBERS} members, selector {SELECTOR}, schedule {r.schedule}, reward retrained "
+          f"{'in the main process' if args.sync_reward else 'in a worker process'}")
     torch.set_num_threads(1)
 
     # Plain RL on the true reward.
-    env = make_baseline_env(task, r.n_envs, args.seed, gamma)
-    agent = make_agent(r.algo, env, r.agent_params, seed=args.seed, device="cpu", policy=task.policy)
+    env = make_baseline_env(task, r.n_envs, seed, gamma)
+    agent = make_agent(r.algo, env, r.agent_params, seed=seed, device="cpu", policy=task.policy)
     rl_pt = PhaseTimer()
     rl_pt.patch(env.venv, "step_wait", "env.step_wait")
     rl_pt.patch(env.venv, "step_async", "env.step_async")
@@ -186,21 +198,23 @@ def bench_task(name: str, steps: int, args: argparse.Namespace) -> dict[str, Any
     env.close()
 
     # The RLHF loop.
-    run_dir = args.out / f"{name.replace('/', '_')}-{r.algo}-s{args.seed}-rlhf"
+    run_dir = args.out / f"{name.replace('/', '_')}-{r.algo}-s{seed}-rlhf"
     if run_dir.exists():
         raise SystemExit(f"{run_dir} exists; pass another --out")
     trainer = RLHFTrainer(cfg, run_dir)
     pt = instrument_trainer(trainer)
     prof = cProfile.Profile() if args.profile else None
-    w0, c0 = time.perf_counter(), time.process_time()
+    w0, c0, k0 = time.perf_counter(), time.process_time(), children_cpu()
     if prof is not None:
         prof.enable()
     trainer.run()
     if prof is not None:
         prof.disable()
     rlhf_wall, rlhf_cpu = time.perf_counter() - w0, time.process_time() - c0
+    worker_cpu = children_cpu() - k0  # the reward worker, reaped when the run closed
     note = " (under cProfile: inflated)" if prof is not None else ""
-    print(f"  RLHF train: {rlhf_wall:9.1f} s wall, {rlhf_cpu:9.1f} s CPU  ({steps / rlhf_wall:.0f} steps/s){note}")
+    print(f"  RLHF train: {rlhf_wall:9.1f} s wall, {rlhf_cpu:9.1f} s CPU + {worker_cpu:.1f} s CPU in the reward "
+          f"worker  ({steps / rlhf_wall:.0f} steps/s){note}")
     print_phases(pt, rlhf_wall, "RLHF")
     if prof is not None:
         report_profile(prof, run_dir.parent / f"{run_dir.name}.prof")
@@ -211,16 +225,16 @@ def bench_task(name: str, steps: int, args: argparse.Namespace) -> dict[str, Any
     denom = rl_mean - rand
     score = (rlhf_mean - rand) / denom if abs(denom) > 1e-9 else float("nan")
     res = {
-        "task": name, "algo": r.algo, "steps": steps, "n_envs": r.n_envs, "seed": args.seed,
-        "rl_wall_s": rl_wall, "rl_cpu_s": rl_cpu, "rlhf_wall_s": rlhf_wall, "rlhf_cpu_s": rlhf_cpu,
-        "wall_ratio": rlhf_wall / rl_wall, "cpu_ratio": rlhf_cpu / rl_cpu, "profiled": prof is not None,
+        "task": name, "algo": r.algo, "steps": steps, "n_envs": r.n_envs, "seed": seed,
+        "rl_wall_s": rl_wall, "rl_cpu_s": rl_cpu, "rlhf_wall_s": rlhf_wall, "rlhf_cpu_s": rlhf_cpu, "worker_cpu_s": worker_cpu,
+        "wall_ratio": rlhf_wall / rl_wall, "cpu_ratio": (rlhf_cpu + worker_cpu) / rl_cpu, "profiled": prof is not None,
         "rl_return": rl_mean, "rl_return_std": float(np.std(rl_returns)),
         "rlhf_return": rlhf_mean, "rlhf_return_std": rlhf_eval.std, "random_return": rand,
         "normalised_score": score, "eval_episodes": args.eval_episodes,
         "labels": LABELS,
         "phases_s": dict(pt.seconds), "rlhf_run_dir": str(run_dir),
     }
-    print(f"  wall ratio RLHF/RL {res['wall_ratio']:.3f} (target <= {WALL_TARGET}); CPU ratio {res['cpu_ratio']:.3f}")
+    print(f"  wall ratio RLHF/RL {res['wall_ratio']:.3f} (target <= {WALL_TARGET}); CPU ratio (main + worker) {res['cpu_ratio']:.3f}")
     print(f"  true return ({args.eval_episodes} episodes, deterministic): RL {rl_mean:.1f} +- {res['rl_return_std']:.1f}, "
           f"RLHF {rlhf_mean:.1f} +- {rlhf_eval.std:.1f}, random {rand:.1f}")
     print(f"  normalised score (RLHF - random) / (RL - random) = {score:.3f} (target >= {SCORE_TARGET})")
@@ -242,38 +256,54 @@ def report_profile(prof: cProfile.Profile, path: Path, top: int = 25) -> None:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    print("\n| task | algo | steps | RL wall s | RLHF wall s | wall ratio | CPU ratio | RL return | "
+    print("\n| task | algo | steps | seed | RL wall s | RLHF wall s | wall ratio | CPU ratio | RL return | "
           "RLHF return | random | normalised score |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         flag = " (profiled)" if r["profiled"] else ""
-        print(f"| {r['task']} | {r['algo']} | {r['steps']} | {r['rl_wall_s']:.0f} | {r['rlhf_wall_s']:.0f} | "
+        print(f"| {r['task']} | {r['algo']} | {r['steps']} | {r['seed']} | {r['rl_wall_s']:.0f} | {r['rlhf_wall_s']:.0f} | "
               f"{r['wall_ratio']:.2f}{flag} | {r['cpu_ratio']:.2f} | {r['rl_return']:.1f} | {r['rlhf_return']:.1f} | "
               f"{r['random_return']:.1f} | {r['normalised_score']:.2f} |")
+    tasks = sorted({r["task"] for r in results}, key=[r["task"] for r in results].index)
+    if len(results) > len(tasks):
+        print("\nOver seeds: wall ratio = total RLHF / total RL wall-clock; score = (mean RLHF - random) / "
+              "(mean RL - random)")
+        print("| task | seeds | wall ratio | score | per-seed scores |")
+        print("|---|---|---|---|---|")
+        for t in tasks:
+            rs = [r for r in results if r["task"] == t]
+            ratio = sum(r["rlhf_wall_s"] for r in rs) / sum(r["rl_wall_s"] for r in rs)
+            rand = rs[0]["random_return"]
+            rl, rlhf = np.mean([r["rl_return"] for r in rs]), np.mean([r["rlhf_return"] for r in rs])
+            score = (rlhf - rand) / (rl - rand)
+            per = ", ".join(f"{r['normalised_score']:.2f}" for r in rs)
+            print(f"| {t} | {len(rs)} | {ratio:.2f} | {score:.2f} | {per} |")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_STEPS), help="catalogue task names")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply each task's steps (quick checks)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one RL and one RLHF run per seed")
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--algo", choices=("ppo", "a2c", "trpo"), default=None,
                    help="agent for both runs (default: the task's own; another algo gets SB3 defaults + task gamma)")
     p.add_argument("--out", type=Path, default=None, help="directory for the RLHF run dirs and results.json")
     p.add_argument("--profile", action="store_true", help="run the RLHF loop under cProfile (inflates its time)")
+    p.add_argument("--sync-reward", action="store_true", help="retrain the reward in the main process (no worker)")
     args = p.parse_args()
     if args.eval_episodes < 1 or args.steps_scale <= 0:
         p.error("--eval-episodes must be >= 1 and --steps-scale > 0")
     args.out = args.out or Path(f"/tmp/bench_overhead-{time.strftime('%Y%m%d-%H%M%S')}")
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"bench_overhead: tasks {args.tasks}, steps-scale {args.steps_scale}, seed {args.seed}, "
+    print(f"bench_overhead: tasks {args.tasks}, steps-scale {args.steps_scale}, seeds {args.seeds}, "
           f"torch threads 1, out {args.out}")
     results = []
     for name in args.tasks:
         steps = max(1, int(round(DEFAULT_STEPS.get(name, get_task(name).total_steps) * args.steps_scale)))
-        results.append(bench_task(name, steps, args))
-        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        for seed in args.seeds:
+            results.append(bench_task(name, steps, seed, args))
+            (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
 
 

@@ -299,11 +299,13 @@ class RewardEnsemble:
     def reward(self, obs: Any, acts: Any) -> np.ndarray:
         """RL reward ``(N,)`` float32: mean over members of the normalised member rewards (no grad).
 
-        Called once per vector step of the agent: for the MLP on the CPU it runs the members as
-        stacked NumPy matrices (a few microseconds), since torch's per-call overhead on a batch of a
-        handful of steps costs more than the arithmetic.
+        For a batch of up to 64 steps (one vector step of the agent) the MLP on the CPU runs as
+        stacked NumPy matrices (tens of microseconds), since torch's per-call overhead costs more than
+        the arithmetic there. Larger batches (a whole rollout) go through torch, which is faster for
+        them and keeps to ``torch.set_num_threads``: NumPy's BLAS would start a thread per core and
+        leave it spinning after the call, on the core the reward worker trains on.
         """
-        fast = self._fast_mlp()
+        fast = self._fast_mlp() if len(obs) <= 64 else None
         if fast is None:
             return self.member_rewards(obs, acts, normalized=True).mean(axis=0)
         obs, acts = self._check_inputs(obs, acts)
