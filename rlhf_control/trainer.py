@@ -343,6 +343,17 @@ class RLHFTrainer:
         self.trained_answer_id = answer_id
         return True
 
+    def _start_worker(self) -> None:
+        try:
+            self.worker = RewardWorker(self.reward_trainer.config, self.r.label_window,
+                                       threads=self.cfg.torch_threads, device=self.device)
+        except (OSError, RewardWorkerError) as e:
+            import sys
+
+            print(f"warning: no reward worker ({e}); training the reward in the main process",
+                  file=sys.stderr, flush=True)
+            self.worker = None
+
     def _drop_worker(self, err: Exception) -> None:
         import sys
 
@@ -524,9 +535,7 @@ class RLHFTrainer:
                 self._pbar = tqdm(total=self.r.steps, initial=done, unit="step", dynamic_ncols=True)
             remaining = self.r.steps - done
             if self.cfg.reward_async and remaining > 0:
-                # Started now, so that it boots while pretraining runs.
-                self.worker = RewardWorker(self.reward_trainer.config, self.r.label_window,
-                                           threads=self.cfg.torch_threads, device=self.device)
+                self._start_worker()  # now, so that it boots while pretraining runs
             if not self.pretrain_done:
                 self.pretrain()
             elif self._train_on_resume:

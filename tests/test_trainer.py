@@ -138,3 +138,66 @@ def test_a_run_shorter_than_one_default_iteration_still_spends_its_budget(tmp_pa
     assert _sql(run, "SELECT COUNT(*) FROM answers WHERE skipped = 0")[0][0] == 12
     steps = _steps(run)
     assert len(steps) >= 4 and steps[-1] == 512
+
+
+def _tiny(**kw) -> RunConfig:
+    return RunConfig(task="Pendulum-v1", steps=2048, labels=16, pretrain_labels=4, pretrain_epochs=1,
+                     reward_epochs=1, n_envs=2, seed=0, iteration_steps=256, checkpoint_every=100,
+                     agent={"n_steps": 128, "batch_size": 64, "n_epochs": 1}, **kw)
+
+
+def test_retraining_runs_in_the_worker_during_the_next_rollout(tmp_path, monkeypatch):
+    from rlhf_control.reward.worker import RewardWorker
+
+    events = []
+    submit, result = RewardWorker.submit, RewardWorker.result
+    monkeypatch.setattr(RewardWorker, "submit", lambda self, *a, **k: (
+        events.append(("submit", trainer.iterations, len(trainer.dataset))), submit(self, *a, **k))[1])
+    monkeypatch.setattr(RewardWorker, "result", lambda self, *a, **k: (
+        events.append(("result", trainer.iterations, trainer.agent.num_timesteps)), result(self, *a, **k))[1])
+    trainer = RLHFTrainer(_tiny(), tmp_path / "run")
+    trainer.run()
+    submits = [e for e in events if e[0] == "submit"]
+    results = [e for e in events if e[0] == "result"]
+    assert len(submits) >= 4 and len(results) == len(submits)
+    # Each job is taken at the start of the next iteration, after one more rollout of the agent.
+    for (_, it_s, _), (_, it_r, _) in zip(submits, results, strict=True):
+        assert it_r == it_s + 1
+    assert [e[0] for e in events] == ["submit", "result"] * len(submits)
+    # The window grows job by job, and the last labels were trained on by the end (in process).
+    sizes = [n for _, _, n in submits]
+    assert sizes == sorted(sizes) and sizes[-1] < 16
+    assert trainer.trained_answer_id == _sql(tmp_path / "run", "SELECT MAX(id) FROM answers WHERE skipped = 0")[0][0]
+    assert trainer.worker is None  # closed with the run
+
+
+def test_a_dead_reward_worker_leaves_the_run_to_train_in_process(tmp_path, capfd):
+    trainer = RLHFTrainer(_tiny(), tmp_path / "run")
+    start = trainer._start_worker
+
+    def start_then_kill():
+        start()
+        trainer.worker.proc.kill()  # as if it crashed or was OOM-killed
+
+    trainer._start_worker = start_then_kill
+    trainer.run()
+    assert "training the reward in the main process from now on" in capfd.readouterr().err
+    assert _sql(tmp_path / "run", "SELECT COUNT(*) FROM answers WHERE skipped = 0")[0][0] == 16
+    assert trainer.trained_answer_id == _sql(tmp_path / "run", "SELECT MAX(id) FROM answers WHERE skipped = 0")[0][0]
+
+
+def test_sync_reward_starts_no_worker(tmp_path, monkeypatch):
+    from rlhf_control.reward import worker
+
+    def refuse(*a, **k):
+        raise AssertionError("a worker was started")
+
+    monkeypatch.setattr(worker.RewardWorker, "__init__", refuse)
+    run = tmp_path / "run"
+    args = ["train", "--steps", "2048", "--labels", "16", "--n-envs", "2", "--iteration-steps", "256",
+            "--sync-reward", "--run-dir", str(run), "--no-progress"]
+    assert main(args) == 0
+    assert _sql(run, "SELECT COUNT(*) FROM answers WHERE skipped = 0")[0][0] == 16
+    import tomllib
+
+    assert tomllib.loads((run / "config.toml").read_text())["run"]["reward_async"] is False

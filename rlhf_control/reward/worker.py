@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import traceback
@@ -188,6 +189,8 @@ def _run_job(state: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _child(read_fd: int, write_fd: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the run and closes the pipes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     recv = Connection(read_fd, writable=False)
     send = Connection(write_fd, readable=False)
     state: dict[str, Any] = {}
