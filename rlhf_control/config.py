@@ -36,7 +36,7 @@ class RunConfig:
     schedule: str | None = None
     label_window: int | None = None
     reward_members: int = 3
-    reward_epochs: int = 3
+    reward_epochs: int | None = None
     reward_noise: float = 0.1
     reward_lr: float = 1e-3
     reward_l2: bool = True
@@ -64,8 +64,8 @@ class RunConfig:
                 raise ValueError(f"{name.replace('_', '-')} {value!r} must be a non-negative integer")
         if self.reward_members < 1:
             raise ValueError(f"reward-members {self.reward_members} must be at least 1")
-        if self.reward_epochs < 1:
-            raise ValueError(f"reward-epochs {self.reward_epochs} must be at least 1")
+        if self.reward_epochs is not None and (not isinstance(self.reward_epochs, int) or self.reward_epochs < 1):
+            raise ValueError(f"reward-epochs {self.reward_epochs!r} must be a positive integer")
         if not 0.0 <= self.reward_noise < 1.0:
             raise ValueError(f"reward-noise {self.reward_noise} must be in [0, 1)")
         if self.torch_threads < 1:

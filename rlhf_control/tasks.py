@@ -101,6 +101,7 @@ class TaskSpec:
     label_budget: int = 700
     pretrain_labels: int = 175
     pretrain_epochs: int = 50
+    reward_epochs: int = 3  # passes over the label window after each iteration that got new labels
     label_window: int = 3000
     schedule: str = "paper"
     schedule_horizon: float = 2e6
@@ -143,6 +144,7 @@ class TaskSpec:
             (0 <= self.pretrain_labels <= self.label_budget,
              f"pretrain_labels={self.pretrain_labels} must be in [0, label_budget={self.label_budget}]"),
             (self.pretrain_epochs >= 0, f"pretrain_epochs={self.pretrain_epochs} must be >= 0"),
+            (self.reward_epochs >= 1, f"reward_epochs={self.reward_epochs} must be >= 1"),
             (self.label_window >= 1, f"label_window={self.label_window} must be >= 1"),
             (self.schedule_horizon > 0, f"schedule_horizon={self.schedule_horizon} must be > 0"),
             (self.frame_stack >= 0, f"frame_stack={self.frame_stack} must be >= 0"),

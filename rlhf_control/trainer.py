@@ -55,6 +55,7 @@ class Resolved:
     labels: int
     pretrain_labels: int
     pretrain_epochs: int
+    reward_epochs: int
     n_envs: int
     schedule: str
     label_window: int
@@ -93,6 +94,7 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         labels=labels,
         pretrain_labels=pretrain,
         pretrain_epochs=task.pretrain_epochs if cfg.pretrain_epochs is None else cfg.pretrain_epochs,
+        reward_epochs=cfg.reward_epochs or task.reward_epochs,
         n_envs=n_envs,
         schedule=cfg.schedule or task.schedule,
         label_window=cfg.label_window or task.label_window,
@@ -411,9 +413,9 @@ class RLHFTrainer:
             self._wait_answers()
         new = self._collect()
         if new and step >= self.r.steps:
-            self._train_reward(self.cfg.reward_epochs)  # the last: no rollout left to overlap with
+            self._train_reward(self.r.reward_epochs)  # the last: no rollout left to overlap with
         elif new:
-            self._start_reward_job(self.cfg.reward_epochs)
+            self._start_reward_job(self.r.reward_epochs)
         self._log(step)
         if self.iterations % self.cfg.checkpoint_every == 0:
             self.checkpoint(step)
@@ -539,7 +541,7 @@ class RLHFTrainer:
             if not self.pretrain_done:
                 self.pretrain()
             elif self._train_on_resume:
-                self._train_reward(self.cfg.reward_epochs)
+                self._train_reward(self.r.reward_epochs)
             if remaining > 0:
                 relabel_rollouts(self.agent, self.learned)
                 self.agent.learn(total_timesteps=remaining, callback=_IterationCallback(self),
@@ -548,7 +550,7 @@ class RLHFTrainer:
             self._finish_reward_job()  # (the last iteration trains in this process: normally none)
             new = self._collect()
             if new:  # answers that came in after the last iteration (or while the run was stopped)
-                self._train_reward(self.cfg.reward_epochs)
+                self._train_reward(self.r.reward_epochs)
             if new or self._last_logged != final:
                 self._log(final)
             self.checkpoint(int(self.agent.num_timesteps))
