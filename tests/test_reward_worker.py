@@ -105,12 +105,15 @@ def test_pool_clips_for_the_normalisation_are_sent_once():
     assert all(seg.render_ref is None for seg in sent[1]["new"].values())
 
 
-def test_a_failed_job_leaves_this_side_untouched_and_says_why():
-    rng = np.random.default_rng(1)
+def ten_labels_and_a_worker(seed: int):
     ds = PreferenceDataset()
-    labelled(rng, ds, 10, 0)
+    labelled(np.random.default_rng(seed), ds, 10, 0)
     ens, trainer = make()
-    worker = RewardWorker(trainer.config, window=None)
+    return ds, ens, trainer, RewardWorker(trainer.config, window=None)
+
+
+def test_a_failed_job_leaves_this_side_untouched_and_says_why():
+    ds, ens, trainer, worker = ten_labels_and_a_worker(1)
     try:
         before = flat(ens).clone()
         worker.submit(ens, trainer, ds, epochs=0, norm_segments=[])  # RewardTrainer.train refuses 0
@@ -122,11 +125,7 @@ def test_a_failed_job_leaves_this_side_untouched_and_says_why():
 
 
 def test_a_dead_worker_is_reported_not_waited_for():
-    rng = np.random.default_rng(2)
-    ds = PreferenceDataset()
-    labelled(rng, ds, 10, 0)
-    ens, trainer = make()
-    worker = RewardWorker(trainer.config, window=None)
+    ds, ens, trainer, worker = ten_labels_and_a_worker(2)
     worker.proc.kill()
     worker.proc.wait()
     with pytest.raises(RewardWorkerError, match="gone|exited"):
