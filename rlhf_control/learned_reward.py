@@ -105,28 +105,34 @@ class LearnedReward(VecEnvWrapper):
     def step_wait(self) -> VecEnvStepReturn:
         obs, rews, dones, infos = self.venv.step_wait()
         true = np.asarray(rews, dtype=np.float64)
-        if self.deferred:
-            for i in range(self.num_envs):
-                infos[i]["true_reward"] = float(true[i])
-            self._batch.append((self._last_obs, self._pending_acts, true, np.array(dones, dtype=bool)))
-            self._last_obs = self._transform(obs)
-            return obs, np.zeros(self.num_envs, dtype=np.float32), dones, infos
-        learned, self._pending = self._pending, None
-        self._learned_ret += learned
-        self._true_ret += true
         for i in range(self.num_envs):
             infos[i]["true_reward"] = float(true[i])
-            if dones[i]:
-                ret_learned, ret_true = float(self._learned_ret[i]), float(self._true_ret[i])
+        if self.deferred:
+            self._batch.append((self._last_obs, self._pending_acts, true, np.array(dones, dtype=bool)))
+            learned = np.zeros(self.num_envs, dtype=np.float32)
+        else:
+            learned, self._pending = self._pending, None
+            for i, ret_learned, ret_true in self._count_step(learned, true, dones):
                 infos[i]["episode_learned_return"] = ret_learned
                 infos[i]["episode_true_return"] = ret_true
-                self._recent_learned.append(ret_learned)
-                self._recent_true.append(ret_true)
-                self._learned_ret[i] = 0.0
-                self._true_ret[i] = 0.0
         # After an auto-reset this is the new episode's first obs, which the next action is taken from.
         self._last_obs = self._transform(obs)
         return obs, learned, dones, infos
+
+    def _count_step(self, learned: np.ndarray, true: np.ndarray, dones: np.ndarray) -> list[tuple[int, float, float]]:
+        """Add one vector step to the running returns; ``(env, learned return, true return)`` of the
+        episodes it ended, which also go to :meth:`recent_returns`."""
+        self._learned_ret += learned
+        self._true_ret += true
+        ended = []
+        for i in np.flatnonzero(dones):
+            ret_learned, ret_true = float(self._learned_ret[i]), float(self._true_ret[i])
+            self._recent_learned.append(ret_learned)
+            self._recent_true.append(ret_true)
+            self._learned_ret[i] = 0.0
+            self._true_ret[i] = 0.0
+            ended.append((int(i), ret_learned, ret_true))
+        return ended
 
     def pending_steps(self) -> int:
         """Vector steps waiting for :meth:`flush` (always 0 unless ``deferred``)."""
@@ -143,13 +149,7 @@ class LearnedReward(VecEnvWrapper):
         acts = np.concatenate([b[1] for b in batch])
         learned = self._checked(self._reward_fn(obs, acts), len(obs)).reshape(len(batch), n)
         for t, (_, _, true, dones) in enumerate(batch):
-            self._learned_ret += learned[t]
-            self._true_ret += true
-            for i in np.flatnonzero(dones):
-                self._recent_learned.append(float(self._learned_ret[i]))
-                self._recent_true.append(float(self._true_ret[i]))
-                self._learned_ret[i] = 0.0
-                self._true_ret[i] = 0.0
+            self._count_step(learned[t], true, dones)
         return learned
 
     def _transform(self, obs: np.ndarray) -> np.ndarray:

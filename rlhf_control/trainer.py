@@ -9,6 +9,7 @@ reward ensemble, logs a metrics row and, every few iterations, checkpoints.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -350,15 +351,11 @@ class RLHFTrainer:
             self.worker = RewardWorker(self.reward_trainer.config, self.r.label_window,
                                        threads=self.cfg.torch_threads, device=self.device)
         except (OSError, RewardWorkerError) as e:
-            import sys
-
             print(f"warning: no reward worker ({e}); training the reward in the main process",
                   file=sys.stderr, flush=True)
             self.worker = None
 
     def _drop_worker(self, err: Exception) -> None:
-        import sys
-
         print(f"warning: {err}; training the reward in the main process from now on", file=sys.stderr, flush=True)
         self.worker.close(timeout=1)
         self.worker = None
