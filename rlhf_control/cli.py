@@ -112,17 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tasks", help="list the task catalogue")
 
-    from rlhf_control.experiments import add_subcommands
+    from rlhf_control.experiments.sweep import add_subcommands
 
     add_subcommands(sub)  # `sweep` and `report`; each sets args.handler
     return p
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rlhf_control.checkpoint import CONFIG_NAME, check_run_dir
     from rlhf_control.config import RunConfig, load_config_file
-    from rlhf_control.tasks import TaskSpec
-    from rlhf_control.trainer import RLHFTrainer
+    from rlhf_control.loop.trainer import RLHFTrainer
+    from rlhf_control.rundir import CONFIG_FILE, check_run_dir
+    from rlhf_control.tasks.catalogue import TaskSpec
 
     if args.env and args.task:
         raise ValueError(f"give --task or --env, not both (got --task {args.task!r} and --env {args.env!r})")
@@ -135,7 +135,7 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = check_run_dir(args.resume)
         if args.config:
             raise ValueError("--resume uses the run's own config; drop --config")
-        cfg, task_dict = load_config_file(run_dir / CONFIG_NAME)
+        cfg, task_dict = load_config_file(run_dir / CONFIG_FILE)
         allowed = {"wait_for_labels", "max_pending", "device", "label_host", "label_port", "stale_after_steps",
                    "reward_async"}
         bad = sorted(set(overrides) - allowed)
@@ -174,7 +174,7 @@ def _slug(name: str) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from rlhf_control.evaluation import evaluate_run
+    from rlhf_control.agent.evaluation import evaluate_run
 
     result = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed, video=args.video)
     print(f"true return over {result.episodes} episodes: mean {result.mean:.2f}, std {result.std:.2f}, "
@@ -185,7 +185,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _label(args: argparse.Namespace) -> int:
-    from rlhf_control.checkpoint import check_run_dir
+    from rlhf_control.rundir import check_run_dir
     from rlhf_control.web.server import serve
 
     serve(check_run_dir(args.run_dir), host=args.host, port=args.port, token=args.token,
@@ -194,19 +194,20 @@ def _label(args: argparse.Namespace) -> int:
 
 
 def _labels(args: argparse.Namespace) -> int:
-    from rlhf_control.checkpoint import STORE_NAME, check_run_dir
-    from rlhf_control.store import PreferenceStore
+    from rlhf_control.rundir import STORE_FILE, check_run_dir
+    from rlhf_control.store.io import export_csv, export_jsonl, import_jsonl
+    from rlhf_control.store.store import PreferenceStore
 
-    store = PreferenceStore.open(check_run_dir(args.run_dir) / STORE_NAME)
+    store = PreferenceStore.open(check_run_dir(args.run_dir) / STORE_FILE)
     try:
         if args.export:
             suffix = args.export.suffix.lower()
             if suffix not in (".jsonl", ".csv"):
                 raise ValueError(f"export file {str(args.export)!r} must end in .jsonl or .csv")
-            n = store.export_jsonl(args.export) if suffix == ".jsonl" else store.export_csv(args.export)
+            n = export_jsonl(store, args.export) if suffix == ".jsonl" else export_csv(store, args.export)
             print(f"exported {n} answers to {args.export}")
         else:
-            n = store.import_jsonl(args.import_)
+            n = import_jsonl(store, args.import_)
             print(f"imported {n} new answers from {args.import_}")
     finally:
         store.close()
@@ -214,7 +215,7 @@ def _labels(args: argparse.Namespace) -> int:
 
 
 def _tasks(_: argparse.Namespace) -> int:
-    from rlhf_control.tasks import list_tasks, load_task
+    from rlhf_control.tasks.catalogue import list_tasks, load_task
 
     rows = [("task", "env id", "suite", "algo", "clip", "fps", "horizon", "labels", "pretrain", "steps", "reward")]
     for name in list_tasks():

@@ -49,7 +49,7 @@ def peak_mb() -> float:
 
 def online_labels(steps: int) -> int:
     """Online labels a full paper-schedule run asks for in its first ``steps`` agent steps."""
-    from rlhf_control.schedule import make_schedule
+    from rlhf_control.queries.schedule import make_schedule
 
     s = make_schedule("paper", FULL["labels"], FULL["pretrain"], FULL["steps"], FULL["horizon"])
     return max(1, s.target(steps) - FULL["pretrain"])
@@ -57,9 +57,9 @@ def online_labels(steps: int) -> int:
 
 # ----------------------------------------------------------------------------- children
 def child_a2c(args: argparse.Namespace) -> dict[str, Any]:
-    from rlhf_control.agents import make_agent
+    from rlhf_control.agent.factory import make_agent
     from rlhf_control.config import RunConfig
-    from rlhf_control.trainer import resolve
+    from rlhf_control.loop.trainer import resolve
 
     torch.set_num_threads(1)
     r = resolve(RunConfig(task=TASK, n_envs=args.n_envs, steps=args.steps, seed=args.seed))
@@ -81,7 +81,7 @@ def child_rlhf(args: argparse.Namespace) -> dict[str, Any]:
     from bench_overhead import instrument_trainer
 
     from rlhf_control.config import RunConfig
-    from rlhf_control.trainer import RLHFTrainer
+    from rlhf_control.loop.trainer import RLHFTrainer
 
     labels = args.pretrain_labels + args.online_labels
     cfg = RunConfig(task=TASK, oracle="perfect", selector="variance", labels=labels,
@@ -155,7 +155,7 @@ def full_run_reward_cost(sec_per_pair_epoch: float, n_envs: int, n_steps: int) -
     """Reward-training seconds of a full paper run at ``sec_per_pair_epoch``: (pretraining, online,
     trainings), replaying the paper schedule one rollout (iteration) at a time; every iteration that
     gets a label retrains ``epochs`` passes over the window, as ``RLHFTrainer.iteration`` does."""
-    from rlhf_control.schedule import make_schedule
+    from rlhf_control.queries.schedule import make_schedule
 
     s = make_schedule("paper", FULL["labels"], FULL["pretrain"], FULL["steps"], FULL["horizon"])
     per_iter = n_envs * n_steps
@@ -245,7 +245,7 @@ def main() -> None:
     if args.frames < FRAME_SKIP:
         p.error(f"--frames must be at least {FRAME_SKIP}")
     if args.n_envs is None:
-        from rlhf_control.tasks import get_task
+        from rlhf_control.tasks.catalogue import get_task
 
         args.n_envs = get_task(TASK).n_envs
     args.steps = math.ceil(args.frames / FRAME_SKIP)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_control.store import STORE_FILENAME, PreferenceStore
+from rlhf_control.rundir import STORE_FILE
+from rlhf_control.store.store import PreferenceStore
 from rlhf_control.web.demo import BrightnessRenderer, add_queries, make_segments
 
 
@@ -33,7 +34,7 @@ def build_run(run_dir: Path, n_queries: int, seed: int = 0) -> None:
     segments = make_segments(16, rng)
     renderer = BrightnessRenderer()
     clips = {s.uid: renderer.render_segment(s, run_dir / "clips") for s in segments}
-    with PreferenceStore.create(run_dir / STORE_FILENAME) as store:
+    with PreferenceStore.create(run_dir / STORE_FILE) as store:
         for q in add_queries(store, segments, n_queries, rng):
             store.set_clips(q.query_id, clips[q.pair.first.uid], clips[q.pair.second.uid], None)
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(10)
             proc.stdout.close()
 
-        with PreferenceStore.open(run_dir / STORE_FILENAME) as store:
+        with PreferenceStore.open(run_dir / STORE_FILE) as store:
             stored = {a.query_id: (a.label, a.labeller) for _, a in store.answers_since(0)}
             n_stored = store.count_answers()
         expected = {q: (label, name) for q, label, name in acked}

@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from rlhf_control.agents import make_agent
+from rlhf_control.agent.evaluation import evaluate_policy_returns, evaluate_run, make_eval_env
+from rlhf_control.agent.factory import make_agent
 from rlhf_control.config import RunConfig
-from rlhf_control.evaluation import evaluate_policy_returns, evaluate_run, make_eval_env
-from rlhf_control.tasks import get_task
-from rlhf_control.trainer import RLHFTrainer, resolve
+from rlhf_control.loop.trainer import RLHFTrainer, resolve
+from rlhf_control.tasks.catalogue import get_task
 
 DEFAULT_STEPS = {"Pendulum-v1": 200_000, "HalfCheetah-v5": 300_000}
 EVAL_SEED = 12345  # evaluate_run's default, so both policies meet the same episodes

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_control import video  # first: picks the headless GL backend before MuJoCo loads
 from rlhf_control.types import Segment, SegmentPair
+from rlhf_control.video import render as video
 
 
 def record(env_id: str, steps: int, seed: int = 0) -> tuple[SegmentPair, float]:

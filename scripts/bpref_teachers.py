@@ -10,8 +10,8 @@ on the true reward.
     rlhf-control report runs/bpref/teachers
 """
 
-from rlhf_control.experiments import spec_from_dict
-from rlhf_control.presets import MUJOCO_TASKS, preset_main
+from rlhf_control.experiments.presets import MUJOCO_TASKS, preset_main
+from rlhf_control.experiments.sweep import spec_from_dict
 
 TEACHERS = ("perfect", "stochastic", "mistake", "skip", "equal", "myopic")
 

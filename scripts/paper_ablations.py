@@ -20,8 +20,8 @@ main experiment); PAPER.md does not give the ablation figures' own.
 
 import sys
 
-from rlhf_control.experiments import ABLATIONS, spec_from_dict
-from rlhf_control.presets import ATARI_TASKS, MUJOCO_TASKS, preset_main
+from rlhf_control.experiments.presets import ATARI_TASKS, MUJOCO_TASKS, preset_main
+from rlhf_control.experiments.sweep import ABLATIONS, spec_from_dict
 
 SUITES = {"mujoco": (MUJOCO_TASKS, 700, 5), "atari": (ATARI_TASKS, 5500, 3)}
 

@@ -11,8 +11,8 @@ at the catalogue's full step counts (A2C, 16 envs).
 Starting it again continues where it stopped (finished runs are skipped, others resume).
 """
 
-from rlhf_control.experiments import spec_from_dict
-from rlhf_control.presets import ATARI_LABELS, ATARI_TASKS, preset_main
+from rlhf_control.experiments.presets import ATARI_LABELS, ATARI_TASKS, preset_main
+from rlhf_control.experiments.sweep import spec_from_dict
 
 
 def build(args):

@@ -11,8 +11,8 @@ tasks, 5 seeds each: 8 x 5 x (3 + 1) = 160 runs at the catalogue's full step cou
 Starting it again continues where it stopped (finished runs are skipped, others resume).
 """
 
-from rlhf_control.experiments import spec_from_dict
-from rlhf_control.presets import MUJOCO_LABELS, MUJOCO_TASKS, preset_main
+from rlhf_control.experiments.presets import MUJOCO_LABELS, MUJOCO_TASKS, preset_main
+from rlhf_control.experiments.sweep import spec_from_dict
 
 
 def build(args):

@@ -10,8 +10,8 @@ a smoke test of the method, not a reproduction.
     rlhf-control report runs/results-small                # runs/results-small/report/results.md
 """
 
-from rlhf_control.experiments import spec_from_dict
-from rlhf_control.presets import MUJOCO_LABELS, preset_main
+from rlhf_control.experiments.presets import MUJOCO_LABELS, preset_main
+from rlhf_control.experiments.sweep import spec_from_dict
 
 # Agent steps per task at --scale 1, chosen from measured throughput on 2 cores (see the Results notes).
 STEPS = {"Pendulum-v1": 100_000, "InvertedPendulum-v5": 50_000, "Reacher-v5": 100_000,

@@ -11,7 +11,8 @@ import pytest
 from stable_baselines3.common.vec_env import VecNormalize
 
 from rlhf_control import __version__
-from rlhf_control.baseline import (
+from rlhf_control.config import RunConfig
+from rlhf_control.experiments.baseline import (
     BASELINE_FILE,
     BASELINE_MARKER,
     BaselineTrainer,
@@ -20,10 +21,9 @@ from rlhf_control.baseline import (
     random_policy_return,
     train_baseline,
 )
-from rlhf_control.config import RunConfig
-from rlhf_control.metrics import COLUMNS, read_metrics
-from rlhf_control.tasks import get_task
-from rlhf_control.trainer import resolve
+from rlhf_control.loop.metrics import COLUMNS, read_metrics
+from rlhf_control.loop.trainer import resolve
+from rlhf_control.tasks.catalogue import get_task
 
 # Pendulum: 200-step episodes; one env and 200-step rollouts, so every rollout ends an episode.
 CFG = RunConfig(task="Pendulum-v1", seed=3, steps=800, n_envs=1, checkpoint_every=1,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_control.cli import main
-from rlhf_control.metrics import COLUMNS
+from rlhf_control.loop.metrics import COLUMNS
 
 TINY = ["--steps", "2048", "--labels", "20", "--n-envs", "2", "--no-progress", "--seed", "1"]
 

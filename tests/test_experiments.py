@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_control import __version__
-from rlhf_control.experiments import (
+from rlhf_control.experiments.sweep import (
     ABLATIONS,
     expand_grid,
     load_spec,
@@ -19,7 +19,7 @@ from rlhf_control.experiments import (
     run_sweep,
     spec_from_dict,
 )
-from rlhf_control.metrics import read_metrics
+from rlhf_control.loop.metrics import read_metrics
 
 TINY_RUN = {"steps": 256, "n_envs": 1, "pretrain_labels": 2, "pretrain_epochs": 1, "reward_epochs": 1,
             "checkpoint_every": 2, "agent": {"n_steps": 64, "batch_size": 32, "n_epochs": 1}}
@@ -32,13 +32,13 @@ def _tiny(**sweep) -> dict:
 
 def _trainer_ready() -> bool:
     try:
-        import rlhf_control.trainer  # noqa: F401
+        import rlhf_control.loop.trainer  # noqa: F401
     except ImportError:
         return False
     return True
 
 
-needs_trainer = pytest.mark.skipif(not _trainer_ready(), reason="rlhf_control.trainer is not importable yet")
+needs_trainer = pytest.mark.skipif(not _trainer_ready(), reason="rlhf_control.loop.trainer is not importable yet")
 
 
 # ----------------------------------------------------------------------------- spec parsing (no runs)
@@ -105,7 +105,7 @@ def test_grid_expands_axes_ablations_and_baselines() -> None:
     assert by["Pendulum-v1/rl-true-reward-s1"].kind == "baseline"
     assert [p.name for p in expand_grid(spec)] == names  # same spec, same names, same order
     scaled = expand_grid(spec_from_dict({"sweep": {"tasks": ["Pendulum-v1"], "scale": 0.01}}))
-    from rlhf_control.tasks import get_task
+    from rlhf_control.tasks.catalogue import get_task
 
     assert scaled[0].cfg.steps == round(get_task("Pendulum-v1").total_steps * 0.01)
 
@@ -209,7 +209,7 @@ def test_local_and_ray_sweeps_agree_and_resume_runs_only_what_is_missing(tmp_pat
 
 @needs_trainer
 def test_cli_handlers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from rlhf_control.experiments import add_subcommands
+    from rlhf_control.experiments.sweep import add_subcommands
 
     parser = argparse.ArgumentParser(prog="rlhf-control")
     add_subcommands(parser.add_subparsers(dest="command", required=True))
@@ -232,8 +232,8 @@ def test_true_return_regression_fits_segment_returns() -> None:
     import numpy as np
     import torch
 
-    from rlhf_control.regression import WEIGHT_DECAY, fit_returns
     from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble
+    from rlhf_control.reward.fitting import WEIGHT_DECAY, fit_returns
     from rlhf_control.types import Segment
 
     rng = np.random.default_rng(0)

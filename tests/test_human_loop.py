@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from rlhf_control.cli import main
-from rlhf_control.store import PreferenceStore
+from rlhf_control.store.store import PreferenceStore
 from rlhf_control.web.server import start_server
 
 ROOT = Path(__file__).parents[1]

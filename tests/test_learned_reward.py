@@ -9,8 +9,8 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from rlhf_control.learned_reward import LearnedReward
-from rlhf_control.recording import SegmentPool, TrajectoryRecorder
+from rlhf_control.agent.learned_reward import LearnedReward
+from rlhf_control.recording.recorder import SegmentPool, TrajectoryRecorder
 
 
 def env_reward(tag: int, t: int, a: int) -> float:
@@ -184,7 +184,7 @@ def test_under_ppo_with_recorder_inside():
 def test_deferred_rewards_give_ppo_the_same_rollout_as_per_step_rewards():
     """One batched call per rollout (relabel_rollouts) leaves the buffer exactly as per-step rewards do,
     time-limit bootstraps included (Pendulum's episodes are cut at 200 steps, inside the rollout)."""
-    from rlhf_control.learned_reward import relabel_rollouts
+    from rlhf_control.agent.learned_reward import relabel_rollouts
 
     def reward_fn(obs, acts):
         return (obs[:, 0] - 0.1 * acts[:, 0] ** 2).astype(np.float32)
@@ -219,7 +219,7 @@ def test_deferred_rewards_give_ppo_the_same_rollout_as_per_step_rewards():
 
 
 def test_deferred_rewards_out_of_step_with_the_rollout_are_refused():
-    from rlhf_control.learned_reward import relabel_rollouts
+    from rlhf_control.agent.learned_reward import relabel_rollouts
 
     env = LearnedReward(DummyVecEnv([lambda: gym.make("Pendulum-v1")]), lambda o, a: o[:, 0], deferred=True)
     model = PPO("MlpPolicy", env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")

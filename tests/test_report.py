@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from rlhf_control.config import RunConfig, write_config_file
-from rlhf_control.metrics import COLUMNS
-from rlhf_control.report import RL_METHOD, find_run_dirs, load_runs, normalised, summarize, write_report
+from rlhf_control.experiments.report import (
+    RL_METHOD,
+    find_run_dirs,
+    load_runs,
+    normalised,
+    summarize,
+    write_report,
+)
+from rlhf_control.loop.metrics import COLUMNS
 
 
 def _run(root: Path, name: str, cfg: RunConfig, returns: list[float | None], baseline: bool = False,

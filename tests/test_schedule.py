@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from rlhf_control.queries.schedule import make_schedule
 from rlhf_control.registry import UnknownNameError
-from rlhf_control.schedule import make_schedule
 
 
 def test_paper_schedule_spends_budget_with_a_falling_rate():

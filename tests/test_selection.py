@@ -5,8 +5,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from rlhf_control.registry import UnknownNameError
-from rlhf_control.selection import (
+from rlhf_control.queries.selection import (
     SELECTORS,
     KCenterVarianceSelector,
     candidate_pairs,
@@ -15,6 +14,7 @@ from rlhf_control.selection import (
     pair_features,
     segment_features,
 )
+from rlhf_control.registry import UnknownNameError
 from rlhf_control.types import Segment, StackedFrames
 
 

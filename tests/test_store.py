@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlhf_control.store import (
+from rlhf_control.store.io import export_csv, export_jsonl, import_jsonl
+from rlhf_control.store.store import (
     EXPORT_FIELDS,
     AlreadyAnsweredError,
     PreferenceStore,
@@ -211,7 +212,7 @@ def test_answer_survives_sigkill_of_child(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     with PreferenceStore.create(path) as s:
         qid = s.add_query(pair(np.random.default_rng(6)), 0).query_id
-    code = ("import os, signal, sys; from rlhf_control.store import PreferenceStore; "
+    code = ("import os, signal, sys; from rlhf_control.store.store import PreferenceStore; "
             "from rlhf_control.types import Answer; s = PreferenceStore.open(sys.argv[1]); "
             "assert s.record_answer(Answer(int(sys.argv[2]), -1, 'child', 1.5)); "
             "os.kill(os.getpid(), signal.SIGKILL)")
@@ -235,18 +236,18 @@ def test_export_import_round_trip(tmp_path: Path) -> None:
     extra = src.add_query(SegmentPair(pairs[0].second, pairs[1].first), 6).query_id
     for q, (label, who) in enumerate([(1, "ann"), (None, "bob"), (0, "ann"), (-1, "bob"), (1, "cat")], 1):
         src.record_answer(Answer(q, label, who, seconds=q / 2))
-    assert src.export_jsonl(tmp_path / "a.jsonl") == 5 and src.export_csv(tmp_path / "a.csv") == 5
+    assert export_jsonl(src, tmp_path / "a.jsonl") == 5 and export_csv(src, tmp_path / "a.csv") == 5
     rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert rows[1]["label"] is None and rows[1]["skipped"] is True and rows[0]["first_episode"] == 1
     csv_lines = (tmp_path / "a.csv").read_text().splitlines()
     assert csv_lines[0].split(",") == list(EXPORT_FIELDS) and len(csv_lines) == 6
     dst.record_answer(Answer(1, 1, "ann", 0.5))  # already present: import skips it
-    assert dst.import_jsonl(tmp_path / "a.jsonl") == 4
-    assert dst.import_jsonl(tmp_path / "a.jsonl") == 0  # idempotent
+    assert import_jsonl(dst, tmp_path / "a.jsonl") == 4
+    assert import_jsonl(dst, tmp_path / "a.jsonl") == 0  # idempotent
     assert [(a.query_id, a.label, a.labeller, a.seconds) for _, a in dst.answers_since(0)] == \
         [(a.query_id, a.label, a.labeller, a.seconds) for _, a in src.answers_since(0)]
     assert dst.get_query(extra).first_id == pairs[0].second.uid
-    dst.export_jsonl(tmp_path / "b.jsonl")
+    export_jsonl(dst, tmp_path / "b.jsonl")
     # Row 0 was answered in dst itself (its own time); the imported rows keep the file's times.
     strip = [{k: v for k, v in r.items() if k != "answer_id" and (i or k != "answered_at")}
              for i, r in enumerate(rows)]
@@ -269,7 +270,7 @@ def test_import_errors_name_the_line_and_import_nothing(tmp_path: Path) -> None:
         f = tmp_path / "in.jsonl"
         f.write_text(f"{good}\n\n{bad}\n")
         with pytest.raises(exc, match=r"in\.jsonl:3: ") as info:
-            store.import_jsonl(f)
+            import_jsonl(store, f)
         assert "\n" not in str(info.value)
         assert store.count_answers() == 0  # all or nothing: line 1 was rolled back
     store.close()

@@ -7,7 +7,7 @@ import pytest
 import tomli_w
 
 from rlhf_control.registry import UnknownNameError
-from rlhf_control.tasks import (
+from rlhf_control.tasks.catalogue import (
     DEFAULT_TASK,
     TaskSpec,
     get_task,

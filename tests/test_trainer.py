@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rlhf_control.agent.evaluation import evaluate_run, make_eval_env
 from rlhf_control.cli import main
 from rlhf_control.config import RunConfig
-from rlhf_control.evaluation import evaluate_run, make_eval_env
-from rlhf_control.tasks import get_task
-from rlhf_control.trainer import RLHFTrainer
+from rlhf_control.loop.trainer import RLHFTrainer
+from rlhf_control.tasks.catalogue import get_task
 
 ROOT = Path(__file__).parents[1]
 
@@ -117,7 +117,7 @@ def test_atari_run_with_a_small_cnn(tmp_path):
     steps = [int(r["step"]) for r in rows]
     assert all(b - a >= 120 for a, b in zip(steps[:-2], steps[1:-1], strict=True))
     # Segments the reward model saw are 84x84 frames with the score area blank.
-    from rlhf_control.store import PreferenceStore
+    from rlhf_control.store.store import PreferenceStore
 
     store = PreferenceStore.open(run / "preferences.sqlite")
     seg = store.get_segment(_sql(run, "SELECT first_id FROM queries LIMIT 1")[0][0])

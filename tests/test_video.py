@@ -9,7 +9,7 @@ import pytest
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from rlhf_control.types import Segment, SegmentPair
-from rlhf_control.video import (
+from rlhf_control.video.render import (
     SegmentRenderer,
     capture_state,
     render_state_fn,

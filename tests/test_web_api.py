@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from rlhf_control.oracles.human import HumanOracle
-from rlhf_control.store import STORE_FILENAME, PreferenceStore, StoreError
+from rlhf_control.rundir import STORE_FILE
+from rlhf_control.store.store import PreferenceStore, StoreError
 from rlhf_control.types import Answer, SegmentPair
 from rlhf_control.web.app import ApiError
 from rlhf_control.web.demo import BrightnessRenderer, make_demo_run, make_segments
@@ -110,7 +111,7 @@ def test_next_hands_each_query_to_one_labeller_and_respects_exclude(server):
 
 
 def test_next_skips_queries_until_their_clips_exist(run_dir):
-    with PreferenceStore.open(run_dir / STORE_FILENAME) as store:
+    with PreferenceStore.open(run_dir / STORE_FILE) as store:
         for q in store.pending_queries():
             store.retire(q.query_id)
         segs = make_segments(2, np.random.default_rng(0), start_uid=100)
@@ -118,7 +119,7 @@ def test_next_skips_queries_until_their_clips_exist(run_dir):
     with start_server(run_dir, port=0) as srv:
         srv.app.scan_every_s = 0.0
         assert call(srv, "GET", "/api/next?labeller=ann")[0] == 204
-        with PreferenceStore.open(run_dir / STORE_FILENAME) as store:
+        with PreferenceStore.open(run_dir / STORE_FILE) as store:
             assert store.get_query(q_new.query_id).assigned_to is None  # the no-clip claim was given back
             oracle = HumanOracle(store, BrightnessRenderer())  # renders pending queries without clips
             assert oracle.wait_rendered(timeout=30)
@@ -138,7 +139,7 @@ def test_answer_undo_and_idempotent_repeat(server, run_dir):
     assert jcall(server, "POST", "/api/answer", ans) == (200, {"stored": False, "query_id": q})
     q2 = jcall(server, "GET", "/api/next?labeller=ann")[1]["query_id"]
     assert jcall(server, "POST", "/api/answer", {"query_id": q2, "label": None, "labeller": "ann"})[0] == 200
-    with PreferenceStore.open(run_dir / STORE_FILENAME) as store:
+    with PreferenceStore.open(run_dir / STORE_FILE) as store:
         got = {a.query_id: (a.label, a.labeller, a.seconds) for _, a in store.answers_since(0)}
         assert got == {q: (-1, "ann", 2.5), q2: (None, "ann", 0.0)}
         # someone else's undo does not touch ann's answers
@@ -187,7 +188,7 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize("case", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
 def test_bad_requests_get_4xx_json_and_leave_the_store_unchanged(server, run_dir, case):
     _, method, path, body, headers, want = case
-    with PreferenceStore.open(run_dir / STORE_FILENAME) as store:
+    with PreferenceStore.open(run_dir / STORE_FILE) as store:
         store.record_answer(Answer(2, -1, "ann"))
         store.retire(3)
         store.claim_next("carl")  # a held query whose lease must not change either
@@ -226,7 +227,7 @@ def test_many_clients_at_once_lose_and_double_nothing(server, run_dir):
     for t in threads:
         t.join(60)
     assert sorted(q for q, _ in got) == list(range(1, N_QUERIES + 1))  # each once
-    with PreferenceStore.open(run_dir / STORE_FILENAME) as store:
+    with PreferenceStore.open(run_dir / STORE_FILE) as store:
         assert {a.query_id: a.label for _, a in store.answers_since(0)} == dict(got)
 
 
@@ -255,7 +256,7 @@ def test_token_is_enforced_on_every_request(run_dir):
             assert call(srv, "GET", path, headers={"Cookie": f"rlhf_label_{srv.port}=nope"}, **c)[0] == 403
         assert call(srv, "POST", "/api/answer", answer, **c)[0] == 401
         assert call(srv, "POST", "/api/answer", answer, headers={"Authorization": "Bearer x"}, **c)[0] == 403
-        with PreferenceStore.open(run_dir / STORE_FILENAME) as store:
+        with PreferenceStore.open(run_dir / STORE_FILE) as store:
             assert store.count_answers() == 0
         # the page URL with ?token= sets a cookie that then opens the API and the clips
         status, hdr, _ = call(srv, "GET", f"/?token={tok}", **c)
@@ -321,7 +322,7 @@ def test_clip_range_requests(server, run_dir):
 
 def test_no_path_traversal(server, run_dir):
     (run_dir / "clips" / "notes.txt").write_text("not a clip")
-    os.symlink(run_dir / STORE_FILENAME, run_dir / "clips" / "evil.mp4")
+    os.symlink(run_dir / STORE_FILE, run_dir / "clips" / "evil.mp4")
     outside = run_dir.parent / "outside.mp4"
     outside.write_bytes(b"secret")
     for path in ("/clips/../preferences.sqlite", "/clips/%2e%2e/preferences.sqlite", "/clips/..%2fconfig.toml",
@@ -339,12 +340,12 @@ def test_no_path_traversal(server, run_dir):
 def test_missing_or_damaged_store_is_refused_before_serving(tmp_path):
     with pytest.raises(StoreError, match="no preference store"):
         start_server(tmp_path / "nowhere", port=0)
-    (tmp_path / STORE_FILENAME).write_bytes(b"not a database at all" * 10)
-    before = (tmp_path / STORE_FILENAME).read_bytes()
+    (tmp_path / STORE_FILE).write_bytes(b"not a database at all" * 10)
+    before = (tmp_path / STORE_FILE).read_bytes()
     with pytest.raises(StoreError, match="not a rlhf-control preference store"):
         start_server(tmp_path, port=0)
-    assert (tmp_path / STORE_FILENAME).read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [STORE_FILENAME]
+    assert (tmp_path / STORE_FILE).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [STORE_FILE]
 
 
 def test_task_instructions_sources_and_edit(server, run_dir):
@@ -410,7 +411,7 @@ def test_sigkill_loses_no_acknowledged_answer(run_dir):
             proc.kill()
         proc.stdout.close()
     assert len(acked) >= N_QUERIES // 3
-    with PreferenceStore.open(run_dir / STORE_FILENAME) as store:
+    with PreferenceStore.open(run_dir / STORE_FILE) as store:
         stored = {a.query_id: a.label for _, a in store.answers_since(0)}
     assert all(stored.get(q) == label for q, label in acked), (acked, stored)
 
@@ -433,7 +434,7 @@ class _FailingOn:
 def test_human_oracle_renders_in_background_and_records_clips(tmp_path):
     rng = np.random.default_rng(1)
     segs = make_segments(6, rng)
-    with PreferenceStore.create(tmp_path / STORE_FILENAME) as store:
+    with PreferenceStore.create(tmp_path / STORE_FILE) as store:
         plain = HumanOracle(store)  # no renderer: queries are stored, without clips
         q0 = store.add_query(SegmentPair(segs[0], segs[1]), 0)
         plain.submit([q0])

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlhf_control.store import STORE_FILENAME, PreferenceStore
+from rlhf_control.rundir import STORE_FILE
+from rlhf_control.store.store import PreferenceStore
 from rlhf_control.types import SegmentPair
 from rlhf_control.web.demo import BrightnessRenderer, add_queries, make_demo_run, make_segments
 from rlhf_control.web.server import start_server
@@ -71,7 +72,7 @@ def server(run_dir):
 
 @pytest.fixture
 def store(run_dir):
-    with PreferenceStore.open(run_dir / STORE_FILENAME) as s:
+    with PreferenceStore.open(run_dir / STORE_FILE) as s:
         yield s
 
 
@@ -264,7 +265,7 @@ def test_clips_from_the_real_renderer_play(browser, tmp_path):
 
     from rlhf_control.oracles.human import HumanOracle
     from rlhf_control.types import Segment
-    from rlhf_control.video import SegmentRenderer, capture_state
+    from rlhf_control.video.render import SegmentRenderer, capture_state
 
     env = gym.make("Pendulum-v1")
     env.reset(seed=0)
@@ -279,7 +280,7 @@ def test_clips_from_the_real_renderer_play(browser, tmp_path):
             obs.append(o), acts.append(a), rews.append(r)
         segs.append(Segment(np.array(obs), np.array(acts), np.array(rews), render_ref=states, uid=k))
     env.close()
-    with PreferenceStore.create(tmp_path / STORE_FILENAME) as store:
+    with PreferenceStore.create(tmp_path / STORE_FILE) as store:
         q = store.add_query(SegmentPair(*segs), step=0)
         oracle = HumanOracle(store, SegmentRenderer("Pendulum-v1", size=(128, 128)))
         oracle.submit([q])
@@ -311,7 +312,7 @@ def test_scripted_labeller_in_the_browser_trains_a_reward_that_ranks_like_the_tr
     rng = np.random.default_rng(11)
     segments = make_segments(40, rng)
     train, held_out = segments[:24], segments[24:]
-    with PreferenceStore.create(tmp_path / STORE_FILENAME) as store:
+    with PreferenceStore.create(tmp_path / STORE_FILE) as store:
         oracle = HumanOracle(store, BrightnessRenderer())
         oracle.submit(add_queries(store, train, 40, rng))
         with start_server(tmp_path, port=0) as srv:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rlhf_control.registry import UnknownNameError
-from rlhf_control.wrappers import (
+from rlhf_control.tasks.wrappers import (
     WRAPPERS,
     AtariFrames,
     DropControlCost,

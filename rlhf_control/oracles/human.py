@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from rlhf_control.store import PreferenceStore, StoreError, UnknownQueryError
+from rlhf_control.store.store import PreferenceStore, StoreError, UnknownQueryError
 from rlhf_control.types import Answer, Query, SegmentPair
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class PairRenderer(Protocol):
 class HumanOracle:
     """Oracle whose answers come from people labelling in the web app.
 
-    ``renderer``: anything with ``render_pair`` (e.g. ``rlhf_control.video.SegmentRenderer``); without
+    ``renderer``: anything with ``render_pair`` (e.g. ``rlhf_control.video.render.SegmentRenderer``); without
     one, queries stay in the store without clips (and the app shows nothing until clips are recorded
     by someone else). ``clips_dir``: where clips go (default ``<store dir>/clips``, which the app
     serves). On construction, pending queries without clips (a resumed run) are queued for rendering.

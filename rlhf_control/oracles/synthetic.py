@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_control.oracles import ORACLES, SpecTerm, parse_spec
+from rlhf_control.oracles.base import ORACLES, SpecTerm, parse_spec
 from rlhf_control.types import Answer, Query, Segment
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from rlhf_control.store import (
+from rlhf_control.store.store import (
     AlreadyAnsweredError,
     PreferenceStore,
     QueryRecord,

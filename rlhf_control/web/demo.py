@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_control.store import STORE_FILENAME, PreferenceStore
+from rlhf_control.rundir import STORE_FILE
+from rlhf_control.store.store import PreferenceStore
 from rlhf_control.types import Query, Segment, SegmentPair
 
 TINT = np.array([1.0, 0.82, 0.55])  # warm colour; brightness = level * tint
@@ -113,7 +114,7 @@ def make_demo_run(run_dir: str | os.PathLike, n_segments: int = 16, n_queries: i
     run_dir = Path(run_dir)
     rng = np.random.default_rng(seed)
     segments = make_segments(n_segments, rng)
-    with PreferenceStore.create(run_dir / STORE_FILENAME) as store:
+    with PreferenceStore.create(run_dir / STORE_FILE) as store:
         queries = add_queries(store, segments, n_queries, rng)
         if instructions is not None:
             (run_dir / "config.toml").write_text(f"[task]\nname = \"demo\"\ninstructions = {json.dumps(instructions)}\n")

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from rlhf_control.store import STORE_FILENAME, PreferenceStore, StoreError
+from rlhf_control.rundir import STORE_FILE
+from rlhf_control.store.store import PreferenceStore, StoreError
 from rlhf_control.web.app import CLIP_TYPES, ApiError, LabelApp, parse_exclude
 
 log = logging.getLogger(__name__)
@@ -374,7 +375,7 @@ def make_server(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int =
     run_dir = Path(run_dir)
     owns = store is None
     if store is None:
-        store = PreferenceStore.open(run_dir / STORE_FILENAME)
+        store = PreferenceStore.open(run_dir / STORE_FILE)
     try:
         app = LabelApp(store, run_dir, clips_dir=clips_dir, instructions=instructions, lease_s=lease_s)
         try:

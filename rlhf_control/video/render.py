@@ -1,11 +1,11 @@
 """Clips for the human labeller: segments drawn from their render states, mp4s on demand.
 
 Only queried segments are drawn, and lazily. While the agent runs, :func:`render_state_fn` (in
-:mod:`rlhf_control.render_states`, re-exported here) records one small render state per env and step;
+:mod:`rlhf_control.recording.render_states`, re-exported here) records one small render state per env and step;
 a :class:`SegmentRenderer` later restores each step into its own render env, draws it and encodes
 H.264 mp4s (yuv420p, even sizes, ``+faststart``: they play in browsers). The state formats, and the
 headless OpenGL choice made when either module is imported, are described in
-:mod:`rlhf_control.render_states`.
+:mod:`rlhf_control.recording.render_states`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 # First: importing render_states sets MUJOCO_GL (and SDL's dummy drivers) before anything loads MuJoCo.
-from rlhf_control.render_states import (
+from rlhf_control.recording.render_states import (
     _ATARI_RGB,
     _ATARI_SHAPE,
     GL_BACKEND,

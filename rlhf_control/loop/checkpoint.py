@@ -1,11 +1,7 @@
 """Run directories and checkpoints.
 
-Layout of a run directory::
+Inside a run directory (file names: rlhf_control.rundir)::
 
-    config.toml          resolved config (rerun with --config)
-    metrics.csv          one row per iteration
-    tb/                  TensorBoard events
-    preferences.sqlite   every query and answer, committed as it arrives
     checkpoints/LATEST   name of the newest complete checkpoint
     checkpoints/ckpt-<step>/  agent.zip, ensemble.pt, reward_trainer.pt, state.json
 
@@ -24,13 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-CONFIG_NAME = "config.toml"
-STORE_NAME = "preferences.sqlite"
-CKPT_DIR = "checkpoints"
+from rlhf_control.rundir import CHECKPOINTS_DIR, RunDirError
+
 KEEP = 2
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RunDirError):
     """A checkpoint or run directory that cannot be used."""
 
 
@@ -53,23 +48,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def is_run_dir(path: Path) -> bool:
-    return (Path(path) / CONFIG_NAME).is_file()
-
-
-def check_run_dir(path: Path) -> Path:
-    """Return ``path`` if it is a run directory, else raise a one-line error."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"run directory {str(path)!r} does not exist")
-    if not is_run_dir(path):
-        raise CheckpointError(f"{str(path)!r} is not a run directory (no {CONFIG_NAME})")
-    return path
-
-
 def save_checkpoint(run_dir: Path, step: int, writers: dict[str, Callable[[Path], None]], state: dict[str, Any]) -> Path:
     """Write a checkpoint: ``writers`` maps file names to functions that write them."""
-    root = Path(run_dir) / CKPT_DIR
+    root = Path(run_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     name = f"ckpt-{step:012d}"
     tmp = root / f".tmp-{name}-{os.getpid()}"
@@ -116,7 +97,7 @@ def _prune(root: Path, keep: str) -> None:
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run, or None if it has none yet."""
-    root = Path(run_dir) / CKPT_DIR
+    root = Path(run_dir) / CHECKPOINTS_DIR
     latest = root / "LATEST"
     if not latest.is_file():
         return None

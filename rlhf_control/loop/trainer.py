@@ -21,27 +21,26 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from rlhf_control import __version__
-from rlhf_control.agents import load_agent, load_obs_normalization, make_agent, save_obs_normalization
-from rlhf_control.checkpoint import (
-    CONFIG_NAME,
-    STORE_NAME,
+from rlhf_control.agent.factory import load_agent, load_obs_normalization, make_agent, save_obs_normalization
+from rlhf_control.agent.learned_reward import LearnedReward, relabel_rollouts
+from rlhf_control.config import RunConfig, write_config_file
+from rlhf_control.loop.checkpoint import (
     latest_checkpoint,
     load_checkpoint_state,
     save_checkpoint,
 )
-from rlhf_control.config import RunConfig, write_config_file
-from rlhf_control.learned_reward import LearnedReward, relabel_rollouts
-from rlhf_control.metrics import MetricsLogger, truncate_metrics
+from rlhf_control.loop.metrics import MetricsLogger, truncate_metrics
 from rlhf_control.oracles import make_oracle
-from rlhf_control.recording import SegmentPool, TrajectoryRecorder
+from rlhf_control.queries.schedule import make_schedule
+from rlhf_control.queries.selection import make_selector
+from rlhf_control.recording.recorder import SegmentPool, TrajectoryRecorder
 from rlhf_control.reward.dataset import PreferenceDataset
 from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble, segment_steps
 from rlhf_control.reward.training import RewardTrainer, RewardTrainerConfig
 from rlhf_control.reward.worker import RewardWorker, RewardWorkerError
-from rlhf_control.schedule import make_schedule
-from rlhf_control.selection import make_selector
-from rlhf_control.store import PreferenceStore
-from rlhf_control.tasks import TaskSpec, get_task
+from rlhf_control.rundir import CONFIG_FILE, STORE_FILE
+from rlhf_control.store.store import PreferenceStore
+from rlhf_control.tasks.catalogue import TaskSpec, get_task
 from rlhf_control.types import Label, Segment, SegmentPair
 
 
@@ -171,7 +170,7 @@ class RLHFTrainer:
         self.venv = self.task.make_vec_env(self.r.n_envs, seed=cfg.seed)
         render_fn = None
         if self.cfg.oracle == "human":
-            from rlhf_control.video import render_state_fn
+            from rlhf_control.video.render import render_state_fn
 
             render_fn = render_state_fn(self.task)  # only human runs keep what is needed to draw clips
         self.recorder = TrajectoryRecorder(self.venv, self.task.clip_length, self.pool,
@@ -214,11 +213,11 @@ class RLHFTrainer:
 
         # Everything is valid: only now touch the run directory.
         if resume:
-            self.store = PreferenceStore.open(self.run_dir / STORE_NAME)
+            self.store = PreferenceStore.open(self.run_dir / STORE_FILE)
         else:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.store = PreferenceStore.create(self.run_dir / STORE_NAME)
-            write_config_file(self.run_dir / CONFIG_NAME, self.cfg, self.task.to_dict(),
+            self.store = PreferenceStore.create(self.run_dir / STORE_FILE)
+            write_config_file(self.run_dir / CONFIG_FILE, self.cfg, self.task.to_dict(),
                               {"version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         if self.oracle is None:
             self.oracle = self._make_human_oracle()
@@ -228,8 +227,8 @@ class RLHFTrainer:
 
     # ----------------------------------------------------------------- setup
     def _validate_names(self) -> None:
-        from rlhf_control.schedule import SCHEDULES
-        from rlhf_control.selection import SELECTORS
+        from rlhf_control.queries.schedule import SCHEDULES
+        from rlhf_control.queries.selection import SELECTORS
 
         SELECTORS.get(self.cfg.selector)
         SCHEDULES.get(self.r.schedule)
@@ -244,7 +243,7 @@ class RLHFTrainer:
     def _make_human_oracle(self):
         """The person in the browser: queries are rendered to clips and served while training goes on."""
         from rlhf_control.oracles.human import HumanOracle
-        from rlhf_control.video import SegmentRenderer
+        from rlhf_control.video.render import SegmentRenderer
         from rlhf_control.web.server import start_server
 
         oracle = HumanOracle(self.store, renderer=SegmentRenderer(self.task), clips_dir=self.run_dir / "clips")
@@ -379,7 +378,7 @@ class RLHFTrainer:
                 acts = np.stack([space.sample() for _ in range(env.num_envs)])
                 env.step(acts)
                 steps += env.num_envs
-            from rlhf_control.selection import make_selector as _mk
+            from rlhf_control.queries.selection import make_selector as _mk
 
             self._ask(n - self._asked(), 0, selector=_mk("random"))
             self._wait_answers()

@@ -9,16 +9,11 @@ import numpy as np
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack, VecNormalize
 
-from rlhf_control.agents import load_agent, load_obs_normalization
-from rlhf_control.checkpoint import (
-    CONFIG_NAME,
-    CheckpointError,
-    check_run_dir,
-    latest_checkpoint,
-    load_checkpoint_state,
-)
+from rlhf_control.agent.factory import load_agent, load_obs_normalization
 from rlhf_control.config import load_config_file
-from rlhf_control.tasks import TaskSpec, get_task
+from rlhf_control.loop.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint_state
+from rlhf_control.rundir import CONFIG_FILE, check_run_dir
+from rlhf_control.tasks.catalogue import TaskSpec, get_task
 
 
 @dataclass(frozen=True)
@@ -82,7 +77,7 @@ def evaluate_policy_returns(agent, venv: VecEnv, episodes: int, deterministic: b
 def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 12345, video: Path | None = None) -> EvalResult:
     """True return of the policy in a run's newest checkpoint over ``episodes`` episodes."""
     run_dir = check_run_dir(run_dir)
-    cfg, task_dict = load_config_file(run_dir / CONFIG_NAME)
+    cfg, task_dict = load_config_file(run_dir / CONFIG_FILE)
     task = TaskSpec.from_dict(task_dict) if task_dict else get_task(cfg.task)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:

@@ -1,4 +1,4 @@
-"""Segments to bytes and back without pickle, as :class:`~rlhf_control.store.PreferenceStore` keeps them.
+"""Segments to bytes and back without pickle, as :class:`~rlhf_control.store.store.PreferenceStore` keeps them.
 
 The arrays (obs or StackedFrames' frames, acts, true rewards when present) are ``np.lib.format`` arrays
 written one after another into one zlib-compressed blob (encoding ``"npy+zlib"``); ``render_ref`` is

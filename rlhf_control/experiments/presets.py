@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rlhf_control.experiments import ERROR_FILE, SweepSpec, format_plan, plan_sweep, run_sweep
+from rlhf_control.experiments.sweep import ERROR_FILE, SweepSpec, format_plan, plan_sweep, run_sweep
 
 # Christiano et al. 2017: the eight MuJoCo tasks and seven Atari games, in the paper's order.
 MUJOCO_TASKS = ("Reacher-v5", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Swimmer-v5", "Ant-v5",

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rlhf_control.loop.trainer import RLHFTrainer
 from rlhf_control.reward.ensemble import segment_steps
-from rlhf_control.trainer import RLHFTrainer
 from rlhf_control.types import Segment
 
 WEIGHT_DECAY = 1e-4

@@ -26,10 +26,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
 from rlhf_control import __version__
-from rlhf_control.agents import load_agent, make_agent
-from rlhf_control.checkpoint import CONFIG_NAME, latest_checkpoint, load_checkpoint_state, save_checkpoint
+from rlhf_control.agent.factory import load_agent, make_agent
 from rlhf_control.config import RunConfig, load_config_file, write_config_file
-from rlhf_control.metrics import MetricsLogger, truncate_metrics
+from rlhf_control.loop.checkpoint import latest_checkpoint, load_checkpoint_state, save_checkpoint
+from rlhf_control.loop.metrics import MetricsLogger, truncate_metrics
+from rlhf_control.rundir import CONFIG_FILE
 
 BASELINE_MARKER = "rl-true-reward"
 BASELINE_FILE = "baseline.json"
@@ -42,7 +43,7 @@ def is_baseline_dir(run_dir: Path) -> bool:
     """True if ``run_dir`` holds a baseline run (its config's ``[meta] baseline`` marker)."""
     import tomllib
 
-    path = Path(run_dir) / CONFIG_NAME
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         return False
     return tomllib.loads(path.read_text()).get("meta", {}).get("baseline") is not None
@@ -125,14 +126,14 @@ class BaselineTrainer:
     """Trains the task's agent on its true reward into ``run_dir`` (``resume`` continues a stopped one)."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, task: Any = None) -> None:
-        from rlhf_control.trainer import _device, resolve  # the RLHF run's own resolution of the task
+        from rlhf_control.loop.trainer import _device, resolve  # the RLHF run's own resolution of the task
 
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.r = resolve(cfg, task)
         self.task = self.r.task
         device = _device(cfg.device)
-        config_path = self.run_dir / CONFIG_NAME
+        config_path = self.run_dir / CONFIG_FILE
         if resume:
             stored, _ = load_config_file(config_path)
             if stored.replace(device=cfg.device) != cfg:

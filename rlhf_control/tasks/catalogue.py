@@ -30,7 +30,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
 from rlhf_control.registry import UnknownNameError, unknown_name_message
-from rlhf_control.wrappers import WRAPPERS, ScoreMask, apply_wrappers
+from rlhf_control.tasks.wrappers import WRAPPERS, ScoreMask, apply_wrappers
 
 DEFAULT_TASK = "Pendulum-v1"
 SUITES = ("classic", "mujoco", "atari", "custom")

@@ -9,9 +9,9 @@ Thread-safe: connections come from a small pool (a thread-per-request web server
 them); writers in this process take a lock and every write is one ``BEGIN IMMEDIATE`` transaction,
 so other processes (``busy_timeout``) and threads see all of it or none.
 
-Segments are stored without pickle (:mod:`rlhf_control.serialize`: npy arrays in a zlib blob,
+Segments are stored without pickle (:mod:`rlhf_control.store.serialize`: npy arrays in a zlib blob,
 ``render_ref`` as JSON or dropped); answers go to JSONL/CSV files and back through
-:mod:`rlhf_control.store_io`. A segment with ``uid=-1`` gets the next free id; give segments run-unique uids so a segment shared by two queries
+:mod:`rlhf_control.store.io`. A segment with ``uid=-1`` gets the next free id; give segments run-unique uids so a segment shared by two queries
 is stored once. Label convention: +1 first better, -1 second better, 0 equal, NULL + skipped=1.
 """
 
@@ -28,16 +28,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rlhf_control import store_io
-from rlhf_control.serialize import ENCODING, decode_segment, encode_segment
-from rlhf_control.store_io import EXPORT_FIELDS
+from rlhf_control.store.serialize import ENCODING, decode_segment, encode_segment
 from rlhf_control.types import Answer, Label, Query, Segment, SegmentPair, check_label
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x524C4846  # "RLHF" in the SQLite header, so a foreign SQLite file is refused
-STORE_FILENAME = "preferences.sqlite"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _STATUSES = ("pending", "answered", "retired")
+# One row per answer in exports (rlhf_control.store.io) and imports.
+EXPORT_FIELDS = ("answer_id", "query_id", "first_id", "second_id", "first_episode", "second_episode",
+                 "first_start", "second_start", "length", "created_step", "label", "skipped",
+                 "labeller", "answered_at", "seconds")
 
 _SCHEMA = """
 CREATE TABLE segments(
@@ -516,22 +517,52 @@ class PreferenceStore:
                 "pending": status.get("pending", 0), "retired": status.get("retired", 0),
                 "answers_per_minute": recent / 5.0}
 
-    # ---- export / import (rlhf_control.store_io) ---------------------------------------------------
-    def export_jsonl(self, path: str | os.PathLike) -> int:
-        """One JSON object per answer (fields EXPORT_FIELDS; label null when skipped); returns the count."""
-        return store_io.export_jsonl(self, path)
+    # ---- export / import (the file formats are rlhf_control.store.io's) ----------------------------
+    def answer_rows(self) -> list[dict[str, Any]]:
+        """Every answer with its query's segments, as dicts keyed by ``EXPORT_FIELDS``, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT a.id, a.query_id, q.first_id, q.second_id, f.episode_id, s.episode_id, f.start_step,"
+                " s.start_step, f.length, q.created_step, a.label, a.skipped, a.labeller, a.answered_at, a.seconds"
+                " FROM answers a JOIN queries q ON q.id = a.query_id JOIN segments f ON f.id = q.first_id"
+                " JOIN segments s ON s.id = q.second_id ORDER BY a.id").fetchall()
+        return [dict(zip(EXPORT_FIELDS, r, strict=True)) | {"skipped": bool(r[11])} for r in rows]
 
-    def export_csv(self, path: str | os.PathLike) -> int:
-        """One CSV row per answer (header EXPORT_FIELDS; label empty when skipped); returns the count."""
-        return store_io.export_csv(self, path)
+    @contextmanager
+    def import_batch(self) -> Iterator[Callable[[Any], int]]:
+        """One write transaction for an import: yields ``add(row) -> 1 if new else 0`` for rows shaped
+        like :meth:`answer_rows`'. A row's query must be in the store with the same first/second
+        segment ids; a missing query whose segments are here is created (answered, with the row's
+        ``created_step``); a row already present (same label and labeller) adds nothing. Any error
+        raised inside the block rolls the whole batch back."""
+        with self._write() as conn:
+            yield lambda row: self._import_row(conn, row)
 
-    def import_jsonl(self, path: str | os.PathLike) -> int:
-        """Add the answers of an :meth:`export_jsonl` file; returns how many were new.
+    def _import_row(self, conn: sqlite3.Connection, row: Any) -> int:
+        if not isinstance(row, dict):
+            raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+        qid = row["query_id"]
+        if not isinstance(qid, int) or isinstance(qid, bool):
+            raise ValueError(f"query_id {qid!r} must be an integer")
+        skipped = bool(row.get("skipped", row["label"] is None))
+        if skipped != (row["label"] is None):
+            raise ValueError(f"label {row['label']!r} with skipped={skipped} is inconsistent; skipped needs label null")
+        label, labeller, seconds = _check_answer(Answer(qid, row["label"], row["labeller"], row.get("seconds", 0.0)))
+        at = row.get("answered_at", self._clock())
+        if not isinstance(at, (int, float)) or isinstance(at, bool) or not math.isfinite(at):
+            raise ValueError(f"answered_at {at!r} must be a finite number (unix seconds)")
+        pair = (row.get("first_id"), row.get("second_id"))
+        stored = conn.execute("SELECT first_id, second_id FROM queries WHERE id = ?", (qid,)).fetchone()
+        if stored is None and None not in pair:
+            have = {r[0] for r in conn.execute("SELECT id FROM segments WHERE id IN (?, ?)", pair)}
+            if set(pair) - have:
+                raise UnknownQueryError(f"query {qid} and segments {sorted(set(pair) - have)} are not in the store")
+            conn.execute("INSERT INTO queries(id, first_id, second_id, created, created_step, status) VALUES"
+                         " (?, ?, ?, ?, ?, 'pending')", (qid, *pair, at, int(row.get("created_step", 0))))
+        elif stored is not None and None not in pair and tuple(stored) != tuple(pair):
+            raise ValueError(f"query {qid} has segments {tuple(stored)} here but {pair} in the file")
+        return int(self._insert_answer(conn, qid, label, labeller, seconds, float(at)))
 
-        All or nothing; see :func:`rlhf_control.store_io.import_jsonl` for the rules.
-        """
-        return store_io.import_jsonl(self, path)
 
-
-__all__ = ["EXPORT_FIELDS", "SCHEMA_VERSION", "STORE_FILENAME", "AlreadyAnsweredError", "PreferenceStore",
+__all__ = ["EXPORT_FIELDS", "SCHEMA_VERSION", "AlreadyAnsweredError", "PreferenceStore",
            "QueryRecord", "QueryRetiredError", "StoreError", "UnknownQueryError"]

@@ -39,7 +39,7 @@ def _init_worker() -> None:
 def execute_point(payload: Payload) -> dict[str, Any]:
     """Run one grid point to the end (resuming if asked); never raises: a failure comes back as a
     one-line error and its traceback goes to ``error.txt`` in the run directory."""
-    from rlhf_control.experiments import ERROR_FILE, POINT_FILE, REGRESSION, SHIPPED_FILES, write_json
+    from rlhf_control.experiments.sweep import ERROR_FILE, POINT_FILE, REGRESSION, SHIPPED_FILES, write_json
 
     _init_worker()
     t0 = time.time()
@@ -55,14 +55,14 @@ def execute_point(payload: Payload) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / POINT_FILE, payload["point"])
         if payload["kind"] == "baseline":
-            from rlhf_control.baseline import train_baseline
+            from rlhf_control.experiments.baseline import train_baseline
 
             train_baseline(cfg, run_dir, resume=payload["resume"])
         else:
             if payload.get("ablation") == REGRESSION:
-                from rlhf_control.regression import ReturnRegressionTrainer as trainer_cls
+                from rlhf_control.reward.fitting import ReturnRegressionTrainer as trainer_cls
             else:
-                from rlhf_control.trainer import RLHFTrainer as trainer_cls
+                from rlhf_control.loop.trainer import RLHFTrainer as trainer_cls
             trainer_cls(cfg, run_dir, resume=payload["resume"]).run()
         (run_dir / ERROR_FILE).unlink(missing_ok=True)
     except Exception as exc:  # one run's failure must not stop the sweep

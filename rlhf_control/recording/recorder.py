@@ -1,7 +1,7 @@
 """Recording the agent's behaviour as fixed-length segments, and the pool the queries are drawn from.
 
 :class:`TrajectoryRecorder` is a VecEnv wrapper that sits between the task wrappers and the
-:class:`~rlhf_control.learned_reward.LearnedReward` wrapper; it cuts each env's stream of steps into
+:class:`~rlhf_control.agent.learned_reward.LearnedReward` wrapper; it cuts each env's stream of steps into
 non-overlapping clips of ``clip_length`` steps inside one episode and adds them to a
 :class:`SegmentPool`, which keeps the most recent ones.
 """

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_control.metrics import read_metrics
+from rlhf_control.loop.metrics import read_metrics
 
 RL_METHOD = "RL (true reward)"
 RANDOM_METHOD = "random policy"

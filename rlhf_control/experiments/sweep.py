@@ -56,7 +56,7 @@ SWEEP_KEYS = ("tasks", "seeds", "labels", "oracles", "selectors", "ablations", "
 REGRESSION = "true-return-regression"
 # The paper's ablations (Section 3.3) as RunConfig changes. "no-ensemble" keeps one predictor, so
 # queries cannot use ensemble variance and are chosen at random. The regression ablation swaps the
-# reward trainer (rlhf_control.regression) and changes no field.
+# reward trainer (rlhf_control.reward.fitting) and changes no field.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "full": {},
     "random-queries": {"selector": "random"},
@@ -218,7 +218,7 @@ def _check_names(spec: SweepSpec) -> None:
     if not spec.rlhf:
         return
     from rlhf_control.oracles import make_oracle
-    from rlhf_control.selection import SELECTORS
+    from rlhf_control.queries.selection import SELECTORS
 
     for oracle in spec.oracles:
         if oracle.split(":")[0].strip() == "human":
@@ -231,9 +231,9 @@ def _check_names(spec: SweepSpec) -> None:
 
 def expand_grid(spec: SweepSpec) -> list[GridPoint]:
     """All runs of a sweep, baselines first per task and seed; checks every name on the way."""
-    from rlhf_control.schedule import SCHEDULES
-    from rlhf_control.tasks import get_task
-    from rlhf_control.trainer import resolve
+    from rlhf_control.loop.trainer import resolve
+    from rlhf_control.queries.schedule import SCHEDULES
+    from rlhf_control.tasks.catalogue import get_task
 
     tasks = {name: get_task(name) for name in spec.tasks}
     for name, task in tasks.items():
@@ -356,7 +356,7 @@ class SweepResult:
 def run_sweep(spec: SweepSpec, out: Path, backend: str = "local", address: str | None = None,
               workers: int | None = None, log: Callable[[str], None] = print) -> SweepResult:
     """Run every grid point not yet finished in ``out``; a failed run does not stop the others."""
-    from rlhf_control import sweep_backends as backends
+    from rlhf_control.experiments import backends as backends
 
     if backend not in ("local", "ray"):
         raise ValueError(f"backend {backend!r} is not allowed; use local or ray")
@@ -420,11 +420,11 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- command line
 def add_subcommands(sub: Any) -> None:
     """Add ``sweep`` and ``report`` to the ``rlhf-control`` subparsers; each sets ``handler``."""
-    from rlhf_control.presets import add_backend_args
-    from rlhf_control.report import add_report_subcommand
+    from rlhf_control.experiments.presets import add_backend_args
+    from rlhf_control.experiments.report import add_report_subcommand
 
     s = sub.add_parser("sweep", help="run a grid of RLHF runs and baselines from a spec TOML (resumable)")
-    s.add_argument("spec", type=Path, help="sweep spec TOML (see rlhf_control/experiments.py)")
+    s.add_argument("spec", type=Path, help="sweep spec TOML (see rlhf_control/experiments/sweep.py)")
     s.add_argument("--out", type=Path, help="output directory (default runs/sweeps/<spec name>)")
     add_backend_args(s)
     s.set_defaults(handler=sweep_command)
@@ -433,7 +433,7 @@ def add_subcommands(sub: Any) -> None:
 
 def sweep_command(args: Any) -> int:
     """Handler of ``rlhf-control sweep``."""
-    from rlhf_control.presets import execute_spec
+    from rlhf_control.experiments.presets import execute_spec
 
     spec = load_spec(args.spec)
     out = args.out or Path("runs") / "sweeps" / _slug(Path(args.spec).stem)

@@ -1,7 +1,7 @@
 """Render states: what a clip is drawn from, captured per env and step while the agent runs.
 
 :func:`render_state_fn` hands the ``TrajectoryRecorder`` one short JSON-safe string per env and step
-(a segment's ``render_ref`` is the list of its T strings); :mod:`rlhf_control.video` later draws them.
+(a segment's ``render_ref`` is the list of its T strings); :mod:`rlhf_control.video.render` later draws them.
 This module also picks MuJoCo's headless OpenGL backend, at import, before MuJoCo loads.
 
 State formats (tag, then base64):
@@ -249,7 +249,7 @@ def restore_state(env: Any, state: str) -> None:
 
 def _check_palette(u: Any) -> None:
     if not np.array_equal(_ATARI_RGB[u.ale.getScreen()], u.ale.getScreenRGB()):
-        raise RuntimeError("this ale-py's colour palette differs from rlhf_control.render_states' NTSC table; "
+        raise RuntimeError("this ale-py's colour palette differs from rlhf_control.recording.render_states' NTSC table; "
                            "Atari clips would have wrong colours")
 
 

@@ -1,0 +1,1 @@
+"""The RL agent: construction, the learned-reward VecEnv wrapper, and evaluation."""

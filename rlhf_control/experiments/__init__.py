@@ -1,0 +1,1 @@
+"""Sweeps, their backends, the paper's presets, the RL baseline and reports."""

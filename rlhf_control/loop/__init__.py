@@ -1,0 +1,1 @@
+"""The RLHF loop: building its parts, the trainer, checkpoints and metrics."""

@@ -1,0 +1,105 @@
+"""Oracles: whoever answers queries (a synthetic teacher reading the true reward, or a person).
+
+An oracle is queue-shaped: the loop ``submit``s queries, later ``collect``s the answers that have
+arrived, and never blocks on it. ``make_oracle(spec, seed)`` builds one from a spec string:
+
+    spec   := term ("+" term)*            e.g. "mistake+myopic"
+    term   := name [":" key "=" value ("," key "=" value)*]
+                                          e.g. "stochastic:beta=2+mistake:epsilon=0.2"
+
+Names come from the ``ORACLES`` registry. Terms joined by ``+`` must share one factory (all the
+scripted teachers do; a human oracle would not combine with them). A factory is called as
+``factory(terms: list[SpecTerm], seed: int) -> Oracle``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from rlhf_control.registry import Registry
+from rlhf_control.types import Answer, Query
+
+
+@runtime_checkable
+class Oracle(Protocol):
+    """Answers queries, possibly later than they were asked."""
+
+    def submit(self, queries: Sequence[Query]) -> None:
+        """Hand over queries to answer; query ids must not already be pending."""
+        ...
+
+    def collect(self) -> list[Answer]:
+        """Answers that arrived since the last call (each query answered once; skipped = label None)."""
+        ...
+
+    @property
+    def pending(self) -> int:
+        """Queries submitted whose answers have not yet been returned by ``collect``."""
+        ...
+
+
+OracleFactory = Callable[..., Oracle]
+ORACLES: Registry[Oracle] = Registry("oracle")
+
+
+@dataclass(frozen=True)
+class SpecTerm:
+    """One ``name:key=value,...`` term of an oracle spec; values stay strings for the factory to parse."""
+
+    name: str
+    params: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        if not self.params:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v}" for k, v in self.params)
+
+
+# Split on "+" only where a name starts, so that values such as "1e+3" survive.
+_TERM_SPLIT = re.compile(r"\+(?=\s*[A-Za-z_])")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+def parse_spec(spec: str) -> list[SpecTerm]:
+    """Parse an oracle spec string into terms; raises a one-line ValueError if malformed."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"oracle spec {spec!r} is empty; use e.g. 'perfect' or 'stochastic:beta=2+mistake'")
+    terms: list[SpecTerm] = []
+    for raw in _TERM_SPLIT.split(spec.strip()):
+        raw = raw.strip()
+        name, sep, rest = raw.partition(":")
+        name = name.strip()
+        if not _NAME.match(name):
+            raise ValueError(f"oracle spec {spec!r}: bad term {raw!r}; use name or name:key=value,...")
+        params: list[tuple[str, str]] = []
+        if sep:
+            for item in rest.split(","):
+                key, eq, value = (s.strip() for s in item.partition("="))
+                if not eq or not key or not value:
+                    raise ValueError(
+                        f"oracle spec {spec!r}: bad option {item.strip()!r} in {name!r}; use key=value"
+                    )
+                if any(k == key for k, _ in params):
+                    raise ValueError(f"oracle spec {spec!r}: option {key!r} given twice for {name!r}")
+                params.append((key, value))
+        terms.append(SpecTerm(name, tuple(params)))
+    names = [t.name for t in terms]
+    for n in names:
+        if names.count(n) > 1:
+            raise ValueError(f"oracle spec {spec!r}: {n!r} appears more than once; give each name once")
+    return terms
+
+
+def make_oracle(spec: str, seed: int) -> Oracle:
+    """Build the oracle a spec names (see the module docstring), seeded with ``seed``."""
+    terms = parse_spec(spec)
+    factories = [ORACLES.get(t.name) for t in terms]  # UnknownNameError lists the known names
+    for term, factory in zip(terms[1:], factories[1:], strict=True):
+        if factory is not factories[0]:
+            raise ValueError(
+                f"oracle spec {spec!r}: {terms[0].name!r} and {term.name!r} cannot be combined with '+'"
+            )
+    return factories[0](terms, int(seed))

@@ -1,0 +1,1 @@
+"""Which pairs to ask about and how many: selectors and label schedules."""

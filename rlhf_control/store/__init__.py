@@ -1,0 +1,1 @@
+"""The durable preference store (SQLite), its export and import, and segment serialisation."""

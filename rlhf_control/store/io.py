@@ -1,0 +1,60 @@
+"""A :class:`~rlhf_control.store.store.PreferenceStore`'s answers to files and back: JSONL and CSV exports
+(one row per answer, fields :data:`EXPORT_FIELDS`, label null/empty when skipped) and JSONL imports.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+from rlhf_control.rundir import write_atomic
+from rlhf_control.store.store import (
+    EXPORT_FIELDS,
+    AlreadyAnsweredError,
+    PreferenceStore,
+    QueryRetiredError,
+    UnknownQueryError,
+)
+
+__all__ = ["EXPORT_FIELDS", "export_csv", "export_jsonl", "import_jsonl"]
+
+
+def export_jsonl(store: PreferenceStore, path: str | os.PathLike) -> int:
+    """One JSON object per answer (fields EXPORT_FIELDS; label null when skipped); returns the count."""
+    rows = store.answer_rows()
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return len(rows)
+
+
+def export_csv(store: PreferenceStore, path: str | os.PathLike) -> int:
+    """One CSV row per answer (header EXPORT_FIELDS; label empty when skipped); returns the count."""
+    rows = store.answer_rows()
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buf.getvalue())
+    return len(rows)
+
+
+def import_jsonl(store: PreferenceStore, path: str | os.PathLike) -> int:
+    """Add the answers of an :func:`export_jsonl` file to ``store``; returns how many were new.
+
+    The rules per row are :meth:`PreferenceStore.import_batch`'s. All or nothing: any bad line
+    raises ValueError (or one of the answer errors) naming ``path:line`` and nothing is imported.
+    """
+    answer_errors = (UnknownQueryError, AlreadyAnsweredError, QueryRetiredError)
+    new = 0
+    with open(path, encoding="utf-8") as f, store.import_batch() as add:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                new += add(json.loads(line))
+            except (ValueError, TypeError, KeyError) as exc:
+                kind = type(exc) if type(exc) in answer_errors else ValueError
+                msg = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+                raise kind(f"{path}:{lineno}: {msg}") from None
+    return new

@@ -1,0 +1,1 @@
+"""The task catalogue (envs/*.toml) and the wrappers its entries name."""
