@@ -15,6 +15,8 @@ from typing import Any
 
 import tomli_w
 
+from rlhf_control.tasks.catalogue import TaskSpec, get_task
+
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -130,3 +132,86 @@ def _drop_none(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_drop_none(v) for v in obj if v is not None]
     return obj
+
+
+# ----------------------------------------------------------------------------- resolution
+@dataclass(frozen=True)
+class Resolved:
+    """The run settings with every task default filled in."""
+
+    cfg: RunConfig
+    task: TaskSpec
+    algo: str
+    steps: int
+    labels: int
+    pretrain_labels: int
+    pretrain_epochs: int
+    reward_epochs: int
+    n_envs: int
+    schedule: str
+    label_window: int
+    agent_params: dict[str, Any]
+    iteration_steps: int
+
+
+def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
+    """Fill the task's defaults into ``cfg`` (flags win over the task entry)."""
+    task = task or get_task(cfg.task)
+    if cfg.clip_length is not None:
+        task = task.with_overrides(clip_length=cfg.clip_length)
+    if cfg.agent:
+        task = task.with_overrides(agent=dict(cfg.agent))
+    labels = cfg.labels or task.label_budget
+    if cfg.pretrain_labels is not None:
+        pretrain = cfg.pretrain_labels
+    else:
+        # Keep the task's share of the budget when --labels changes it.
+        pretrain = int(round(task.pretrain_labels * labels / task.label_budget))
+    if pretrain > labels:
+        raise ValueError(f"pretrain-labels {pretrain} must not exceed labels {labels}")
+    agent_params = task.agent_kwargs()
+    algo = cfg.algo or task.algo
+    if algo != task.algo:
+        # The task's hyperparameters belong to its own algorithm: another one starts from SB3's
+        # defaults, keeping the task's discount and the user's own overrides.
+        agent_params = {"gamma": task.agent.get("gamma", 0.99), **cfg.agent}
+    steps = cfg.steps or task.total_steps
+    n_envs = cfg.n_envs or task.n_envs
+    return Resolved(
+        cfg=cfg,
+        task=task,
+        algo=algo,
+        steps=steps,
+        labels=labels,
+        pretrain_labels=pretrain,
+        pretrain_epochs=task.pretrain_epochs if cfg.pretrain_epochs is None else cfg.pretrain_epochs,
+        reward_epochs=cfg.reward_epochs or task.reward_epochs,
+        n_envs=n_envs,
+        schedule=cfg.schedule or task.schedule,
+        label_window=cfg.label_window or task.label_window,
+        agent_params=agent_params,
+        iteration_steps=cfg.iteration_steps or _default_iteration_steps(algo, agent_params, n_envs, steps),
+    )
+
+
+# SB3's default rollout lengths, for the iteration size when a task does not set n_steps.
+_DEFAULT_N_STEPS = {"ppo": 2048, "a2c": 5, "trpo": 2048}
+
+
+def _default_iteration_steps(algo: str, agent_params: dict[str, Any], n_envs: int, total_steps: int) -> int:
+    """One rollout, but at least 2,048 steps: A2C's rollouts (80 steps for Atari) are far too short to
+    retrain the reward, log and checkpoint after each. A run shorter than 16,384 steps still gets
+    about eight iterations."""
+    rollout = int(agent_params.get("n_steps", _DEFAULT_N_STEPS[algo])) * n_envs
+    return max(rollout, min(2048, total_steps // 8))
+
+
+def resolve_device(name: str) -> str:
+    """``cpu``, ``cuda[:N]``, or what ``auto`` picks on this machine; refuses CUDA where there is none."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} is not available on this machine (no CUDA); use cpu")
+    return name

@@ -7,6 +7,7 @@ and is never a :class:`Label`. The training target is P(first > second) = (label
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,3 +198,31 @@ class Answer:
     @property
     def skipped(self) -> bool:
         return self.label is None
+
+
+def segment_steps(segments: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
+    """All steps of ``segments`` concatenated: ``obs (sum T, *obs_shape)``, ``acts (sum T, *act_shape)``.
+
+    :class:`StackedFrames` observations are expanded straight into the output (one copy).
+    """
+    if not segments:
+        raise ValueError("no segments given; need at least one")
+    first = segments[0]
+    total = sum(s.length for s in segments)
+    obs = np.empty((total, *first.obs_shape), dtype=first.obs.dtype)
+    acts = np.empty((total, *first.act_shape), dtype=first.acts.dtype)
+    t = 0
+    for seg in segments:
+        if seg.obs_shape != first.obs_shape or seg.act_shape != first.act_shape:
+            raise ValueError(
+                f"segment shapes obs {seg.obs_shape} / acts {seg.act_shape} differ from the first segment's "
+                f"{first.obs_shape} / {first.act_shape}; all segments must match"
+            )
+        n = seg.length
+        if isinstance(seg.obs, StackedFrames):
+            obs[t : t + n] = np.lib.stride_tricks.sliding_window_view(seg.obs.frames, seg.obs.k, axis=0)
+        else:
+            obs[t : t + n] = seg.obs
+        acts[t : t + n] = seg.acts
+        t += n
+    return obs, acts

@@ -58,8 +58,7 @@ def online_labels(steps: int) -> int:
 # ----------------------------------------------------------------------------- children
 def child_a2c(args: argparse.Namespace) -> dict[str, Any]:
     from rlhf_control.agent.factory import make_agent
-    from rlhf_control.config import RunConfig
-    from rlhf_control.loop.trainer import resolve
+    from rlhf_control.config import RunConfig, resolve
 
     torch.set_num_threads(1)
     r = resolve(RunConfig(task=TASK, n_envs=args.n_envs, steps=args.steps, seed=args.seed))

@@ -11,7 +11,7 @@ import pytest
 from stable_baselines3.common.vec_env import VecNormalize
 
 from rlhf_control import __version__
-from rlhf_control.config import RunConfig
+from rlhf_control.config import RunConfig, resolve
 from rlhf_control.experiments.baseline import (
     BASELINE_FILE,
     BASELINE_MARKER,
@@ -22,7 +22,6 @@ from rlhf_control.experiments.baseline import (
     train_baseline,
 )
 from rlhf_control.loop.metrics import COLUMNS, read_metrics
-from rlhf_control.loop.trainer import resolve
 from rlhf_control.tasks.catalogue import get_task
 
 # Pendulum: 200-step episodes; one env and 200-step rollouts, so every rollout ends an episode.

@@ -27,7 +27,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
 from rlhf_control import __version__
 from rlhf_control.agent.factory import load_agent, make_agent
-from rlhf_control.config import RunConfig, load_config_file, write_config_file
+from rlhf_control.config import RunConfig, load_config_file, resolve, resolve_device, write_config_file
 from rlhf_control.loop.checkpoint import latest_checkpoint, load_checkpoint_state, save_checkpoint
 from rlhf_control.loop.metrics import MetricsLogger, truncate_metrics
 from rlhf_control.rundir import CONFIG_FILE
@@ -126,13 +126,13 @@ class BaselineTrainer:
     """Trains the task's agent on its true reward into ``run_dir`` (``resume`` continues a stopped one)."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, task: Any = None) -> None:
-        from rlhf_control.loop.trainer import _device, resolve  # the RLHF run's own resolution of the task
+
 
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.r = resolve(cfg, task)
         self.task = self.r.task
-        device = _device(cfg.device)
+        device = resolve_device(cfg.device)
         config_path = self.run_dir / CONFIG_FILE
         if resume:
             stored, _ = load_config_file(config_path)

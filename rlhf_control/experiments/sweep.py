@@ -231,7 +231,7 @@ def _check_names(spec: SweepSpec) -> None:
 
 def expand_grid(spec: SweepSpec) -> list[GridPoint]:
     """All runs of a sweep, baselines first per task and seed; checks every name on the way."""
-    from rlhf_control.loop.trainer import resolve
+    from rlhf_control.config import resolve
     from rlhf_control.queries.schedule import SCHEDULES
     from rlhf_control.tasks.catalogue import get_task
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from rlhf_control import __version__
 from rlhf_control.agent.factory import load_agent, load_obs_normalization, make_agent, save_obs_normalization
 from rlhf_control.agent.learned_reward import LearnedReward, relabel_rollouts
-from rlhf_control.config import RunConfig, write_config_file
+from rlhf_control.config import RunConfig, resolve, resolve_device, write_config_file
 from rlhf_control.loop.checkpoint import (
     latest_checkpoint,
     load_checkpoint_state,
@@ -35,92 +34,13 @@ from rlhf_control.queries.schedule import make_schedule
 from rlhf_control.queries.selection import make_selector
 from rlhf_control.recording.recorder import SegmentPool, TrajectoryRecorder
 from rlhf_control.reward.dataset import PreferenceDataset
-from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble, segment_steps
+from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble
 from rlhf_control.reward.training import RewardTrainer, RewardTrainerConfig
 from rlhf_control.reward.worker import RewardWorker, RewardWorkerError
 from rlhf_control.rundir import CONFIG_FILE, STORE_FILE
 from rlhf_control.store.store import PreferenceStore
-from rlhf_control.tasks.catalogue import TaskSpec, get_task
-from rlhf_control.types import Label, Segment, SegmentPair
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """The run settings with every task default filled in."""
-
-    cfg: RunConfig
-    task: TaskSpec
-    algo: str
-    steps: int
-    labels: int
-    pretrain_labels: int
-    pretrain_epochs: int
-    reward_epochs: int
-    n_envs: int
-    schedule: str
-    label_window: int
-    agent_params: dict[str, Any]
-    iteration_steps: int
-
-
-def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
-    """Fill the task's defaults into ``cfg`` (flags win over the task entry)."""
-    task = task or get_task(cfg.task)
-    if cfg.clip_length is not None:
-        task = task.with_overrides(clip_length=cfg.clip_length)
-    if cfg.agent:
-        task = task.with_overrides(agent=dict(cfg.agent))
-    labels = cfg.labels or task.label_budget
-    if cfg.pretrain_labels is not None:
-        pretrain = cfg.pretrain_labels
-    else:
-        # Keep the task's share of the budget when --labels changes it.
-        pretrain = int(round(task.pretrain_labels * labels / task.label_budget))
-    if pretrain > labels:
-        raise ValueError(f"pretrain-labels {pretrain} must not exceed labels {labels}")
-    agent_params = task.agent_kwargs()
-    algo = cfg.algo or task.algo
-    if algo != task.algo:
-        # The task's hyperparameters belong to its own algorithm: another one starts from SB3's
-        # defaults, keeping the task's discount and the user's own overrides.
-        agent_params = {"gamma": task.agent.get("gamma", 0.99), **cfg.agent}
-    steps = cfg.steps or task.total_steps
-    n_envs = cfg.n_envs or task.n_envs
-    return Resolved(
-        cfg=cfg,
-        task=task,
-        algo=algo,
-        steps=steps,
-        labels=labels,
-        pretrain_labels=pretrain,
-        pretrain_epochs=task.pretrain_epochs if cfg.pretrain_epochs is None else cfg.pretrain_epochs,
-        reward_epochs=cfg.reward_epochs or task.reward_epochs,
-        n_envs=n_envs,
-        schedule=cfg.schedule or task.schedule,
-        label_window=cfg.label_window or task.label_window,
-        agent_params=agent_params,
-        iteration_steps=cfg.iteration_steps or _default_iteration_steps(algo, agent_params, n_envs, steps),
-    )
-
-
-# SB3's default rollout lengths, for the iteration size when a task does not set n_steps.
-_DEFAULT_N_STEPS = {"ppo": 2048, "a2c": 5, "trpo": 2048}
-
-
-def _default_iteration_steps(algo: str, agent_params: dict[str, Any], n_envs: int, total_steps: int) -> int:
-    """One rollout, but at least 2,048 steps: A2C's rollouts (80 steps for Atari) are far too short to
-    retrain the reward, log and checkpoint after each. A run shorter than 16,384 steps still gets
-    about eight iterations."""
-    rollout = int(agent_params.get("n_steps", _DEFAULT_N_STEPS[algo])) * n_envs
-    return max(rollout, min(2048, total_steps // 8))
-
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} is not available on this machine (no CUDA); use cpu")
-    return name
+from rlhf_control.tasks.catalogue import TaskSpec
+from rlhf_control.types import Label, Segment, SegmentPair, segment_steps
 
 
 class _IterationCallback(BaseCallback):
@@ -152,7 +72,7 @@ class RLHFTrainer:
         self.r = resolve(cfg, task)
         self.cfg = self.r.cfg
         self.task = self.r.task
-        self.device = _device(cfg.device)
+        self.device = resolve_device(cfg.device)
         # The paper's networks are tiny: one thread per process beats several on a CPU.
         torch.set_num_threads(cfg.torch_threads)
         self.progress = progress

@@ -1,7 +1,7 @@
 """Reward learning: predictor networks, the normalised ensemble, the label window and its trainer."""
 
 from rlhf_control.reward.dataset import PreferenceDataset
-from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble, segment_steps
+from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble
 from rlhf_control.reward.nets import CNNReward, MLPReward
 from rlhf_control.reward.training import RewardTrainer, RewardTrainerConfig, TrainReport, preference_loss
 
@@ -15,5 +15,4 @@ __all__ = [
     "RewardTrainerConfig",
     "TrainReport",
     "preference_loss",
-    "segment_steps",
 ]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rlhf_control.reward.nets import CNNReward, MLPReward, _check_dropout, _check_sizes
-from rlhf_control.types import Segment, StackedFrames
+from rlhf_control.types import Segment, segment_steps
 
 NETS = ("mlp", "cnn")
 # Largest float input fed to the networks in one forward pass when no grad is needed; bounds the
@@ -92,34 +92,6 @@ def _shape(value: Any, name: str) -> tuple[int, ...]:
     if any(s < 1 for s in shape):
         raise ValueError(f"{name}={shape} is not allowed; sizes must be >= 1")
     return shape
-
-
-def segment_steps(segments: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
-    """All steps of ``segments`` concatenated: ``obs (sum T, *obs_shape)``, ``acts (sum T, *act_shape)``.
-
-    :class:`StackedFrames` observations are expanded straight into the output (one copy).
-    """
-    if not segments:
-        raise ValueError("no segments given; need at least one")
-    first = segments[0]
-    total = sum(s.length for s in segments)
-    obs = np.empty((total, *first.obs_shape), dtype=first.obs.dtype)
-    acts = np.empty((total, *first.act_shape), dtype=first.acts.dtype)
-    t = 0
-    for seg in segments:
-        if seg.obs_shape != first.obs_shape or seg.act_shape != first.act_shape:
-            raise ValueError(
-                f"segment shapes obs {seg.obs_shape} / acts {seg.act_shape} differ from the first segment's "
-                f"{first.obs_shape} / {first.act_shape}; all segments must match"
-            )
-        n = seg.length
-        if isinstance(seg.obs, StackedFrames):
-            obs[t : t + n] = np.lib.stride_tricks.sliding_window_view(seg.obs.frames, seg.obs.k, axis=0)
-        else:
-            obs[t : t + n] = seg.obs
-        acts[t : t + n] = seg.acts
-        t += n
-    return obs, acts
 
 
 class RewardEnsemble:

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from rlhf_control.loop.trainer import RLHFTrainer
-from rlhf_control.reward.ensemble import segment_steps
-from rlhf_control.types import Segment
+from rlhf_control.types import Segment, segment_steps
 
 WEIGHT_DECAY = 1e-4
 BATCH_SEGMENTS = 64

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from rlhf_control.reward.dataset import PreferenceDataset
-from rlhf_control.reward.ensemble import EVAL_CHUNK_BYTES, Encoded, RewardEnsemble, segment_steps
-from rlhf_control.types import Label
+from rlhf_control.reward.ensemble import EVAL_CHUNK_BYTES, Encoded, RewardEnsemble
+from rlhf_control.types import Label, segment_steps
 
 _POISSON1_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(20)])
 
