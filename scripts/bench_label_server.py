@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_control.rundir import STORE_FILE
+from rlhf_control.rundir import CLIPS_DIR, STORE_FILE
 from rlhf_control.store.store import PreferenceStore
 from rlhf_control.web.demo import BrightnessRenderer, add_queries, make_segments
 
@@ -33,7 +33,7 @@ def build_run(run_dir: Path, n_queries: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     segments = make_segments(16, rng)
     renderer = BrightnessRenderer()
-    clips = {s.uid: renderer.render_segment(s, run_dir / "clips") for s in segments}
+    clips = {s.uid: renderer.render_segment(s, run_dir / CLIPS_DIR) for s in segments}
     with PreferenceStore.create(run_dir / STORE_FILE) as store:
         for q in add_queries(store, segments, n_queries, rng):
             store.set_clips(q.query_id, clips[q.pair.first.uid], clips[q.pair.second.uid], None)

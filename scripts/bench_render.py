@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rlhf_control.recording.render_states import GL_BACKEND, render_state_fn
 from rlhf_control.types import Segment, SegmentPair
-from rlhf_control.video import render as video
+from rlhf_control.video.mp4 import side_by_side
+from rlhf_control.video.render import SegmentRenderer
 
 
 def record(env_id: str, steps: int, seed: int = 0) -> tuple[SegmentPair, float]:
@@ -36,7 +38,7 @@ def record(env_id: str, steps: int, seed: int = 0) -> tuple[SegmentPair, float]:
     venv = DummyVecEnv([lambda: gym.make(env_id)])
     venv.seed(seed)
     venv.action_space.seed(seed)
-    fn = video.render_state_fn(env_id)
+    fn = render_state_fn(env_id)
     venv.reset()
     states, t_capture = [], 0.0
     for _ in range(2 * steps):
@@ -52,7 +54,7 @@ def record(env_id: str, steps: int, seed: int = 0) -> tuple[SegmentPair, float]:
 
 def bench(env_id: str, steps: int, repeats: int, out: Path) -> None:
     pair, capture_us = record(env_id, steps)
-    renderer = video.SegmentRenderer(env_id)
+    renderer = SegmentRenderer(env_id)
     renderer.frames(pair.first)  # make the render env and GL context once, as a long-lived renderer does
     draw, encode, total = [], [], []
     for i in range(repeats):
@@ -61,7 +63,7 @@ def bench(env_id: str, steps: int, repeats: int, out: Path) -> None:
         t1 = time.perf_counter()
         renderer.write_mp4(a, out / f"{i}_a.mp4")
         renderer.write_mp4(b, out / f"{i}_b.mp4")
-        renderer.write_mp4(video.side_by_side(a, b, renderer.gap), out / f"{i}_ab.mp4")
+        renderer.write_mp4(side_by_side(a, b, renderer.gap), out / f"{i}_ab.mp4")
         t2 = time.perf_counter()
         paths = renderer.render_pair(pair, out, query_id=i)
         t3 = time.perf_counter()
@@ -87,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats={args.repeats} must be >= 1")
-    print(f"MUJOCO_GL={video.GL_BACKEND or 'unset'}")
+    print(f"MUJOCO_GL={GL_BACKEND or 'unset'}")
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)

@@ -8,15 +8,10 @@ import numpy as np
 import pytest
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
+from rlhf_control.recording.render_states import capture_state, render_state_fn, restore_state
 from rlhf_control.types import Segment, SegmentPair
-from rlhf_control.video.render import (
-    SegmentRenderer,
-    capture_state,
-    render_state_fn,
-    restore_state,
-    side_by_side,
-    write_mp4,
-)
+from rlhf_control.video.mp4 import side_by_side, write_mp4
+from rlhf_control.video.render import SegmentRenderer
 
 
 def _rollout(env_id, steps, warmup=0, live=None, n_envs=1, seed=0, **make_kwargs):

@@ -18,7 +18,8 @@ import pytest
 
 from rlhf_control.oracles.human import HumanOracle
 from rlhf_control.rundir import STORE_FILE
-from rlhf_control.store.store import PreferenceStore, StoreError
+from rlhf_control.store.errors import StoreError
+from rlhf_control.store.store import PreferenceStore
 from rlhf_control.types import Answer, SegmentPair
 from rlhf_control.web.app import ApiError
 from rlhf_control.web.demo import BrightnessRenderer, make_demo_run, make_segments

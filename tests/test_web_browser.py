@@ -264,8 +264,9 @@ def test_clips_from_the_real_renderer_play(browser, tmp_path):
     import gymnasium as gym
 
     from rlhf_control.oracles.human import HumanOracle
+    from rlhf_control.recording.render_states import capture_state
     from rlhf_control.types import Segment
-    from rlhf_control.video.render import SegmentRenderer, capture_state
+    from rlhf_control.video.render import SegmentRenderer
 
     env = gym.make("Pendulum-v1")
     env.reset(seed=0)

@@ -13,7 +13,9 @@ from rlhf_control.agent.factory import load_agent, load_obs_normalization
 from rlhf_control.config import load_config_file
 from rlhf_control.loop.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint_state
 from rlhf_control.rundir import CONFIG_FILE, check_run_dir
-from rlhf_control.tasks.catalogue import TaskSpec, get_task
+from rlhf_control.tasks.catalogue import get_task
+from rlhf_control.tasks.spec import TaskSpec
+from rlhf_control.video.mp4 import write_mp4
 
 
 @dataclass(frozen=True)
@@ -100,9 +102,5 @@ def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 12345, video: Pa
     finally:
         venv.close()
     if video is not None and frames:
-        import imageio.v2 as imageio
-
-        Path(video).parent.mkdir(parents=True, exist_ok=True)
-        imageio.mimwrite(str(video), frames, fps=task.fps, codec="libx264", macro_block_size=1,
-                         ffmpeg_params=["-pix_fmt", "yuv420p"])
+        write_mp4(frames, video, task.fps)
     return EvalResult(tuple(returns))

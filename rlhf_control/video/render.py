@@ -1,23 +1,20 @@
 """Clips for the human labeller: segments drawn from their render states, mp4s on demand.
 
-Only queried segments are drawn, and lazily. While the agent runs, :func:`render_state_fn` (in
-:mod:`rlhf_control.recording.render_states`, re-exported here) records one small render state per env and step;
-a :class:`SegmentRenderer` later restores each step into its own render env, draws it and encodes
-H.264 mp4s (yuv420p, even sizes, ``+faststart``: they play in browsers). The state formats, and the
-headless OpenGL choice made when either module is imported, are described in
-:mod:`rlhf_control.recording.render_states`.
+Only queried segments are drawn, and lazily. While the agent runs,
+:func:`rlhf_control.recording.render_states.render_state_fn` records one small render state per env
+and step; a :class:`SegmentRenderer` later restores each step into its own render env, draws it and
+writes mp4s with :mod:`rlhf_control.video.mp4`. The state formats, and the headless OpenGL choice
+made when either module is imported, are described in :mod:`rlhf_control.recording.render_states`.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-import subprocess
 import threading
 import weakref
 import zlib
 from collections.abc import Sequence
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +24,17 @@ import numpy as np
 from rlhf_control.recording.render_states import (
     _ATARI_RGB,
     _ATARI_SHAPE,
-    GL_BACKEND,
-    SUITES,
     _decode,
     _decode_floats,
     _Target,
     capture_state,
-    configure_gl,
-    render_state_fn,
     restore_state,
 )
 from rlhf_control.types import Segment, SegmentPair
+from rlhf_control.video.mp4 import check_encoding, side_by_side, write_mp4
 
-__all__ = ["GL_BACKEND", "SUITES", "SegmentRenderer", "capture_state", "configure_gl", "render_state_fn",
-           "restore_state", "side_by_side", "write_mp4"]
+__all__ = ["SegmentRenderer"]
 
-_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 _ATARI_FPS = 15.0  # 60 Hz emulator, 4 frames per agent step (ALE v5 and the AtariFrames wrapper)
 
 
@@ -201,70 +193,6 @@ def _check_size(size: Any) -> tuple[int, int] | None:
     return int(size[0]), int(size[1])
 
 
-# --- encoding -----------------------------------------------------------------------------------------
-def _check_frames(frames: Any) -> np.ndarray:
-    arr = np.asarray(frames)
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] < 1 or arr.dtype != np.uint8:
-        raise ValueError(f"frames must be a (T>=1, H, W, 3) uint8 array, got {arr.dtype} {arr.shape}")
-    pad_h, pad_w = arr.shape[1] % 2, arr.shape[2] % 2
-    if pad_h or pad_w:  # yuv420p needs even sizes: repeat the last row/column
-        arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    return np.ascontiguousarray(arr)
-
-
-def _check_encoding(fps: Any, preset: Any, crf: Any) -> None:
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) or not 0 < fps <= 1000:
-        raise ValueError(f"fps={fps!r} is not allowed; use a number in (0, 1000]")
-    if preset not in _PRESETS:
-        raise ValueError(f"preset={preset!r} is not allowed; allowed: {', '.join(_PRESETS)}")
-    if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= crf <= 51:
-        raise ValueError(f"crf={crf!r} is not allowed; use an integer in 0..51")
-
-
-def _encode(frames: Any, path: Path, fps: float, preset: str, crf: int) -> Path:
-    """Encode ``frames`` to an H.264 mp4 at ``path`` through imageio-ffmpeg's ffmpeg; the file appears atomically."""
-    import imageio_ffmpeg
-
-    _check_encoding(fps, preset, crf)
-    arr = _check_frames(frames)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-           "-s", f"{arr.shape[2]}x{arr.shape[1]}", "-r", str(Fraction(float(fps)).limit_denominator(1001)),
-           "-i", "-", "-an", "-c:v", "libx264", "-preset", preset, "-crf", str(int(crf)), "-pix_fmt", "yuv420p",
-           "-movflags", "+faststart", "-f", "mp4", str(tmp)]
-    try:
-        proc = subprocess.run(cmd, input=arr.tobytes(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if proc.returncode != 0:
-            lines = proc.stderr.decode(errors="replace").strip().splitlines() or [f"exit code {proc.returncode}"]
-            raise RuntimeError(f"ffmpeg failed writing {path}: {lines[-1]}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_mp4(frames: Any, path: str | Path, fps: float, *, preset: str = "veryfast", crf: int = 23) -> Path:
-    """Write ``frames: (T, H, W, 3) uint8`` as an H.264/yuv420p mp4 at ``fps`` frames per second.
-
-    Odd sizes are padded to even. The file appears complete or not at all (temp file + rename).
-    """
-    return _encode(frames, Path(path), fps, preset, crf)
-
-
-def side_by_side(first: np.ndarray, second: np.ndarray, gap: int = 8, fill: int = 255) -> np.ndarray:
-    """``(T, H1, W1, 3)`` and ``(T, H2, W2, 3)`` -> ``(T, max(H1, H2), W1 + gap + W2, 3)``, gap in ``fill``."""
-    a, b = np.asarray(first), np.asarray(second)
-    if a.ndim != 4 or b.ndim != 4 or a.shape[0] != b.shape[0]:
-        raise ValueError(f"clips must be (T, H, W, 3) with the same T, got {a.shape} and {b.shape}")
-    if isinstance(gap, bool) or not isinstance(gap, (int, np.integer)) or gap < 0:
-        raise ValueError(f"gap={gap!r} is not allowed; use an integer >= 0 (pixels)")
-    out = np.full((a.shape[0], max(a.shape[1], b.shape[1]), a.shape[2] + gap + b.shape[2], 3), fill, np.uint8)
-    out[:, : a.shape[1], : a.shape[2]] = a
-    out[:, : b.shape[1], a.shape[2] + gap:] = b
-    return out
-
-
 # --- the renderer -------------------------------------------------------------------------------------
 class SegmentRenderer:
     """Draws segments from their ``render_ref`` (the states :func:`render_state_fn` recorded) and writes mp4s.
@@ -283,7 +211,7 @@ class SegmentRenderer:
                  preset: str = "veryfast", crf: int = 23) -> None:
         self._target = _Target(task)
         self.size = _check_size(size)
-        _check_encoding(1.0 if fps is None else fps, preset, crf)
+        check_encoding(1.0 if fps is None else fps, preset, crf)
         if isinstance(atari_scale, bool) or not isinstance(atari_scale, int) or not 1 <= atari_scale <= 8:
             raise ValueError(f"atari_scale={atari_scale!r} is not allowed; use an integer in 1..8")
         if isinstance(gap, bool) or not isinstance(gap, int) or gap < 0:
@@ -354,8 +282,8 @@ class SegmentRenderer:
         return self._draw_all([capture_state(env)])[0]
 
     def write_mp4(self, frames: Any, path: str | Path, fps: float | None = None) -> Path:
-        """:func:`write_mp4` with this renderer's fps (unless given), preset and crf."""
-        return _encode(frames, Path(path), self.fps if fps is None else fps, self.preset, self.crf)
+        """:func:`rlhf_control.video.mp4.write_mp4` with this renderer's fps (unless given), preset and crf."""
+        return write_mp4(frames, path, self.fps if fps is None else fps, preset=self.preset, crf=self.crf)
 
     def render_clip(self, segment: Segment, path: str | Path) -> Path:
         """Draw ``segment`` and write it to ``path`` (mp4)."""
@@ -370,7 +298,7 @@ class SegmentRenderer:
         d = Path(directory)
         paths = [d / f"query_{int(query_id)}_{name}.mp4" for name in ("first", "second", "pair")]
         for frames, path in zip((a, b, side_by_side(a, b, self.gap)), paths, strict=True):
-            _encode(frames, path, self.fps, self.preset, self.crf)
+            self.write_mp4(frames, path)
         return paths[0], paths[1], paths[2]
 
     def close(self) -> None:

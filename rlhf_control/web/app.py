@@ -17,24 +17,24 @@ import math
 import os
 import threading
 import time
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from rlhf_control.store.store import (
-    AlreadyAnsweredError,
-    PreferenceStore,
-    QueryRecord,
-    QueryRetiredError,
-    UnknownQueryError,
+from rlhf_control.rundir import (
+    CLIPS_DIR,
+    CONFIG_FILE,
+    INSTRUCTIONS_FILE,
+    RunDirError,
+    read_config_doc,
+    write_atomic,
 )
+from rlhf_control.store.errors import AlreadyAnsweredError, QueryRetiredError, UnknownQueryError
+from rlhf_control.store.store import PreferenceStore, QueryRecord
 from rlhf_control.types import Answer
 
 CLIP_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".webm": "video/webm"}
-INSTRUCTIONS_FILE = "instructions.md"
-CONFIG_FILE = "config.toml"
 MAX_INSTRUCTIONS = 20_000
 MAX_EXCLUDE = 100
 MAX_NAME = 64
@@ -87,9 +87,8 @@ def parse_exclude(text: str | None) -> list[int]:
 def _read_config_instructions(run_dir: Path) -> tuple[str | None, str | None]:
     """(instructions, task name) from the run's config.toml; (None, None) when absent or unreadable."""
     try:
-        with open(run_dir / CONFIG_FILE, "rb") as f:
-            doc = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError):
+        doc = read_config_doc(run_dir)
+    except (OSError, RunDirError):
         return None, None
     task = doc.get("task") if isinstance(doc.get("task"), dict) else {}
     run = doc.get("run") if isinstance(doc.get("run"), dict) else {}
@@ -113,7 +112,7 @@ class LabelApp:
             raise ValueError(f"lease_s={lease_s!r} is not allowed; use a number of seconds > 0")
         self.store = store
         self.run_dir = Path(run_dir).resolve()
-        self.clips_dir = (Path(clips_dir) if clips_dir is not None else self.run_dir / "clips").resolve()
+        self.clips_dir = (Path(clips_dir) if clips_dir is not None else self.run_dir / CLIPS_DIR).resolve()
         self.lease_s = float(lease_s)
         self._instructions = instructions
         self.scan_every_s = scan_every_s  # public: tests set 0 to rescan on every claim
@@ -254,11 +253,8 @@ class LabelApp:
         if len(text) > MAX_INSTRUCTIONS:
             raise ApiError(413, f"instructions of {len(text)} characters are too long; the limit is {MAX_INSTRUCTIONS}")
         path = self.run_dir / INSTRUCTIONS_FILE
-        tmp = path.with_name(f".{INSTRUCTIONS_FILE}.tmp{os.getpid()}.{threading.get_ident()}")
         try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            write_atomic(path, text)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise ApiError(500, f"cannot write {path}: {exc}") from None
         return self.task()

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rlhf_control.rundir import STORE_FILE
+from rlhf_control.rundir import CONFIG_FILE, STORE_FILE, write_atomic
 from rlhf_control.store.store import PreferenceStore
 from rlhf_control.types import Query, Segment, SegmentPair
+from rlhf_control.video.mp4 import write_mp4
 
 TINT = np.array([1.0, 0.82, 0.55])  # warm colour; brightness = level * tint
+CRF = 10  # near-lossless: a script reading the clips' pixels sees the level drawn
 
 
 def make_segments(n: int, rng: np.random.Generator, length: int = 8, obs_dim: int = 4, act_dim: int = 2,
@@ -57,21 +59,6 @@ def clip_frames(level: float, length: int, size: int = 64) -> np.ndarray:
     return frames
 
 
-def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -> None:
-    """H.264 mp4 (yuv420p, faststart) that browsers play; ``frames: (T, H, W, 3)`` uint8, H and W multiples of 16."""
-    import imageio.v2 as iio
-
-    tmp = Path(f"{path}.part.mp4")
-    writer = iio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=16,
-                            ffmpeg_log_level="error", output_params=["-movflags", "+faststart"])
-    try:
-        for frame in frames:
-            writer.append_data(frame)
-    finally:
-        writer.close()
-    os.replace(tmp, path)
-
-
 class BrightnessRenderer:
     """A renderer (``render_pair(pair, dir, query_id)``) drawing each segment as :func:`clip_frames`.
 
@@ -85,10 +72,10 @@ class BrightnessRenderer:
     def render_segment(self, seg: Segment, directory: Path) -> str:
         path = Path(directory) / f"seg{seg.uid}.mp4"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
             if seg.true_return is None:
                 raise ValueError(f"segment {seg.uid} has no true reward; the demo renderer needs one")
-            write_mp4(path, clip_frames(brightness(seg.true_return, self.scale), seg.length, self.size), self.fps)
+            frames = clip_frames(brightness(seg.true_return, self.scale), seg.length, self.size)
+            write_mp4(frames, path, self.fps, crf=CRF)
         return str(path)
 
     def render_pair(self, pair: SegmentPair, directory: Path, query_id: int) -> tuple[str, str, None]:
@@ -117,7 +104,7 @@ def make_demo_run(run_dir: str | os.PathLike, n_segments: int = 16, n_queries: i
     with PreferenceStore.create(run_dir / STORE_FILE) as store:
         queries = add_queries(store, segments, n_queries, rng)
         if instructions is not None:
-            (run_dir / "config.toml").write_text(f"[task]\nname = \"demo\"\ninstructions = {json.dumps(instructions)}\n")
+            write_atomic(run_dir / CONFIG_FILE, f"[task]\nname = \"demo\"\ninstructions = {json.dumps(instructions)}\n")
         if render:
             oracle = HumanOracle(store, BrightnessRenderer())
             oracle.submit(queries)

@@ -8,15 +8,12 @@
     GET  /clips/<file>                clips from the run's clips/ folder, with HTTP Range support
 
 Errors are JSON ``{"error": "one line"}`` with a 4xx status (5xx for server faults) and leave the
-store unchanged. Bound to 127.0.0.1 by default; any other host needs a token, and when a token is set
-every request must carry it (``Authorization: Bearer T``, ``?token=T`` or the cookie), else 401/403.
-Without a token, requests whose Host header is not a loopback name are refused (DNS rebinding), and
+store unchanged. Who may connect (loopback by default, a token otherwise) is :mod:`rlhf_control.web.access`;
 POST/PUT must be ``application/json`` (a cross-site form cannot send that without a CORS preflight).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -29,7 +26,9 @@ from typing import Any, TextIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from rlhf_control.rundir import STORE_FILE
-from rlhf_control.store.store import PreferenceStore, StoreError
+from rlhf_control.store.errors import StoreError
+from rlhf_control.store.store import PreferenceStore
+from rlhf_control.web.access import authorize, check_bind
 from rlhf_control.web.app import CLIP_TYPES, ApiError, LabelApp, parse_exclude
 
 log = logging.getLogger(__name__)
@@ -39,22 +38,10 @@ _STATIC = {"/": "index.html", "/index.html": "index.html", "/static/app.js": "ap
            "/static/style.css": "style.css"}
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8"}
-_NO_TOKEN_HOSTS = {"127.0.0.1", "localhost", "::1"}
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; media-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 MAX_BODY = 64 * 1024
 _CHUNK = 256 * 1024
-
-
-def check_bind(host: str, token: str | None) -> None:
-    """Refuse a host beyond 127.0.0.1/localhost/::1 without a token, and a malformed token (ValueError)."""
-    if token is not None:
-        if not isinstance(token, str) or not token or not token.isascii() or not token.isprintable() \
-                or any(c in token for c in " ;,\"\\"):
-            raise ValueError("token is not allowed; use a non-empty ASCII string without spaces, quotes, ';' or ','")
-    elif host not in _NO_TOKEN_HOSTS:
-        raise ValueError(f"host {host!r} lets other machines reach the labelling app; give a token "
-                         f"(--token T) or bind to 127.0.0.1")
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -188,41 +175,12 @@ class _Handler(BaseHTTPRequestHandler):
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ApiError(400, f"malformed JSON body: {str(exc).splitlines()[0]}") from None
 
-    def _auth(self, query: dict[str, list[str]]) -> dict[str, str]:
-        """Check the token (or, without one, the Host header); returns headers to add (the cookie)."""
-        token = self.server.token
-        if token is None:
-            host = (self.headers.get("Host") or "").strip()
-            name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
-            if name.lower() not in _NO_TOKEN_HOSTS:
-                raise ApiError(403, f"Host {host[:80]!r} is not allowed; open the app at http://127.0.0.1:PORT/")
-            return {}
-        cookie_name = f"rlhf_label_{self.server.server_address[1]}"
-        given, from_query = None, False
-        auth = self.headers.get("Authorization") or ""
-        if auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        elif "token" in query:
-            given, from_query = query["token"][0], True
-        else:
-            for part in (self.headers.get("Cookie") or "").split(";"):
-                k, _, v = part.strip().partition("=")
-                if k == cookie_name:
-                    given = v
-        if not given:
-            raise ApiError(401, "this server needs a token: open the page with ?token=T or send 'Authorization: Bearer T'")
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise ApiError(403, "wrong token")
-        if from_query:
-            return {"Set-Cookie": f"{cookie_name}={token}; Path=/; HttpOnly; SameSite=Strict"}
-        return {}
-
     def _dispatch(self, method: str) -> None:
         try:
             url = urlsplit(self.path)
             query = parse_qs(url.query, keep_blank_values=True)
             raw = self._read_body() if method in ("POST", "PUT") else None
-            extra = self._auth(query)
+            extra = authorize(self.headers, query, self.server.token, self.server.server_address[1])
             body = None if raw is None else self._parse_json(raw)
             self._route(method, url.path, query, body, extra)
         except ApiError as exc:
@@ -413,4 +371,4 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765,
         server.stop()
 
 
-__all__ = ["LabelServer", "check_bind", "make_server", "parse_range", "serve", "start_server"]
+__all__ = ["LabelServer", "make_server", "parse_range", "serve", "start_server"]
