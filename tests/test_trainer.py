@@ -173,13 +173,13 @@ def test_retraining_runs_in_the_worker_during_the_next_rollout(tmp_path, monkeyp
 
 def test_a_dead_reward_worker_leaves_the_run_to_train_in_process(tmp_path, capfd):
     trainer = RLHFTrainer(_tiny(), tmp_path / "run")
-    start = trainer._start_worker
+    start = trainer.updater.start
 
     def start_then_kill():
         start()
         trainer.worker.proc.kill()  # as if it crashed or was OOM-killed
 
-    trainer._start_worker = start_then_kill
+    trainer.updater.start = start_then_kill
     trainer.run()
     assert "training the reward in the main process from now on" in capfd.readouterr().err
     assert _sql(tmp_path / "run", "SELECT COUNT(*) FROM answers WHERE skipped = 0")[0][0] == 16

@@ -20,7 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rlhf_control.rundir import CHECKPOINTS_DIR, RunDirError
+
+# The files of an RLHF run's checkpoint (besides state.json).
+AGENT_FILE = "agent.zip"
+ENSEMBLE_FILE = "ensemble.pt"
+FITTER_FILE = "reward_trainer.pt"  # the reward fitter's state (its name predates pluggable fitters)
+OBS_NORM_FILE = "obs_norm.npz"
 
 KEEP = 2
 
@@ -123,3 +131,25 @@ def load_checkpoint_state(path: Path) -> dict[str, Any]:
         if _sha256(f) != digest:
             raise CheckpointError(f"corrupt or truncated checkpoint {str(path)!r}: {fname} does not match its hash")
     return state
+
+
+def load_run_checkpoint(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest complete checkpoint of a run and its verified state, or ``(None, None)`` if the run
+    has none yet (killed before its first). Raises :class:`CheckpointError` if it is damaged."""
+    path = latest_checkpoint(run_dir)
+    return (path, load_checkpoint_state(path)) if path is not None else (None, None)
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with NumPy scalars and arrays turned into JSON types (for ``state.json``)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj

@@ -1,7 +1,21 @@
 """Oracles: whoever answers queries. Importing the package registers every built-in oracle."""
 
 from rlhf_control.oracles import human, synthetic  # noqa: F401  (registration)
-from rlhf_control.oracles.base import ORACLES, Oracle, SpecTerm, make_oracle, parse_spec
+from rlhf_control.oracles.base import (
+    ORACLES,
+    ClosableOracle,
+    Oracle,
+    OracleContext,
+    OracleFactory,
+    ResumableOracle,
+    SpecTerm,
+    StatefulOracle,
+    check_spec,
+    make_oracle,
+    parse_spec,
+)
 from rlhf_control.oracles.synthetic import ScriptedTeacher, SyntheticOracle
 
-__all__ = ["ORACLES", "Oracle", "ScriptedTeacher", "SpecTerm", "SyntheticOracle", "make_oracle", "parse_spec"]
+__all__ = ["ORACLES", "ClosableOracle", "Oracle", "OracleContext", "OracleFactory", "ResumableOracle",
+           "ScriptedTeacher", "SpecTerm", "StatefulOracle", "SyntheticOracle", "check_spec", "make_oracle",
+           "parse_spec"]

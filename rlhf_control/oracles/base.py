@@ -1,23 +1,30 @@
 """Oracles: whoever answers queries (a synthetic teacher reading the true reward, or a person).
 
 An oracle is queue-shaped: the loop ``submit``s queries, later ``collect``s the answers that have
-arrived, and never blocks on it. ``make_oracle(spec, seed)`` builds one from a spec string:
+arrived, and never blocks on it. ``make_oracle(spec, seed, context)`` builds one from a spec string:
 
     spec   := term ("+" term)*            e.g. "mistake+myopic"
     term   := name [":" key "=" value ("," key "=" value)*]
                                           e.g. "stochastic:beta=2+mistake:epsilon=0.2"
 
-Names come from the ``ORACLES`` registry. Terms joined by ``+`` must share one factory (all the
-scripted teachers do; a human oracle would not combine with them). A factory is called as
-``factory(terms: list[SpecTerm], seed: int) -> Oracle``.
+Names come from the ``ORACLES`` registry, which holds an :class:`OracleFactory` per name. Terms
+joined by ``+`` must share one factory (all the scripted teachers do; the human oracle does not
+combine with them). A factory checks its terms before anything is written (:func:`check_spec`) and
+builds the oracle from them, its seed and the run's :class:`OracleContext` (the preference store and
+a clip renderer, which a person's oracle needs and a synthetic one ignores).
+
+Beyond the protocol, an oracle may declare optional capabilities, each a protocol of its own:
+:class:`StatefulOracle` (state saved in checkpoints), :class:`ResumableOracle` (takes back the queries
+left unanswered by a stopped run) and :class:`ClosableOracle` (has work to finish when the run ends).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from rlhf_control.registry import Registry
 from rlhf_control.types import Answer, Query
@@ -41,8 +48,59 @@ class Oracle(Protocol):
         ...
 
 
-OracleFactory = Callable[..., Oracle]
-ORACLES: Registry[Oracle] = Registry("oracle")
+@runtime_checkable
+class StatefulOracle(Protocol):
+    """An oracle with state worth a checkpoint (a generator, running statistics): JSON-serialisable."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class ResumableOracle(Protocol):
+    """An oracle that takes back, on resume, the queries a stopped run asked and never got answered
+    (an oracle without this capability gets them through ``submit``)."""
+
+    def resume(self, pending: Sequence[Query]) -> None: ...
+
+
+@runtime_checkable
+class ClosableOracle(Protocol):
+    """An oracle with work in flight (clips being rendered) to finish, for up to ``timeout`` s, at the end."""
+
+    def close(self, timeout: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class OracleContext:
+    """What a run offers its oracle: the preference store, a clip renderer (anything with
+    ``render_pair``) and the folder for clips. Each may be None where the run has none."""
+
+    store: Any = None
+    renderer: Any = None
+    clips_dir: Path | None = None
+
+
+class OracleFactory(Protocol):
+    """What ``ORACLES`` holds for a name.
+
+    ``shows_clips``: a person watches the pairs, so the run records what clips are drawn from, passes
+    a renderer and serves the labelling page. ``needs_true_reward``: the oracle reads the task's
+    true reward (a task without one can only be labelled by an oracle that does not).
+    """
+
+    shows_clips: bool
+    needs_true_reward: bool
+
+    def check(self, terms: list[SpecTerm]) -> None:
+        """Refuse bad terms (unknown options, values out of range) with a one-line ValueError."""
+        ...
+
+    def build(self, terms: list[SpecTerm], seed: int, context: OracleContext) -> Oracle: ...
+
+
+ORACLES: Registry[OracleFactory] = Registry("oracle")
 
 
 @dataclass(frozen=True)
@@ -93,8 +151,8 @@ def parse_spec(spec: str) -> list[SpecTerm]:
     return terms
 
 
-def make_oracle(spec: str, seed: int) -> Oracle:
-    """Build the oracle a spec names (see the module docstring), seeded with ``seed``."""
+def check_spec(spec: str) -> tuple[OracleFactory, list[SpecTerm]]:
+    """Parse and check an oracle spec without building anything: its factory and terms."""
     terms = parse_spec(spec)
     factories = [ORACLES.get(t.name) for t in terms]  # UnknownNameError lists the known names
     for term, factory in zip(terms[1:], factories[1:], strict=True):
@@ -102,4 +160,11 @@ def make_oracle(spec: str, seed: int) -> Oracle:
             raise ValueError(
                 f"oracle spec {spec!r}: {terms[0].name!r} and {term.name!r} cannot be combined with '+'"
             )
-    return factories[0](terms, int(seed))
+    factories[0].check(terms)
+    return factories[0], terms
+
+
+def make_oracle(spec: str, seed: int, context: OracleContext | None = None) -> Oracle:
+    """Build the oracle a spec names (see the module docstring), seeded with ``seed``."""
+    factory, terms = check_spec(spec)
+    return factory.build(terms, int(seed), context or OracleContext())

@@ -17,7 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from rlhf_control.store.store import PreferenceStore, StoreError, UnknownQueryError
+from rlhf_control.oracles.base import ORACLES, OracleContext, SpecTerm
+from rlhf_control.rundir import CLIPS_DIR
+from rlhf_control.store.errors import StoreError, UnknownQueryError
+from rlhf_control.store.store import PreferenceStore
 from rlhf_control.types import Answer, Query, SegmentPair
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,7 @@ class HumanOracle:
                  clips_dir: str | os.PathLike | None = None) -> None:
         self.store = store
         self.renderer = renderer
-        self.clips_dir = Path(clips_dir) if clips_dir is not None else store.path.parent / "clips"
+        self.clips_dir = Path(clips_dir) if clips_dir is not None else store.path.parent / CLIPS_DIR
         self.errors: list[tuple[int, str]] = []  # (query_id, one-line reason) of failed renders
         self._queue: queue.Queue[Query | int | None] = queue.Queue()
         self._queued: set[int] = set()  # query ids queued or being rendered, so none is drawn twice
@@ -70,6 +73,10 @@ class HumanOracle:
     def pending(self) -> int:
         """Queries in the store still waiting for an answer."""
         return self.store.count_pending()
+
+    def resume(self, pending: Sequence[Query]) -> None:
+        """Nothing was lost: the store is this oracle's queue, and clips still missing were queued for
+        rendering when it was made."""
 
     # ---- rendering ---------------------------------------------------------------------------
     def _enqueue(self, items: list[Query | int]) -> None:
@@ -167,3 +174,22 @@ class HumanOracle:
 
 
 __all__ = ["HumanOracle", "PairRenderer"]
+
+
+class _HumanFactory:
+    """``human``: people label in the browser; needs the run's store, and a renderer to show them clips."""
+
+    shows_clips = True
+    needs_true_reward = False
+
+    def check(self, terms: list[SpecTerm]) -> None:
+        if terms[0].params:
+            raise ValueError(f"oracle 'human' takes no options (got {terms[0]})")
+
+    def build(self, terms: list[SpecTerm], seed: int, context: OracleContext) -> HumanOracle:
+        if context.store is None:
+            raise ValueError("oracle 'human' needs the run's preference store; build it with an OracleContext")
+        return HumanOracle(context.store, renderer=context.renderer, clips_dir=context.clips_dir)
+
+
+ORACLES.register("human")(_HumanFactory())

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_control.oracles.base import ORACLES, SpecTerm, parse_spec
+from rlhf_control.oracles.base import ORACLES, OracleContext, SpecTerm, parse_spec
 from rlhf_control.types import Answer, Query, Segment
 
 
@@ -140,7 +140,7 @@ def register_teacher_preset(name: str, defaults: dict[str, float], keys: dict[st
         )
     ScriptedTeacher(**defaults)  # validate the defaults now, not at first use
     TEACHER_PRESETS[name] = TeacherPreset(dict(defaults), dict(keys))
-    ORACLES.register(name)(_synthetic_factory)
+    ORACLES.register(name)(_TEACHERS)
 
 
 def _parse_value(spec_name: str, key: str, value: str, target: str) -> float:
@@ -262,6 +262,10 @@ class SyntheticOracle:
         answers, self._ready = self._ready, []
         return answers
 
+    def resume(self, pending: Sequence[Query]) -> None:
+        """Answer the queries a stopped run left unanswered (its answers were lost with the process)."""
+        self.submit(pending)
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state (generator, running returns, margin) for resuming a run exactly."""
         return {
@@ -282,9 +286,21 @@ def _rewards(seg: Segment) -> np.ndarray:
     return seg.true_rewards
 
 
-def _synthetic_factory(terms: list[SpecTerm], seed: int) -> SyntheticOracle:
-    teacher = teacher_from_terms(terms)
-    return SyntheticOracle(teacher, seed, labeller="synthetic:" + "+".join(str(t) for t in terms))
+class _TeacherFactory:
+    """Every scripted-teacher name builds a SyntheticOracle; ``+`` combines them into one teacher."""
+
+    shows_clips = False
+    needs_true_reward = True
+
+    def check(self, terms: list[SpecTerm]) -> None:
+        teacher_from_terms(terms)
+
+    def build(self, terms: list[SpecTerm], seed: int, context: OracleContext) -> SyntheticOracle:
+        teacher = teacher_from_terms(terms)
+        return SyntheticOracle(teacher, seed, labeller="synthetic:" + "+".join(str(t) for t in terms))
+
+
+_TEACHERS = _TeacherFactory()
 
 
 register_teacher_preset("perfect", {}, {})

@@ -1,24 +1,36 @@
-"""The paper's "target" ablation: fit the reward to true segment returns by regression, no comparisons.
+"""How the reward ensemble is fitted to the label window: one pluggable piece for every path.
 
-Christiano et al. (Section 3.3) replace the comparisons by an oracle that gives the true total
-reward of a segment and fit r̂ by mean squared error. Here the loop is unchanged (same queries,
-same schedule, same label count); only the reward fitting differs: each labelled pair contributes
-its two segments with their true returns (the synthetic oracle's reward), and each member's
-segment sum of raw outputs is regressed onto the standardised returns (r̂ is normalised
-afterwards as usual, so the affine change of scale does not matter). Members are bagged like the
-comparison trainer's; L2 is a fixed weight decay (the adaptive scheme is calibrated on the
-comparison loss). ``val_accuracy`` is how often the fitted returns order held-out labelled pairs
-like their labels.
+A *fitter* (:class:`RewardFitter`) trains an ensemble on a :class:`PreferenceDataset`. Fitters are
+registered by name in ``FITTERS`` and built by :func:`make_fitter` from the ensemble, the
+:class:`RewardTrainerConfig` and a generator, in the main process and in the reward worker alike;
+:func:`retrain` is the one place that trains and then re-normalises the ensemble's output on recent
+clips. Two fitters ship:
+
+- ``comparisons``: the paper's Bradley-Terry fit of segment sums to the comparisons
+  (:class:`~rlhf_control.reward.training.RewardTrainer`).
+- ``true-return-regression``: the paper's "target" ablation (Section 3.3), which replaces the
+  comparisons by the true total reward of each segment and fits r̂ by mean squared error. The loop
+  is unchanged (same queries, schedule and label count); each labelled pair contributes its two
+  segments with their true returns (the synthetic oracle's reward), and each member's segment sum of
+  raw outputs is regressed onto the standardised returns (r̂ is normalised afterwards as usual, so
+  the affine change of scale does not matter). Members are bagged like the comparison trainer's; L2
+  is a fixed weight decay (the adaptive scheme is calibrated on the comparison loss).
+  ``val_accuracy`` is how often the fitted returns order held-out labelled pairs like their labels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from rlhf_control.loop.trainer import RLHFTrainer
+from rlhf_control.registry import Registry
+from rlhf_control.reward.dataset import PreferenceDataset
+from rlhf_control.reward.ensemble import RewardEnsemble
+from rlhf_control.reward.training import RewardTrainer, RewardTrainerConfig
 from rlhf_control.types import Segment, segment_steps
 
 WEIGHT_DECAY = 1e-4
@@ -71,6 +83,7 @@ def fit_returns(ensemble, optimizer: torch.optim.Optimizer, pairs: list[tuple[Se
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            ensemble.weights_changed()
             losses.append(float(loss.detach()))
     ensemble.members.eval()
     val_loss = val_acc = None
@@ -89,25 +102,80 @@ def fit_returns(ensemble, optimizer: torch.optim.Optimizer, pairs: list[tuple[Se
                             mean_val_accuracy=val_acc, mean_l2=WEIGHT_DECAY)
 
 
-class ReturnRegressionTrainer(RLHFTrainer):
-    """``RLHFTrainer`` whose reward is fitted to true segment returns instead of comparisons."""
+class FitReport(Protocol):
+    """What the loop logs of one fit (means over members)."""
 
-    _optimizer: torch.optim.Optimizer | None = None
-    _optimized: object | None = None
+    @property
+    def mean_train_loss(self) -> float: ...
 
-    def _train_reward(self, epochs: int) -> None:
-        labels = list(self.dataset.labels)
+    @property
+    def mean_val_loss(self) -> float | None: ...
+
+    @property
+    def mean_val_accuracy(self) -> float | None: ...
+
+    @property
+    def mean_l2(self) -> float: ...
+
+
+class RewardFitter(Protocol):
+    """Fits ``ensemble`` to a label window. ``state_dict``/``load_state_dict`` carry everything a
+    later fit depends on besides the weights and ``rng`` (optimiser states, L2 coefficients), so a
+    fit in the reward worker equals one in the main process and a checkpoint resumes it."""
+
+    ensemble: RewardEnsemble
+    rng: np.random.Generator
+
+    def train(self, dataset: PreferenceDataset, epochs: int | None = None) -> FitReport: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+FitterFactory = Callable[[RewardEnsemble, RewardTrainerConfig, np.random.Generator], RewardFitter]
+FITTERS: Registry[RewardFitter] = Registry("reward fitter")
+FITTERS.register("comparisons")(RewardTrainer)
+
+
+def make_fitter(name: str, ensemble: RewardEnsemble, config: RewardTrainerConfig,
+                rng: np.random.Generator) -> RewardFitter:
+    """The fitter registered as ``name`` (one-line error naming the known ones otherwise)."""
+    return FITTERS.get(name)(ensemble, config, rng)
+
+
+def retrain(fitter: RewardFitter, dataset: PreferenceDataset, epochs: int,
+            norm_segments: Sequence[Any]) -> FitReport:
+    """Fit for ``epochs`` passes over ``dataset``, then set the output normalisation on
+    ``norm_segments`` (the recent clips), as every retraining of the loop does."""
+    report = fitter.train(dataset, epochs=epochs)
+    if norm_segments:
+        fitter.ensemble.update_normalization(norm_segments)
+    return report
+
+
+@FITTERS.register("true-return-regression")
+class ReturnRegression:
+    """The regression ablation as a fitter: Adam with a fixed weight decay, one optimiser for all members."""
+
+    def __init__(self, ensemble: RewardEnsemble, config: RewardTrainerConfig, rng: np.random.Generator) -> None:
+        self.ensemble = ensemble
+        self.config = config
+        self.rng = rng
+        self.optimizer = torch.optim.Adam(ensemble.members.parameters(), lr=config.lr, weight_decay=WEIGHT_DECAY)
+
+    def train(self, dataset: PreferenceDataset, epochs: int | None = None) -> RegressionReport:
+        labels = list(dataset.labels)
         if not labels:
-            return
-        if any(lab.pair.first.true_rewards is None for lab in labels):
+            raise ValueError("cannot train on an empty preference window (0 labels); add labels first")
+        if any(lab.pair.first.true_rewards is None or lab.pair.second.true_rewards is None for lab in labels):
             raise ValueError("the true-return-regression ablation needs segments with true rewards")
-        if self._optimized is not self.ensemble:  # a resumed run replaces the ensemble
-            self._optimizer = torch.optim.Adam(self.ensemble.members.parameters(), lr=self.cfg.reward_lr,
-                                               weight_decay=WEIGHT_DECAY)
-            self._optimized = self.ensemble
         pairs = [(lab.pair.first, lab.pair.second, lab.value) for lab in labels]
-        self.last_report = fit_returns(self.ensemble, self._optimizer, pairs, epochs,
-                                       np.random.default_rng(self.cfg.seed + len(pairs)))
-        recent = self.pool.recent(min(len(self.pool), 512))
-        if recent:
-            self.ensemble.update_normalization(recent)
+        return fit_returns(self.ensemble, self.optimizer, pairs, epochs or self.config.epochs,
+                           np.random.default_rng(self.config.seed + len(pairs)))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])

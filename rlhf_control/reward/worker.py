@@ -4,11 +4,11 @@ The paper trains the reward predictor asynchronously with the agent. Here the tr
 retraining to a child process as a *job* (the ensemble's weights, the trainer's state and random
 generator, the labels the child has not seen yet, and the recent clips that set the output
 normalisation) and goes on with the next rollout; at the start of the next iteration it takes the
-job's result: new weights, trainer state and report. The main process holds the authoritative state
+job's result: new weights, fitter state and report. The main process holds the authoritative state
 between jobs, so checkpoints and resume work as in synchronous training, and a job's result is
-exactly what :meth:`RewardTrainer.train` followed by ``update_normalization`` gives in one process
+exactly what :func:`rlhf_control.reward.fitting.retrain` gives in one process with the same fitter
 (the only difference from synchronous training is that the agent sees each new reward one rollout
-later).
+later). :mod:`rlhf_control.reward.updater` runs this worker's life cycle for the loop.
 
 The child is a plain ``python -m rlhf_control.reward.worker`` started with two pipes (not
 ``multiprocessing``: spawning would re-run an unguarded ``__main__`` of the user's script, and
@@ -49,11 +49,13 @@ def _strip_label(label: Label) -> Label:
 class RewardWorker:
     """Parent side: one child process that runs one training job at a time.
 
-    ``trainer_config`` (a :class:`RewardTrainerConfig`), ``window`` (the label window's size) and
-    ``threads`` (torch threads in the child) are fixed for the worker's life.
+    ``trainer_config`` (a :class:`RewardTrainerConfig`), ``window`` (the label window's size),
+    ``threads`` (torch threads in the child) and ``fitter`` (a name in
+    :data:`~rlhf_control.reward.fitting.FITTERS`) are fixed for the worker's life.
     """
 
-    def __init__(self, trainer_config: Any, window: int | None, threads: int = 1, device: str = "cpu") -> None:
+    def __init__(self, trainer_config: Any, window: int | None, threads: int = 1, device: str = "cpu",
+                 fitter: str = "comparisons") -> None:
         p_read, c_write = os.pipe()
         c_read, p_write = os.pipe()
         env = dict(os.environ)
@@ -70,7 +72,8 @@ class RewardWorker:
         self.sent_seq = -1  # highest label seq the child's window holds
         self._sent_uids: set[int] = set()  # pool segments the child keeps for the output normalisation
         self.busy = False
-        self._send({"init": {"config": trainer_config, "window": window, "threads": threads, "device": device}})
+        self._send({"init": {"config": trainer_config, "window": window, "threads": threads, "device": device,
+                             "fitter": fitter}})
 
     def _send(self, msg: dict[str, Any]) -> None:
         try:
@@ -79,9 +82,9 @@ class RewardWorker:
             raise RewardWorkerError(f"reward worker is gone (exit code {self.proc.poll()}): {e}") from None
 
     def submit(self, ensemble: Any, trainer: Any, dataset: Any, epochs: int, norm_segments: Sequence[Segment]) -> None:
-        """Start training a copy of ``ensemble``/``trainer`` on ``dataset`` for ``epochs``, then setting
-        its output normalisation on ``norm_segments``. The caller must not train ``ensemble`` itself
-        until :meth:`result` has been called."""
+        """Start training a copy of ``ensemble`` with a copy of the fitter ``trainer`` on ``dataset`` for
+        ``epochs``, then setting its output normalisation on ``norm_segments``. The caller must not
+        train ``ensemble`` itself until :meth:`result` has been called."""
         if self.busy:
             raise RewardWorkerError("a reward job is already running; take its result first")
         seqs = dataset.seqs
@@ -158,12 +161,12 @@ def _recv(conn: Connection) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- child side
 def _run_job(state: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     from rlhf_control.reward.ensemble import RewardEnsemble
-    from rlhf_control.reward.training import RewardTrainer
+    from rlhf_control.reward.fitting import make_fitter, retrain
 
     ens = state.get("ensemble")
     if ens is None:
         ens = state["ensemble"] = RewardEnsemble.from_blob(job["ensemble"], state["device"])
-        state["trainer"] = RewardTrainer(ens, state["config"], rng=np.random.default_rng(0))
+        state["trainer"] = make_fitter(state["fitter"], ens, state["config"], np.random.default_rng(0))
     else:
         ens.load_blob_weights(job["ensemble"])
     trainer = state["trainer"]
@@ -172,7 +175,6 @@ def _run_job(state: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     dataset = state["dataset"]
     for seq, label in job["labels"]:
         dataset.add(label, seq=seq)
-    report = trainer.train(dataset, epochs=job["epochs"])
     norm = job["norm"]
     if "segments" in norm:
         segments = norm["segments"]
@@ -182,8 +184,7 @@ def _run_job(state: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
         clips.update(norm["new"])
         segments = [clips[u] for u in norm["uids"]]
         state["clips"] = dict(zip(norm["uids"], segments, strict=True))
-    if segments:
-        ens.update_normalization(segments)
+    report = retrain(trainer, dataset, job["epochs"], segments)
     return {"ensemble": ens.blob(), "trainer": trainer.state_dict(), "rng": trainer.rng.bit_generator.state,
             "report": report}
 
@@ -206,7 +207,8 @@ def _child(read_fd: int, write_fd: int) -> None:
 
             init = msg["init"]
             torch.set_num_threads(int(init["threads"]))
-            state.update(config=init["config"], device=init["device"], dataset=PreferenceDataset(init["window"]))
+            state.update(config=init["config"], device=init["device"], fitter=init["fitter"],
+                         dataset=PreferenceDataset(init["window"]))
             continue
         try:
             reply = _run_job(state, msg["job"])

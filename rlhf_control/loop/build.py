@@ -1,0 +1,162 @@
+"""The parts of an RLHF run, built from a resolved config: env, recorder, pool, ensemble, fitter,
+updater, agent, store, oracle and, for a person's oracle, the label server.
+
+Everything a user can get wrong (names, a task without a true reward for a synthetic oracle, a
+damaged checkpoint) is checked before the run directory is touched; only then is the store created
+(or opened, on resume) and the resolved config written.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+from rlhf_control import __version__
+from rlhf_control.agent.factory import load_agent, load_obs_normalization, make_agent
+from rlhf_control.agent.learned_reward import LearnedReward
+from rlhf_control.config import Resolved, RunConfig, resolve, resolve_device, write_config_file
+from rlhf_control.loop.checkpoint import (
+    AGENT_FILE,
+    ENSEMBLE_FILE,
+    FITTER_FILE,
+    OBS_NORM_FILE,
+    load_run_checkpoint,
+)
+from rlhf_control.oracles import OracleContext, check_spec
+from rlhf_control.queries.schedule import LabelSchedule, make_schedule
+from rlhf_control.queries.selection import QuerySelector, make_selector
+from rlhf_control.recording.recorder import SegmentPool, TrajectoryRecorder
+from rlhf_control.reward.dataset import PreferenceDataset
+from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble
+from rlhf_control.reward.fitting import FITTERS, RewardFitter, make_fitter
+from rlhf_control.reward.training import RewardTrainerConfig
+from rlhf_control.reward.updater import RewardUpdater
+from rlhf_control.rundir import CLIPS_DIR, CONFIG_FILE, STORE_FILE
+from rlhf_control.store.store import PreferenceStore
+from rlhf_control.tasks.catalogue import TaskSpec
+from rlhf_control.types import Segment
+
+# The clips that set the reward's output normalisation after each retraining: the newest of the pool.
+NORM_CLIPS = 512
+
+
+@dataclass
+class RunParts:
+    """What the loop works with; ``checkpoint`` is the verified state of the checkpoint a resumed run
+    continues from (None for a new run, or one killed before its first checkpoint)."""
+
+    r: Resolved
+    device: str
+    rng: np.random.Generator
+    schedule: LabelSchedule
+    selector: QuerySelector
+    pool: SegmentPool
+    recorder: TrajectoryRecorder
+    learned: LearnedReward
+    agent_env: VecEnv
+    ensemble: RewardEnsemble
+    fitter: RewardFitter
+    dataset: PreferenceDataset
+    updater: RewardUpdater
+    agent: Any
+    store: PreferenceStore
+    oracle: Any
+    label_server: Any
+    checkpoint: dict[str, Any] | None
+
+
+def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpec | None = None,
+              label_token: str | None = None) -> RunParts:
+    """Check everything, then build every part of the run in ``run_dir`` (see the module docstring)."""
+    run_dir = Path(run_dir)
+    r = resolve(cfg, task)
+    cfg, task = r.cfg, r.task
+    device = resolve_device(cfg.device)
+    # The paper's networks are tiny: one thread per process beats several on a CPU.
+    torch.set_num_threads(cfg.torch_threads)
+    oracle_factory, oracle_terms = check_spec(cfg.oracle)
+    FITTERS.get(cfg.reward_fitter)
+    if not task.has_true_reward and oracle_factory.needs_true_reward:
+        raise ValueError(f"task {task.name!r} has no true reward; only the human oracle can label it "
+                         f"(got oracle {cfg.oracle!r})")
+    rng = np.random.default_rng(cfg.seed)
+    schedule = make_schedule(r.schedule, r.labels, r.pretrain_labels, r.steps, task.schedule_horizon)
+    selector = make_selector(cfg.selector)
+    # A damaged checkpoint is reported before the run directory is touched.
+    ckpt_dir, ckpt = load_run_checkpoint(run_dir) if resume else (None, None)
+
+    pool = SegmentPool(capacity=max(4 * r.labels, 2000), rng=rng)
+    venv = task.make_vec_env(r.n_envs, seed=cfg.seed)
+    render_fn = None
+    if oracle_factory.shows_clips:
+        from rlhf_control.recording.render_states import render_state_fn
+
+        render_fn = render_state_fn(task)  # only runs shown to a person keep what clips are drawn from
+    recorder = TrajectoryRecorder(venv, task.clip_length, pool, obs_fn=task.reward_obs_fn,
+                                  frame_stack=task.frame_stack, render_state_fn=render_fn,
+                                  keep_true_rewards=task.has_true_reward)
+    ensemble = (RewardEnsemble.load(ckpt_dir / ENSEMBLE_FILE, device=device) if ckpt_dir is not None
+                else _new_ensemble(cfg, task, venv, device))
+    # Rewards are computed once per rollout, in one batch (relabel_rollouts), not once per step.
+    learned = LearnedReward(recorder, ensemble.reward, obs_fn=task.reward_obs_fn, deferred=True)
+    # The agent may see normalised observations (RL Zoo's `normalize`); the reward model never does.
+    agent_env: VecEnv = VecNormalize(learned, norm_obs=True, norm_reward=False) if task.normalize else learned
+    trainer_config = RewardTrainerConfig(lr=cfg.reward_lr, noise=cfg.reward_noise, adaptive_l2=cfg.reward_l2,
+                                         **({} if cfg.reward_l2 else {"l2_init": 0.0}), seed=cfg.seed)
+    fitter = make_fitter(cfg.reward_fitter, ensemble, trainer_config, np.random.default_rng(cfg.seed + 1))
+    if ckpt_dir is not None:
+        fitter.load_state_dict(torch.load(ckpt_dir / FITTER_FILE, weights_only=True))
+        agent = load_agent(r.algo, str(ckpt_dir / AGENT_FILE), agent_env, device=device)
+        if isinstance(agent_env, VecNormalize):
+            load_obs_normalization(agent_env, ckpt_dir / OBS_NORM_FILE)
+    else:
+        agent = make_agent(r.algo, agent_env, r.agent_params, seed=cfg.seed, device=device, policy=task.policy)
+    dataset = PreferenceDataset(max_size=r.label_window)
+
+    def recent_clips() -> list[Segment]:
+        return pool.recent(min(len(pool), NORM_CLIPS))
+
+    updater = RewardUpdater(fitter, dataset, recent_clips, asynchronous=cfg.reward_async,
+                            worker_args={"trainer_config": trainer_config, "window": r.label_window,
+                                         "threads": cfg.torch_threads, "device": device,
+                                         "fitter": cfg.reward_fitter})
+
+    # Everything is valid: only now touch the run directory.
+    if resume:
+        store = PreferenceStore.open(run_dir / STORE_FILE)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        store = PreferenceStore.create(run_dir / STORE_FILE)
+        write_config_file(run_dir / CONFIG_FILE, cfg, task.to_dict(),
+                          {"version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    renderer = label_server = None
+    if oracle_factory.shows_clips:
+        from rlhf_control.video.render import SegmentRenderer
+        from rlhf_control.web.server import start_server
+
+        renderer = SegmentRenderer(task)
+        label_server = start_server(run_dir, host=cfg.label_host, port=cfg.label_port, token=label_token,
+                                    store=store)
+        print(f"label the clips at {label_server.url}", flush=True)
+    oracle = oracle_factory.build(oracle_terms, cfg.seed,
+                                  OracleContext(store=store, renderer=renderer, clips_dir=run_dir / CLIPS_DIR))
+    return RunParts(r=r, device=device, rng=rng, schedule=schedule, selector=selector, pool=pool,
+                    recorder=recorder, learned=learned, agent_env=agent_env, ensemble=ensemble, fitter=fitter,
+                    dataset=dataset, updater=updater, agent=agent, store=store, oracle=oracle,
+                    label_server=label_server, checkpoint=ckpt)
+
+
+def _new_ensemble(cfg: RunConfig, task: TaskSpec, venv: VecEnv, device: str) -> RewardEnsemble:
+    space = venv.action_space
+    n_actions = int(space.n) if hasattr(space, "n") else None
+    act_shape = () if n_actions is not None else tuple(space.shape)
+    econf = EnsembleConfig(n_members=cfg.reward_members, net=task.reward_net, target_std=task.reward_std,
+                           **dict(task.reward_net_kwargs))
+    return RewardEnsemble(econf, tuple(venv.observation_space.shape), act_shape, n_actions=n_actions,
+                          device=device, seed=cfg.seed)
