@@ -9,7 +9,6 @@ import tomli_w
 from rlhf_control.registry import UnknownNameError
 from rlhf_control.tasks.catalogue import (
     DEFAULT_TASK,
-    TaskSpec,
     get_task,
     list_tasks,
     load_catalogue,
@@ -17,6 +16,7 @@ from rlhf_control.tasks.catalogue import (
     task_from_env_id,
     tasks_from_toml,
 )
+from rlhf_control.tasks.spec import TaskSpec
 
 PAPER_MUJOCO = ["Reacher-v5", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Swimmer-v5", "Ant-v5",
                 "InvertedPendulum-v5", "InvertedDoublePendulum-v5"]
@@ -184,6 +184,22 @@ def test_toml_unknown_key_and_bad_values_are_one_line_errors():
         tasks_from_toml(good + 'wrappers = [{ name = "fixed_horizon", kwargs = { horizon = 100 } }]\n')
     with pytest.raises(ValueError, match="invalid TOML"):
         tasks_from_toml("[tasks.x\n")
+
+
+def test_schedule_names_are_the_schedule_registry_s_and_checked_when_resolved():
+    from rlhf_control.config import RunConfig, resolve
+    from rlhf_control.queries.schedule import SCHEDULES
+
+    assert {t.schedule for t in load_catalogue().values()} <= set(SCHEDULES.names())
+    good = '[tasks.mine]\nenv_id = "Pendulum-v1"\nhorizon = 200\n'
+    offline = tasks_from_toml(good + 'schedule = "offline"\n')["mine"]
+    assert resolve(RunConfig(task="mine"), offline).schedule == "offline"
+    bad = tasks_from_toml(good + 'schedule = "hyperbolic"\n')["mine"]
+    for cfg, task in ((RunConfig(task="mine"), bad), (RunConfig(schedule="hyperbolic"), load_task(DEFAULT_TASK))):
+        with pytest.raises(ValueError) as err:
+            resolve(cfg, task)
+        msg = str(err.value)
+        assert "'hyperbolic'" in msg and "constant, offline, paper" in msg and "\n" not in msg
 
 
 def test_to_dict_round_trips_through_toml_and_overrides_merge():

@@ -163,6 +163,38 @@ def test_atari_frames_stops_at_terminal_frame_and_resizes_by_area():
     assert np.all(AtariFrames(Screen())._process(rgb) == round(0.299 * 255))  # luma of pure red
 
 
+def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """The resize AtariFrames used before OpenCV (the reference): ``(n_out, n_in)`` weights averaging
+    the input pixels over each output pixel's span."""
+    scale = n_in / n_out
+    w = np.zeros((n_out, n_in), dtype=np.float32)
+    for i in range(n_out):
+        lo, hi = i * scale, (i + 1) * scale
+        for j in range(int(np.floor(lo)), min(n_in, int(np.ceil(hi)))):
+            w[i, j] = (min(hi, j + 1) - max(lo, j)) / scale
+    return w
+
+
+@pytest.mark.parametrize("game", ["Pong", "Enduro"])
+def test_atari_frames_match_the_area_matrix_resize_on_real_frames(game):
+    """OpenCV's INTER_AREA gives the frames the score masks in envs/atari.toml were found on."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+    raw = gym.make(f"ALE/{game}-v5", frameskip=1, obs_type="grayscale", repeat_action_probability=0.0)
+    wrapper = AtariFrames(raw, frame_skip=4, size=84)
+    rows, cols = _area_matrix(210, 84), _area_matrix(160, 84).T
+    frame, _ = raw.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        new = wrapper._process(frame)[:, :, 0].astype(int)
+        old = np.clip(np.rint(rows @ frame.astype(np.float32) @ cols), 0, 255).astype(int)
+        diff = np.abs(new - old)
+        assert diff.mean() < 1 and diff.max() <= 1  # rounding only (bilinear: up to ~150 at edges)
+        frame = raw.step(int(rng.integers(raw.action_space.n)))[0]
+    raw.close()
+
+
 def test_score_mask_blanks_regions_on_all_layouts_without_touching_input():
     mask = ScoreMask([[0, 2, 1, 3]], fill=7)
     frame = np.arange(16, dtype=np.uint8).reshape(4, 4) + 100

@@ -11,7 +11,7 @@ from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-ALGOS = ("ppo", "a2c", "trpo")
+from rlhf_control.tasks.spec import ALGOS
 
 
 def algo_class(algo: str) -> type[BaseAlgorithm]:

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from rlhf_control.tasks.suites import suite_of_env, suite_of_id
+
 __all__ = ["GL_BACKEND", "SUITES", "capture_state", "configure_gl", "render_state_fn", "restore_state"]
 
 SUITES = ("classic", "mujoco", "atari")
@@ -121,24 +123,6 @@ GL_BACKEND = configure_gl()
 
 
 # --- what a task is ------------------------------------------------------------------------------------
-def _register_ale() -> None:
-    import ale_py
-    import gymnasium as gym
-
-    gym.register_envs(ale_py)
-
-
-def _suite_of_env(unwrapped: Any) -> str:
-    if hasattr(unwrapped, "ale"):
-        return "atari"
-    if type(getattr(unwrapped, "data", None)).__module__.startswith("mujoco"):
-        return "mujoco"
-    if hasattr(unwrapped, "state"):
-        return "classic"
-    raise ValueError(f"cannot draw {type(unwrapped).__name__}: allowed are classic control (with .state), "
-                     "MuJoCo and Atari (ALE) envs")
-
-
 class _Target:
     """A task as the renderer needs it: its suite, frame rate (None: from the env) and an env factory."""
 
@@ -154,20 +138,12 @@ class _Target:
             self._make = lambda mode: task.make_env(0, render_mode=mode)
         else:
             raise ValueError(f"task {task!r} is not allowed; use a Gymnasium env id or a TaskSpec")
-        if self.env_id.startswith("ALE/"):
-            _register_ale()
         if suite not in SUITES:
-            try:
-                entry = gym.spec(self.env_id).entry_point
-            except gym.error.Error as exc:
-                raise ValueError(f"unknown Gymnasium env id {self.env_id!r}: {exc}") from None
-            entry = entry if isinstance(entry, str) else getattr(entry, "__module__", "")
-            suite = ("atari" if "ale_py" in entry else "mujoco" if "mujoco" in entry
-                     else "classic" if "classic_control" in entry else None)
+            suite = suite_of_id(self.env_id)  # registers ALE ids (a TaskSpec's make_env does too)
             if suite is None:
                 env = self._make(None)
                 try:
-                    suite = _suite_of_env(env.unwrapped)
+                    suite = suite_of_env(env.unwrapped)
                 finally:
                     env.close()
         self.suite: str = suite
@@ -224,13 +200,13 @@ _CAPTURE = {"mujoco": _capture_mujoco, "classic": _capture_classic, "atari": _ca
 def capture_state(env: Any) -> str:
     """The render state of one env (any wrappers) now: what :func:`render_state_fn` records per env."""
     u = env.unwrapped
-    return _CAPTURE[_suite_of_env(u)](u)
+    return _CAPTURE[suite_of_env(u)](u)
 
 
 def restore_state(env: Any, state: str) -> None:
     """Put a classic-control or MuJoCo render state back into ``env`` (same task); Atari states are frames."""
     u = env.unwrapped
-    suite = _suite_of_env(u)
+    suite = suite_of_env(u)
     if suite == "mujoco":
         import mujoco
 

@@ -1,1 +1,1 @@
-"""The task catalogue (envs/*.toml) and the wrappers its entries name."""
+"""Tasks: ``spec`` (TaskSpec), ``catalogue`` (envs/*.toml, any Gymnasium id), ``suites``, ``wrappers``."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, SupportsFloat
 
+import cv2
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.atari_wrappers import NoopResetEnv
@@ -133,43 +134,34 @@ class DropControlCost(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """``(n_out, n_in)`` weights that average input pixels over each output pixel's span (area resize)."""
-    scale = n_in / n_out
-    w = np.zeros((n_out, n_in), dtype=np.float32)
-    for i in range(n_out):
-        lo, hi = i * scale, (i + 1) * scale
-        for j in range(int(np.floor(lo)), min(n_in, int(np.ceil(hi)))):
-            w[i, j] = (min(hi, j + 1) - max(lo, j)) / scale
-    return w
-
-
 @WRAPPERS.register("atari_frames")
 class AtariFrames(gym.Wrapper):
     """Frame skip (repeat the action, sum rewards, max over the last two frames) and resize to
-    ``size x size`` by area averaging. Wraps an ALE env made with ``frameskip=1``; a grayscale
-    ALE observation ``(210, 160)`` gives ``obs: (size, size, 1)`` uint8, an RGB one is converted
-    with ITU-R 601 luma weights first. Stops skipping at a terminal frame.
+    ``size x size`` by area averaging (OpenCV's ``INTER_AREA``, as SB3's ``WarpFrame``). Wraps an ALE
+    env made with ``frameskip=1``; a grayscale ALE observation ``(210, 160)`` gives
+    ``obs: (size, size, 1)`` uint8, an RGB one is converted with ITU-R 601 luma weights first. Stops
+    skipping at a terminal frame.
     """
 
     def __init__(self, env: gym.Env, frame_skip: int = 4, size: int = 84) -> None:
         super().__init__(env)
         if int(frame_skip) < 1:
             raise ValueError(f"atari_frames frame_skip={frame_skip} must be >= 1")
+        if int(size) < 1:
+            raise ValueError(f"atari_frames size={size} must be >= 1")
         shape = env.observation_space.shape
         if shape is None or len(shape) not in (2, 3):
             raise ValueError(f"atari_frames needs image observations (H, W[, C]), got shape {shape}")
         self.frame_skip = int(frame_skip)
-        self._rows = _area_matrix(shape[0], size)
-        self._cols = _area_matrix(shape[1], size).T.copy()
+        self.size = int(size)
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 1), np.uint8)
 
     def _process(self, frame: np.ndarray) -> np.ndarray:
-        img = np.asarray(frame, dtype=np.float32)
+        """``(H, W)`` or ``(H, W, 3)`` uint8 frame -> ``(size, size, 1)`` uint8."""
+        img = np.ascontiguousarray(frame, dtype=np.uint8)
         if img.ndim == 3:
-            img = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        out = self._rows @ img @ self._cols
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)[:, :, None]
+            img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        return cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)[:, :, None]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)

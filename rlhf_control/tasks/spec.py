@@ -1,0 +1,274 @@
+"""``TaskSpec``: one task as typed, validated data (the env, its wrappers, clips, agent preset, label budget
+and reward model), and how its envs are built.
+
+The catalogue (:mod:`rlhf_control.tasks.catalogue`) reads these from ``envs/*.toml``; a run writes one
+back into its resolved config (:meth:`TaskSpec.to_dict`). Label schedule names are checked where the
+task is resolved into a run (``rlhf_control.config.resolve``), against the schedule registry.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
+
+from rlhf_control.registry import UnknownNameError, unknown_name_message
+from rlhf_control.tasks.suites import SUITES, register_ale
+from rlhf_control.tasks.wrappers import WRAPPERS, ScoreMask, apply_wrappers
+
+ALGOS = ("ppo", "a2c", "trpo")  # the on-policy agents a task can name; agent/factory.py builds them
+REWARD_NETS = ("mlp", "cnn")
+POLICIES = ("MlpPolicy", "CnnPolicy", "MultiInputPolicy")
+ACTIVATIONS = ("relu", "tanh", "elu", "leaky_relu", "gelu", "silu")
+DICT_FIELDS = ("agent", "env_kwargs", "reward_net_kwargs")
+# Arguments the run sets, not the task preset.
+_RUN_LEVEL_ARGS = {"self", "policy", "env", "seed", "device", "verbose", "tensorboard_log", "_init_setup_model",
+                   "rollout_buffer_class", "rollout_buffer_kwargs"}
+
+
+def _agent_params(algo: str) -> list[str]:
+    """Keyword arguments the algorithm's constructor takes that a task may set."""
+    if algo == "trpo":
+        from sb3_contrib import TRPO as cls
+    elif algo == "a2c":
+        from stable_baselines3 import A2C as cls
+    else:
+        from stable_baselines3 import PPO as cls
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in _RUN_LEVEL_ARGS]
+
+
+def _is_type(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_choice(what: str, value: Any, allowed: Sequence[str]) -> None:
+    """Refuse ``value`` unless it is one of ``allowed``, in one line naming both."""
+    if value not in allowed:
+        raise ValueError(f"{what} {value!r} is not allowed; allowed: {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: the env, how clips are cut and shown, the agent, the label budget and reward model.
+
+    Units: ``clip_length``, ``horizon``, ``total_steps``, ``schedule_horizon`` in agent steps (one
+    vector-env step per env; Atari steps are 4 frames); ``fps`` in steps per second of play (MuJoCo:
+    ``1 / env.unwrapped.dt``, Atari: 60 / 4). Dict fields are plain data; treat them as read-only.
+    """
+
+    name: str
+    env_id: str
+    suite: str = "custom"
+    description: str = ""
+    clip_length: int = 25
+    fps: float = 30.0
+    horizon: int | None = None  # fixed episode length, or None for the env's own episodes
+    reward_std: float = 1.0  # std of the normalised learned reward
+    algo: str = "ppo"
+    policy: str = "MlpPolicy"
+    agent: dict[str, Any] = field(default_factory=dict)  # SB3 constructor kwargs
+    n_envs: int = 1
+    total_steps: int = 1_000_000
+    normalize: bool = False  # RL Zoo's `normalize`: VecNormalize observations (and the true reward in baselines)
+    label_budget: int = 700
+    pretrain_labels: int = 175
+    pretrain_epochs: int = 50
+    reward_epochs: int = 3  # passes over the label window after each iteration that got new labels
+    label_window: int = 3000
+    schedule: str = "paper"
+    schedule_horizon: float = 2e6
+    reward_net: str = "mlp"
+    reward_net_kwargs: dict[str, Any] = field(default_factory=dict)  # EnsembleConfig fields
+    frame_stack: int = 0
+    env_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
+    wrappers: tuple[dict[str, Any], ...] = ()  # {name, kwargs}, innermost first
+    obs_mask: tuple[tuple[int, int, int, int], ...] = ()  # (row0, row1, col0, col1) hidden from the reward model
+    has_true_reward: bool = True
+    instructions: str = ""  # for a human labeller
+    paper_departures: str = ""
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), _FIELD_TYPES.get(f.name)
+            if kind is not None and value is not None and not _is_type(value, kind):
+                raise ValueError(f"task {self.name!r}: {f.name}={value!r} must be of type {kind.__name__}")
+        for name in DICT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise ValueError(f"task {self.name!r}: {name} must be a table, got {value!r}")
+            set_(self, name, copy.deepcopy(dict(value)))
+        set_(self, "wrappers", tuple(self._check_wrapper(w) for w in self.wrappers))
+        set_(self, "obs_mask", tuple(ScoreMask(self.obs_mask).regions))
+        for name in ("fps", "reward_std", "schedule_horizon"):
+            set_(self, name, float(getattr(self, name)))
+        choices = {"suite": SUITES, "algo": ALGOS, "policy": POLICIES, "reward_net": REWARD_NETS}
+        for name, allowed in choices.items():
+            check_choice(f"task {self.name!r}: {name}", getattr(self, name), allowed)
+        checks = [
+            (self.clip_length >= 1, f"clip_length={self.clip_length} must be >= 1"),
+            (self.horizon is None or self.horizon >= self.clip_length,
+             f"horizon={self.horizon} must be >= clip_length={self.clip_length}"),
+            (self.fps > 0, f"fps={self.fps} must be > 0"),
+            (self.reward_std > 0, f"reward_std={self.reward_std} must be > 0"),
+            (self.n_envs >= 1, f"n_envs={self.n_envs} must be >= 1"),
+            (self.total_steps >= 1, f"total_steps={self.total_steps} must be >= 1"),
+            (0 <= self.pretrain_labels <= self.label_budget,
+             f"pretrain_labels={self.pretrain_labels} must be in [0, label_budget={self.label_budget}]"),
+            (self.pretrain_epochs >= 0, f"pretrain_epochs={self.pretrain_epochs} must be >= 0"),
+            (self.reward_epochs >= 1, f"reward_epochs={self.reward_epochs} must be >= 1"),
+            (self.label_window >= 1, f"label_window={self.label_window} must be >= 1"),
+            (self.schedule_horizon > 0, f"schedule_horizon={self.schedule_horizon} must be > 0"),
+            (self.frame_stack >= 0, f"frame_stack={self.frame_stack} must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"task {self.name!r}: {msg}")
+        for w in self.wrappers:
+            h = w["kwargs"].get("horizon")
+            if w["name"] == "fixed_horizon" and (self.horizon is None or h not in (None, self.horizon)):
+                raise ValueError(f"task {self.name!r}: fixed_horizon needs horizon={h} to equal the task's horizon={self.horizon}")
+        allowed = _agent_params(self.algo)
+        for key in self.agent:
+            if key not in allowed:
+                raise ValueError(f"task {self.name!r}: " + unknown_name_message(f"{self.algo} argument", key, allowed))
+        act = self.agent.get("policy_kwargs", {}).get("activation_fn")
+        if act is not None:
+            check_choice(f"task {self.name!r}: policy_kwargs.activation_fn", act, ACTIVATIONS)
+
+    def _check_wrapper(self, spec: Any) -> dict[str, Any]:
+        if not isinstance(spec, Mapping) or "name" not in spec or set(spec) - {"name", "kwargs"}:
+            raise ValueError(f"task {self.name!r}: wrapper {spec!r} must be a table with keys name and kwargs")
+        if spec["name"] not in WRAPPERS:
+            raise UnknownNameError(unknown_name_message("wrapper", str(spec["name"]), WRAPPERS.names()))
+        return {"name": str(spec["name"]), "kwargs": copy.deepcopy(dict(spec.get("kwargs", {})))}
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+    # --- config round trip -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, dicts, scalars; ``None`` fields left out) that :meth:`from_dict` reads back."""
+        out = dataclasses.asdict(self)  # deep copies
+        out["wrappers"] = list(out["wrappers"])
+        out["obs_mask"] = [list(box) for box in out["obs_mask"]]
+        return {k: v for k, v in out.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskSpec:
+        """Inverse of :meth:`to_dict`; an unknown key is a ``ValueError``."""
+        check_fields(data, str(data.get("name", "?")), "config", with_name=True)
+        missing = [k for k in ("name", "env_id") if k not in data]
+        if missing:
+            raise ValueError(f"task config lacks required field(s) {', '.join(missing)}")
+        return cls(**dict(data))
+
+    def with_overrides(self, **kw: Any) -> TaskSpec:
+        """A copy with fields replaced; dict fields (agent, env_kwargs, reward_net_kwargs) are merged."""
+        check_fields(kw, self.name, "overrides", with_name=True)
+        for name in DICT_FIELDS:
+            if isinstance(kw.get(name), Mapping):
+                kw[name] = {**getattr(self, name), **kw[name]}
+        return dataclasses.replace(self, **kw)
+
+    # --- agent -----------------------------------------------------------------------------------
+    def agent_kwargs(self) -> dict[str, Any]:
+        """SB3 constructor kwargs (a copy) with ``policy_kwargs.activation_fn`` resolved to a torch class."""
+        import torch.nn as nn
+
+        kwargs = copy.deepcopy(self.agent)
+        pk = kwargs.get("policy_kwargs")
+        if pk and "activation_fn" in pk:
+            names = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU,
+                     "gelu": nn.GELU, "silu": nn.SiLU}
+            pk["activation_fn"] = names[pk["activation_fn"]]
+        return kwargs
+
+    # --- environments ----------------------------------------------------------------------------
+    def make_env(self, seed: int, render_mode: str | None = None) -> gym.Env:
+        """One env with the task's wrappers (innermost first), reset once with ``seed`` and its
+        action space seeded, so runs are reproducible without a further seeded reset."""
+        if self.suite == "atari" or self.env_id.startswith("ALE/"):
+            register_ale()
+        kwargs = dict(self.env_kwargs)
+        if self.horizon is not None and self.suite != "atari":
+            # Keep the inner time limit in line with the horizon (Atari's inner steps are frames).
+            kwargs.setdefault("max_episode_steps", self.horizon)
+        try:
+            env = gym.make(self.env_id, render_mode=render_mode, **kwargs)
+        except (gym.error.Error, TypeError) as exc:  # unknown id, or env_kwargs the env does not take
+            raise ValueError(f"task {self.name!r}: cannot make env {self.env_id!r}: {exc}") from None
+        headless = sys.platform.startswith("linux") and not os.environ.get("DISPLAY")
+        if render_mode is not None and headless and "mujoco" in type(env.unwrapped).__module__:
+            # MuJoCo's default GLFW renderer needs a display; EGL renders off-screen (read at first render).
+            os.environ.setdefault("MUJOCO_GL", "egl")
+        # fixed_horizon takes the task's horizon unless the entry repeats it.
+        specs = [{"name": w["name"], "kwargs": {"horizon": self.horizon, **w["kwargs"]}}
+                 if w["name"] == "fixed_horizon" else w for w in self.wrappers]
+        env = apply_wrappers(env, specs)
+        env.reset(seed=int(seed))
+        env.action_space.seed(int(seed))
+        return env
+
+    def make_vec_env(
+        self, n_envs: int | None = None, seed: int = 0, vec_cls: type[VecEnv] = DummyVecEnv, monitor: bool = True
+    ) -> VecEnv:
+        """``n_envs`` (default ``self.n_envs``) envs seeded ``seed + i``, each in SB3's ``Monitor`` (episode
+        stats of the env reward) unless ``monitor=False``; Atari adds ``VecFrameStack(frame_stack, "last")``
+        so obs are ``(n_envs, 84, 84, 4)`` uint8."""
+        n = self.n_envs if n_envs is None else int(n_envs)
+        if n < 1:
+            raise ValueError(f"n_envs={n} must be >= 1")
+        fns = [_EnvFactory(self, int(seed) + i, monitor) for i in range(n)]
+        venv: VecEnv = vec_cls(fns)
+        if self.frame_stack > 0:
+            venv = VecFrameStack(venv, self.frame_stack, channels_order="last")
+        return venv
+
+    @property
+    def reward_obs_fn(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Mask for what the reward model sees, on ``(N, H, W[, C])`` obs; None when nothing is hidden."""
+        return ScoreMask(self.obs_mask) if self.obs_mask else None
+
+
+class _EnvFactory:
+    """Picklable env constructor for SB3 vec envs (SubprocVecEnv sends it to the workers)."""
+
+    def __init__(self, task: TaskSpec, seed: int, monitor: bool) -> None:
+        self.task, self.seed, self.monitor = task, seed, monitor
+
+    def __call__(self) -> gym.Env:
+        env = self.task.make_env(self.seed)
+        return Monitor(env) if self.monitor else env
+
+
+# Scalar field types from the annotations (strings under `from __future__ import annotations`).
+_SCALARS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool, "int | None": int}
+_FIELD_TYPES = {f.name: _SCALARS[f.type] for f in dataclasses.fields(TaskSpec) if f.type in _SCALARS}
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(TaskSpec))
+
+
+def check_fields(data: Mapping[str, Any], task: str, source: str, with_name: bool = False) -> None:
+    """Refuse a key of ``data`` that is not a TaskSpec field (``name`` only ``with_name``), in one line
+    naming the task and ``source`` (a file name, "config", "overrides")."""
+    allowed = list(_FIELDS) if with_name else [f for f in _FIELDS if f != "name"]
+    for key in data:
+        if key not in allowed:
+            raise ValueError(unknown_name_message(f"field in task {task!r} ({source})", str(key), allowed))
+
