@@ -211,3 +211,63 @@ def test_input_standardisation_makes_the_mlp_blind_to_feature_scale_and_survives
     np.testing.assert_array_equal(back.member_rewards(obs * scales, acts), scaled.member_rewards(obs * scales, acts))
     with pytest.raises(ValueError, match=r"shape \(N >= 2, \*\(3,\)\)"):
         plain.set_input_stats(np.zeros((5, 4)))
+
+
+@pytest.mark.parametrize("n_actions, act_shape", [(None, (2,)), (3, ())])
+def test_fast_path_follows_training_steps_and_loaded_weights(n_actions, act_shape, monkeypatch, tmp_path):
+    from rlhf_control.reward.fast_mlp import FastMLP
+
+    builds = []
+    build = FastMLP.from_members.__func__
+    monkeypatch.setattr(FastMLP, "from_members", classmethod(lambda cls, *a: builds.append(1) or build(cls, *a)))
+    rng = np.random.default_rng(4)
+
+    def acts(n):
+        return rng.integers(0, 3, size=n) if n_actions else rng.normal(size=(n, 2)).astype(np.float32)
+
+    def make(seed):
+        return RewardEnsemble(EnsembleConfig(n_members=3, hidden=(16, 16), target_std=0.5), (5,), act_shape,
+                              n_actions=n_actions, seed=seed)
+
+    ens = make(0)
+    obs, a = rng.normal(size=(7, 5)).astype(np.float32), acts(7)
+    filler_obs, filler_a = rng.normal(size=(60, 5)).astype(np.float32), acts(60)  # 67 rows: the torch branch
+
+    def check(previous):
+        """The fast path (7 rows) against torch: through reward()'s large-batch branch and member_rewards."""
+        fast = ens.reward(obs, a)
+        big = ens.reward(np.concatenate([obs, filler_obs]), np.concatenate([a, filler_a]))[:7]
+        np.testing.assert_allclose(fast, big, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(fast, ens.member_rewards(obs, a, normalized=True).mean(axis=0), rtol=1e-5, atol=1e-6)
+        assert previous is None or not np.allclose(fast, previous)  # the change reached the reward
+        return fast
+
+    segs = [Segment(rng.normal(size=(4, 5)).astype(np.float32), acts(4)) for _ in range(24)]
+    ens.set_input_stats(np.concatenate([s.obs for s in segs]))
+    ens.update_normalization(segs)
+    out = check(None)
+    data = PreferenceDataset()
+    data.extend(Label(SegmentPair(segs[i], segs[i + 1]), 1 if i % 4 else -1) for i in range(0, 24, 2))
+    trainer = RewardTrainer(ens, rng=np.random.default_rng(0))
+    for _ in range(3):  # a few optimiser steps between calls: a stale copy would still give `out`
+        builds.clear()
+        trainer.train(data, epochs=1)
+        out = check(out)
+        for _ in range(3):
+            ens.reward(obs, a)
+        assert len(builds) == 1  # rebuilt once after the change, then reused call after call
+    ens.update_normalization(segs[:6])
+    out = check(out)
+
+    other = make(1)
+    RewardTrainer(other, rng=np.random.default_rng(1)).train(data, epochs=2)
+    other.update_normalization(segs)
+    other.set_input_stats(rng.normal(2.0, 3.0, size=(30, 5)))
+    ens.load_blob_weights(other.blob())  # weights, normalisation and input statistics, in place
+    out = check(out)
+    np.testing.assert_allclose(out, other.reward(obs, a), rtol=1e-5, atol=1e-6)
+    other.save(tmp_path / "ens.pt")
+    back = RewardEnsemble.load(tmp_path / "ens.pt")
+    np.testing.assert_array_equal(back.reward(obs, a), other.reward(obs, a))
+    trainer.train(data, epochs=1)  # the trainer's optimisers still hold the loaded parameters
+    check(out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -17,13 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlhf_control.reward.fast_mlp import FastMLP
 from rlhf_control.reward.nets import CNNReward, MLPReward, _check_dropout, _check_sizes
+from rlhf_control.rundir import atomic_path
 from rlhf_control.types import Segment, segment_steps
 
 NETS = ("mlp", "cnn")
 # Largest float input fed to the networks in one forward pass when no grad is needed; bounds the
 # memory of scoring many image segments at once (84x84x4 floats are 113 KB per step).
 EVAL_CHUNK_BYTES = 64 * 2**20
+FAST_MAX_STEPS = 64  # batches up to this size (one vector step of the agent) take the NumPy path
 _FORMAT = "rlhf_control.RewardEnsemble/1"
 
 Encoded = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -101,15 +104,8 @@ class RewardEnsemble:
     (``n_actions`` given, ``act_shape == ()``) are ints ``(N,)`` one-hot encoded to ``n_actions``.
     """
 
-    def __init__(
-        self,
-        config: EnsembleConfig,
-        obs_shape: Sequence[int],
-        act_shape: Sequence[int],
-        n_actions: int | None = None,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, config: EnsembleConfig, obs_shape: Sequence[int], act_shape: Sequence[int],
+                 n_actions: int | None = None, device: str | torch.device = "cpu", seed: int = 0) -> None:
         self.config = config
         self.obs_shape = _shape(obs_shape, "obs_shape")
         self.act_shape = _shape(act_shape, "act_shape")
@@ -122,10 +118,7 @@ class RewardEnsemble:
         self.n_actions = n_actions
         self.seed = int(seed)
         self.device = torch.device(device)
-        if not config.use_actions:
-            self.act_dim = 0
-        else:
-            self.act_dim = n_actions if n_actions is not None else math.prod(self.act_shape)
+        self.act_dim = (n_actions or math.prod(self.act_shape)) if config.use_actions else 0
         if config.net == "cnn" and len(self.obs_shape) != 3:
             raise ValueError(f"obs_shape={self.obs_shape} is not allowed for net='cnn'; use (H, W, C)")
         # Build on a forked CPU generator so the seed fixes the weights without touching global RNG.
@@ -140,6 +133,12 @@ class RewardEnsemble:
         # Observation standardisation of the MLP's input (identity until set_input_stats).
         self.in_mean: np.ndarray | None = None
         self.in_inv_std: np.ndarray | None = None
+        self._fast: FastMLP | None = None  # what reward() runs small batches on; see weights_changed()
+
+    def weights_changed(self) -> None:
+        """Drop the NumPy copy of the weights that :meth:`reward` uses for small batches. This class's
+        methods call it; code that changes ``members``' parameters itself (an optimiser step) must too."""
+        self._fast = None
 
     @property
     def uses_input_norm(self) -> bool:
@@ -156,6 +155,7 @@ class RewardEnsemble:
         constant feature keeps scale 1. No effect unless ``config.input_norm`` and the net is an MLP."""
         if not self.uses_input_norm:
             return
+        self.weights_changed()
         obs = np.asarray(obs, dtype=np.float64)
         if obs.ndim < 1 or len(obs) < 2 or tuple(obs.shape[1:]) != self.obs_shape:
             raise ValueError(f"input statistics need obs of shape (N >= 2, *{self.obs_shape}), got {obs.shape}")
@@ -176,10 +176,8 @@ class RewardEnsemble:
         c = self.config
         if c.net == "mlp":
             return MLPReward(math.prod(self.obs_shape), self.act_dim, c.hidden, c.slope, c.dropout)
-        return CNNReward(
-            self.obs_shape, self.act_dim, c.cnn_filters, c.cnn_kernels, c.cnn_strides, c.cnn_fc,
-            c.dropout, c.batch_norm, c.slope,
-        )
+        return CNNReward(self.obs_shape, self.act_dim, c.cnn_filters, c.cnn_kernels, c.cnn_strides, c.cnn_fc,
+                         c.dropout, c.batch_norm, c.slope)
 
     @property
     def n_members(self) -> int:
@@ -210,25 +208,24 @@ class RewardEnsemble:
         ``(obs, acts_float)`` when actions are used.
         """
         obs, acts = self._check_inputs(obs, acts)
-        n = obs.shape[0]
-        a = self._encode_acts(acts) if self.act_dim else None
+        a = torch.as_tensor(self._encode_acts(acts)).to(self.device) if self.act_dim else None
         if self.config.net == "mlp":
-            x = torch.as_tensor(self._standardise(obs.reshape(n, -1))).to(self.device)
+            x = torch.as_tensor(self._standardise(obs.reshape(len(obs), -1))).to(self.device)
             return x if a is None else torch.cat([x, a], dim=1)
         o = torch.as_tensor(obs if obs.dtype == np.uint8 else obs.astype(np.float32)).to(self.device)
         return o if a is None else (o, a)
 
-    def _encode_acts(self, acts: np.ndarray) -> torch.Tensor:
+    def _encode_acts(self, acts: np.ndarray) -> np.ndarray:
+        """``acts (N, *act_shape)`` -> float32 ``(N, act_dim)``: flattened, or one-hot when discrete."""
         if self.n_actions is None:
-            return torch.as_tensor(acts.reshape(len(acts), -1), dtype=torch.float32).to(self.device)
+            return acts.reshape(len(acts), -1).astype(np.float32, copy=False)
         if not np.issubdtype(acts.dtype, np.integer):
             if not np.all(np.mod(acts, 1) == 0):
                 raise ValueError(f"discrete acts must be integers in [0, {self.n_actions}), got dtype {acts.dtype}")
             acts = acts.astype(np.int64)
         if len(acts) and (acts.min() < 0 or acts.max() >= self.n_actions):
             raise ValueError(f"discrete action {acts.min()}..{acts.max()} out of range; allowed 0..{self.n_actions - 1}")
-        idx = torch.as_tensor(acts, dtype=torch.int64).to(self.device)
-        return nn.functional.one_hot(idx, self.n_actions).to(torch.float32)
+        return np.eye(self.n_actions, dtype=np.float32)[acts]
 
     def member_forward_t(self, k: int, x: Encoded) -> torch.Tensor:
         """Raw output ``(N,)`` of member ``k`` on encoded input (grad and train/eval mode as set)."""
@@ -245,11 +242,6 @@ class RewardEnsemble:
 
     # ---- numpy side ----
 
-    def _chunks(self, n: int) -> Iterator[slice]:
-        step = max(1, EVAL_CHUNK_BYTES // self.step_bytes())
-        for a in range(0, n, step):
-            yield slice(a, min(n, a + step))
-
     @torch.no_grad()
     def _raw_outputs(self, obs: np.ndarray, acts: np.ndarray) -> torch.Tensor:
         """``(K, N)`` float32 raw outputs in eval mode, in memory-bounded chunks."""
@@ -257,7 +249,9 @@ class RewardEnsemble:
         obs, acts = np.asarray(obs), np.asarray(acts)
         if len(obs) != len(acts):
             raise ValueError(f"obs has {len(obs)} steps but acts has {len(acts)}; they must match")
-        outs = [self.raw_member_outputs_t(self.encode(obs[s], acts[s])) for s in self._chunks(len(obs))]
+        step = max(1, EVAL_CHUNK_BYTES // self.step_bytes())
+        outs = [self.raw_member_outputs_t(self.encode(obs[a:a + step], acts[a:a + step]))
+                for a in range(0, len(obs), step)]
         if not outs:
             return torch.zeros(self.n_members, 0, device=self.device)
         return torch.cat(outs, dim=1)
@@ -271,61 +265,22 @@ class RewardEnsemble:
     def reward(self, obs: Any, acts: Any) -> np.ndarray:
         """RL reward ``(N,)`` float32: mean over members of the normalised member rewards (no grad).
 
-        For a batch of up to 64 steps (one vector step of the agent) the MLP on the CPU runs as
-        stacked NumPy matrices (tens of microseconds), since torch's per-call overhead costs more than
-        the arithmetic there. Larger batches (a whole rollout) go through torch, which is faster for
-        them and keeps to ``torch.set_num_threads``: NumPy's BLAS would start a thread per core and
-        leave it spinning after the call, on the core the reward worker trains on.
+        For a batch of up to ``FAST_MAX_STEPS`` steps (one vector step of the agent) the MLP on the
+        CPU runs as a :class:`FastMLP` (tens of microseconds; rebuilt after :meth:`weights_changed`),
+        since torch's per-call overhead costs more than the arithmetic there. Larger batches (a whole
+        rollout) go through torch, which is faster for them and keeps to ``torch.set_num_threads``:
+        NumPy's BLAS would start a thread per core and leave it spinning after the call, on the core
+        the reward worker trains on.
         """
-        fast = self._fast_mlp() if len(obs) <= 64 else None
-        if fast is None:
+        if len(obs) > FAST_MAX_STEPS or self.config.net != "mlp" or self.device.type != "cpu":
             return self.member_rewards(obs, acts, normalized=True).mean(axis=0)
         obs, acts = self._check_inputs(obs, acts)
-        x = self._standardise(obs.reshape(len(obs), -1))
+        x = self._standardise(obs.reshape(len(obs), -1))  # the MLP input that encode() gives, in NumPy
         if self.act_dim:
-            if self.n_actions is None:
-                a = acts.reshape(len(acts), -1).astype(np.float32, copy=False)
-            else:
-                a = self._encode_acts(acts).numpy()
-            x = np.concatenate([x, a], axis=1)
-        layers, slope, offset, scale = fast
-        h = x[None]  # (1, N, in) broadcast over members
-        for i, (w, b) in enumerate(layers):
-            h = h @ w + b  # (K, N, out)
-            if i < len(layers) - 1:
-                h = np.maximum(h, slope * h) if slope <= 1 else np.where(h > 0, h, slope * h)
-        out = (h[..., 0] - offset) * scale  # (K, N) normalised
-        return out.mean(axis=0).astype(np.float32)
-
-    def _fast_mlp(self) -> tuple | None:
-        """Stacked NumPy weights of the MLP members, rebuilt whenever a parameter or the
-        normalisation changed (torch bumps a tensor's ``_version`` on every in-place update)."""
-        if self.config.net != "mlp" or self.device.type != "cpu":
-            return None
-        # An optimiser step updates each parameter of a member in place, so the version of each
-        # member's first parameter tells whether its weights changed; normalisation is replaced,
-        # not updated, so the identity of its tensors tells the same. A few attribute reads a call.
-        held = getattr(self, "_fast_params", None)
-        if held is not None:
-            key = (tuple(p._version for p in held), id(self.norm_mean), id(self.norm_std))
-            if key == self._fast_key:
-                return self._fast_cache
-        held = tuple(next(iter(member.parameters())) for member in self.members)
-        self._fast_params = held
-        key = (tuple(p._version for p in held), id(self.norm_mean), id(self.norm_std))
-        linears = [[m for m in member.modules() if isinstance(m, nn.Linear)] for member in self.members]
-        layers = []
-        for j in range(len(linears[0])):
-            w = np.stack([lin[j].weight.detach().numpy().T for lin in linears]).astype(np.float32)  # (K, in, out)
-            b = np.stack([lin[j].bias.detach().numpy() for lin in linears]).astype(np.float32)[:, None, :]
-            layers.append((w, b))
-        offset = self.norm_mean.numpy().astype(np.float32)[:, None]
-        scale = (self.config.target_std / self.norm_std.numpy()).astype(np.float32)[:, None]
-        # Keep the normalisation tensors referenced by the cache alive so that their ids stay unique.
-        self._fast_cache = (layers, float(self.config.slope), offset, scale)
-        self._fast_refs = (self.norm_mean, self.norm_std)
-        self._fast_key = key
-        return self._fast_cache
+            x = np.concatenate([x, self._encode_acts(acts)], axis=1)
+        if self._fast is None:
+            self._fast = FastMLP.from_members(self.members, self.norm_mean, self.norm_std, self.config.target_std)
+        return self._fast.reward(x)
 
     def member_segment_returns(self, segments: Sequence[Segment], normalized: bool = False) -> np.ndarray:
         """``(K, len(segments))`` float64: per-member sum of reward over each segment's steps."""
@@ -357,6 +312,7 @@ class RewardEnsemble:
         if len(segments) == 0:
             raise ValueError("update_normalization needs at least one segment, got 0")
         raw = self._segment_step_outputs(segments).double()
+        self.weights_changed()
         self.norm_mean = raw.mean(dim=1)
         std = raw.std(dim=1, correction=0) if raw.shape[1] > 1 else torch.zeros_like(self.norm_mean)
         # A constant member (e.g. untrained on one step) keeps scale 1 rather than blowing up.
@@ -366,6 +322,7 @@ class RewardEnsemble:
 
     def to(self, device: str | torch.device) -> RewardEnsemble:
         """Move members and normalisation to ``device`` (in place); returns self."""
+        self.weights_changed()
         self.device = torch.device(device)
         self.members.to(self.device)
         self.norm_mean = self.norm_mean.to(self.device)
@@ -392,6 +349,7 @@ class RewardEnsemble:
     def load_blob_weights(self, blob: dict[str, Any]) -> None:
         """Take weights and normalisation from a :meth:`blob` of an ensemble with the same config.
         Parameters are copied in place, so optimisers holding them stay valid."""
+        self.weights_changed()
         self.members.load_state_dict(blob["state_dict"])
         self.norm_mean = blob["norm_mean"].double().to(self.device)
         self.norm_std = blob["norm_std"].double().to(self.device)
@@ -415,9 +373,8 @@ class RewardEnsemble:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write :meth:`blob` to ``path`` (atomically, via a temp file)."""
-        tmp = f"{os.fspath(path)}.tmp"
-        torch.save(self.blob(), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(self.blob(), tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> RewardEnsemble:

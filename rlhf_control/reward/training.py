@@ -298,6 +298,7 @@ class RewardTrainer:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        self.ensemble.weights_changed()
 
     @torch.no_grad()
     def _evaluate(self, window: _Window) -> tuple[np.ndarray, np.ndarray]:
