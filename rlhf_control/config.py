@@ -8,6 +8,7 @@ beside ``--config`` override the file.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,7 +16,10 @@ from typing import Any
 
 import tomli_w
 
-from rlhf_control.tasks.catalogue import TaskSpec, get_task
+from rlhf_control.agent.factory import algo_class
+from rlhf_control.queries.schedule import SCHEDULES
+from rlhf_control.tasks.catalogue import get_task
+from rlhf_control.tasks.spec import ALGOS, TaskSpec
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -78,8 +82,8 @@ class RunConfig:
             raise ValueError(f"max-pending {self.max_pending} must be at least 1")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ValueError(f"device {self.device!r} is not allowed; use one of {', '.join(DEVICES)}")
-        if self.algo is not None and self.algo not in ("ppo", "a2c", "trpo"):
-            raise ValueError(f"algo {self.algo!r} is not allowed; use ppo, a2c or trpo")
+        if self.algo is not None and self.algo not in ALGOS:
+            raise ValueError(f"algo {self.algo!r} is not allowed; use {', '.join(ALGOS[:-1])} or {ALGOS[-1]}")
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -175,6 +179,8 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         # The task's hyperparameters belong to its own algorithm: another one starts from SB3's
         # defaults, keeping the task's discount and the user's own overrides.
         agent_params = {"gamma": task.agent.get("gamma", 0.99), **cfg.agent}
+    schedule = cfg.schedule or task.schedule
+    SCHEDULES.get(schedule)  # an unknown name (the flag's or the task's) fails here, naming the known ones
     steps = cfg.steps or task.total_steps
     n_envs = cfg.n_envs or task.n_envs
     return Resolved(
@@ -187,22 +193,23 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         pretrain_epochs=task.pretrain_epochs if cfg.pretrain_epochs is None else cfg.pretrain_epochs,
         reward_epochs=cfg.reward_epochs or task.reward_epochs,
         n_envs=n_envs,
-        schedule=cfg.schedule or task.schedule,
+        schedule=schedule,
         label_window=cfg.label_window or task.label_window,
         agent_params=agent_params,
         iteration_steps=cfg.iteration_steps or _default_iteration_steps(algo, agent_params, n_envs, steps),
     )
 
 
-# SB3's default rollout lengths, for the iteration size when a task does not set n_steps.
-_DEFAULT_N_STEPS = {"ppo": 2048, "a2c": 5, "trpo": 2048}
+def _default_n_steps(algo: str) -> int:
+    """SB3's default rollout length of ``algo`` (PPO 2048, A2C 5, TRPO 2048), read from its constructor."""
+    return int(inspect.signature(algo_class(algo)).parameters["n_steps"].default)
 
 
 def _default_iteration_steps(algo: str, agent_params: dict[str, Any], n_envs: int, total_steps: int) -> int:
     """One rollout, but at least 2,048 steps: A2C's rollouts (80 steps for Atari) are far too short to
     retrain the reward, log and checkpoint after each. A run shorter than 16,384 steps still gets
     about eight iterations."""
-    rollout = int(agent_params.get("n_steps", _DEFAULT_N_STEPS[algo])) * n_envs
+    rollout = int(agent_params.get("n_steps", _default_n_steps(algo))) * n_envs
     return max(rollout, min(2048, total_steps // 8))
 
 
