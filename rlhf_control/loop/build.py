@@ -39,7 +39,7 @@ from rlhf_control.reward.training import RewardTrainerConfig
 from rlhf_control.reward.updater import RewardUpdater
 from rlhf_control.rundir import CLIPS_DIR, CONFIG_FILE, STORE_FILE
 from rlhf_control.store.store import PreferenceStore
-from rlhf_control.tasks.catalogue import TaskSpec
+from rlhf_control.tasks.spec import TaskSpec
 from rlhf_control.types import Segment
 
 # The clips that set the reward's output normalisation after each retraining: the newest of the pool.

@@ -34,7 +34,7 @@ from rlhf_control.loop.metrics import MetricsLogger, truncate_metrics
 from rlhf_control.oracles import ClosableOracle, ResumableOracle, StatefulOracle
 from rlhf_control.queries.selection import make_selector
 from rlhf_control.rundir import METRICS_FILE, mark_done
-from rlhf_control.tasks.catalogue import TaskSpec
+from rlhf_control.tasks.spec import TaskSpec
 from rlhf_control.types import Label, Segment, SegmentPair
 
 
