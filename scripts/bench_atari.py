@@ -101,17 +101,18 @@ def child_rlhf(args: argparse.Namespace) -> dict[str, Any]:
             return method(epochs)
         return counted
 
-    local = trainer._train_reward  # already timed as train_reward (in process)
-    trainer._train_reward = counting(local, lambda: "online" if trainer.pretrain_done else "pretrain")
-    start_job = trainer._start_reward_job
+    updater = trainer.updater
+    local = updater.train_now  # already timed as train_reward (in process)
+    updater.train_now = counting(local, lambda: "online" if trainer.pretrain_done else "pretrain")
+    start_job = updater.submit
 
     def start_counted(epochs):
         if trainer.worker is not None and len(trainer.dataset):
             pair_epochs["worker"] += len(trainer.dataset) * int(epochs)
-            # _start_reward_job falls back to _train_reward without a worker; not counted twice.
+            # submit falls back to train_now without a worker; not counted twice.
         return start_job(epochs)
 
-    trainer._start_reward_job = start_counted
+    updater.submit = start_counted
     pretrain = trainer.pretrain
     env_in_pretrain = {}
 

@@ -43,10 +43,11 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from rlhf_control.agent.evaluation import evaluate_policy_returns, evaluate_run, make_eval_env
+from rlhf_control.agent.evaluation import evaluate_policy_returns, make_eval_env
 from rlhf_control.agent.factory import make_agent
-from rlhf_control.config import RunConfig
-from rlhf_control.loop.trainer import RLHFTrainer, resolve
+from rlhf_control.config import RunConfig, resolve
+from rlhf_control.loop.evaluate import evaluate_run
+from rlhf_control.loop.trainer import RLHFTrainer
 from rlhf_control.tasks.catalogue import get_task
 
 DEFAULT_STEPS = {"Pendulum-v1": 200_000, "HalfCheetah-v5": 300_000}
@@ -95,14 +96,14 @@ def instrument_trainer(trainer: RLHFTrainer) -> PhaseTimer:
     pt.patch(rec, "step_wait", "recorder.step_wait (incl. env)")
     trainer.learned._reward_fn = pt.wrap("reward_inference", trainer.learned._reward_fn)
     for attr, name in [("pretrain", "pretrain"), ("iteration", "iteration (total)"), ("_ask", "ask"),
-                       ("_collect", "collect"), ("_train_reward", "train_reward (in process)"),
-                       ("_finish_reward_job", "wait for reward worker"), ("_log", "log"),
-                       ("checkpoint", "checkpoint")]:
+                       ("_collect", "collect"), ("_log", "log"), ("checkpoint", "checkpoint")]:
         pt.patch(trainer, attr, name)
+    pt.patch(trainer.updater, "train_now", "train_reward (in process)")
+    pt.patch(trainer.updater, "take", "wait for reward worker")
     pt.patch(trainer.selector, "select", "select")
     pt.patch(trainer, "_return_corr", "log.return_corr")
     pt.patch(trainer.ensemble, "update_normalization", "update_normalization")
-    pt.patch(trainer.reward_trainer, "train", "reward_trainer.train")
+    pt.patch(trainer.updater.fitter, "train", "reward_trainer.train")
     return pt
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlhf_control.agent.evaluation import evaluate_run, make_eval_env
+from rlhf_control.agent.evaluation import make_eval_env
 from rlhf_control.cli import main
 from rlhf_control.config import RunConfig
+from rlhf_control.loop.evaluate import evaluate_run
 from rlhf_control.loop.trainer import RLHFTrainer
 from rlhf_control.tasks.catalogue import get_task
 
@@ -201,3 +202,21 @@ def test_sync_reward_starts_no_worker(tmp_path, monkeypatch):
     import tomllib
 
     assert tomllib.loads((run / "config.toml").read_text())["run"]["reward_async"] is False
+
+
+def test_a_regression_run_fits_by_regression_in_the_worker_too(tmp_path, monkeypatch):
+    # The fitter is one pluggable piece: the worker's jobs (the default, asynchronous path) must use the
+    # run's fitter, not the comparison trainer, and the run must end with every label trained on.
+    from rlhf_control.reward.fitting import WEIGHT_DECAY, RegressionReport
+    from rlhf_control.reward.worker import RewardWorker
+
+    reports = []
+    result = RewardWorker.result
+    monkeypatch.setattr(RewardWorker, "result", lambda self, *a, **k: reports.append(result(self, *a, **k))
+                        or reports[-1])
+    trainer = RLHFTrainer(_tiny(reward_fitter="true-return-regression"), tmp_path / "run")
+    trainer.run()
+    assert len(reports) >= 4
+    assert all(isinstance(r, RegressionReport) and r.mean_l2 == WEIGHT_DECAY for r in reports)
+    assert isinstance(trainer.updater.last_report, RegressionReport)
+    assert trainer.trained_answer_id == _sql(tmp_path / "run", "SELECT MAX(id) FROM answers WHERE skipped = 0")[0][0]

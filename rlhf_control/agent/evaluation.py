@@ -1,21 +1,14 @@
-"""Evaluate a run's saved policy on the task's true reward, optionally writing a video."""
+"""Evaluation envs and episodes: a policy's returns on the task's true reward, optionally with frames."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
-from rlhf_control.agent.factory import load_agent, load_obs_normalization
-from rlhf_control.config import load_config_file
-from rlhf_control.loop.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint_state
-from rlhf_control.rundir import CONFIG_FILE, check_run_dir
-from rlhf_control.tasks.catalogue import get_task
 from rlhf_control.tasks.spec import TaskSpec
-from rlhf_control.video.mp4 import write_mp4
 
 
 @dataclass(frozen=True)
@@ -74,33 +67,3 @@ def evaluate_policy_returns(agent, venv: VecEnv, episodes: int, deterministic: b
         if dones[0] and "episode" in infos[0]:
             returns.append(float(infos[0]["episode"]["r"]))
     return returns
-
-
-def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 12345, video: Path | None = None) -> EvalResult:
-    """True return of the policy in a run's newest checkpoint over ``episodes`` episodes."""
-    run_dir = check_run_dir(run_dir)
-    cfg, task_dict = load_config_file(run_dir / CONFIG_FILE)
-    task = TaskSpec.from_dict(task_dict) if task_dict else get_task(cfg.task)
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise CheckpointError(f"run {str(run_dir)!r} has no checkpoint yet; nothing to evaluate")
-    state = load_checkpoint_state(ckpt)
-    if not task.has_true_reward and video is None:
-        raise ValueError(f"task {task.name!r} has no true reward to evaluate; use --video to watch the policy")
-    venv = make_eval_env(task, seed, render=video is not None)
-    if (ckpt / "obs_norm.npz").is_file():
-        venv = VecNormalize(venv, norm_obs=True, norm_reward=False, training=False)
-        load_obs_normalization(venv, ckpt / "obs_norm.npz")
-    agent = load_agent(state["algo"], str(ckpt / "agent.zip"), venv, device="cpu")
-    frames: list[np.ndarray] | None = [] if video is not None else None
-    base = venv.venv if isinstance(venv, VecNormalize) else venv
-    while hasattr(base, "venv"):
-        base = base.venv
-    render_env = base.envs[0] if video is not None else None
-    try:
-        returns = evaluate_policy_returns(agent, venv, episodes, frames=frames, render_env=render_env)
-    finally:
-        venv.close()
-    if video is not None and frames:
-        write_mp4(frames, video, task.fps)
-    return EvalResult(tuple(returns))
