@@ -16,10 +16,9 @@ from typing import Any
 
 import tomli_w
 
-from rlhf_control.agent.factory import algo_class
 from rlhf_control.queries.schedule import SCHEDULES
 from rlhf_control.tasks.catalogue import get_task
-from rlhf_control.tasks.spec import ALGOS, TaskSpec
+from rlhf_control.tasks.spec import ALGOS, TaskSpec, algo_class
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -47,6 +46,7 @@ class RunConfig:
     reward_lr: float = 1e-3
     reward_l2: bool = True
     reward_async: bool = True
+    reward_fitter: str = "comparisons"
     clip_length: int | None = None
     checkpoint_every: int = 5
     iteration_steps: int | None = None

@@ -7,24 +7,10 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from rlhf_control.tasks.spec import ALGOS
-
-
-def algo_class(algo: str) -> type[BaseAlgorithm]:
-    """The SB3 class for ``algo`` (one of ``ppo``, ``a2c``, ``trpo``)."""
-    if algo == "ppo":
-        return PPO
-    if algo == "a2c":
-        return A2C
-    if algo == "trpo":
-        from sb3_contrib import TRPO
-
-        return TRPO
-    raise ValueError(f"unknown algorithm {algo!r}; allowed: {', '.join(ALGOS)}")
+from rlhf_control.tasks.spec import algo_class
 
 
 def default_policy(observation_space: spaces.Space) -> str:

@@ -37,15 +37,26 @@ _RUN_LEVEL_ARGS = {"self", "policy", "env", "seed", "device", "verbose", "tensor
                    "rollout_buffer_class", "rollout_buffer_kwargs"}
 
 
+def algo_class(algo: str) -> type:
+    """The SB3 (or sb3-contrib) class of ``algo``, one of ``ALGOS``."""
+    if algo == "ppo":
+        from stable_baselines3 import PPO
+
+        return PPO
+    if algo == "a2c":
+        from stable_baselines3 import A2C
+
+        return A2C
+    if algo == "trpo":
+        from sb3_contrib import TRPO
+
+        return TRPO
+    raise ValueError(f"unknown algorithm {algo!r}; allowed: {', '.join(ALGOS)}")
+
+
 def _agent_params(algo: str) -> list[str]:
     """Keyword arguments the algorithm's constructor takes that a task may set."""
-    if algo == "trpo":
-        from sb3_contrib import TRPO as cls
-    elif algo == "a2c":
-        from stable_baselines3 import A2C as cls
-    else:
-        from stable_baselines3 import PPO as cls
-    return [p for p in inspect.signature(cls.__init__).parameters if p not in _RUN_LEVEL_ARGS]
+    return [p for p in inspect.signature(algo_class(algo).__init__).parameters if p not in _RUN_LEVEL_ARGS]
 
 
 def _is_type(value: Any, kind: type) -> bool:
