@@ -112,9 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tasks", help="list the task catalogue")
 
-    from rlhf_control.experiments.sweep import add_subcommands
-
-    add_subcommands(sub)  # `sweep` and `report`; each sets args.handler
+    _add_sweep_and_report(sub)
     return p
 
 
@@ -122,7 +120,7 @@ def _train(args: argparse.Namespace) -> int:
     from rlhf_control.config import RunConfig, load_config_file
     from rlhf_control.loop.trainer import RLHFTrainer
     from rlhf_control.rundir import CONFIG_FILE, check_run_dir
-    from rlhf_control.tasks.catalogue import TaskSpec
+    from rlhf_control.tasks.spec import TaskSpec
 
     if args.env and args.task:
         raise ValueError(f"give --task or --env, not both (got --task {args.task!r} and --env {args.env!r})")
@@ -174,7 +172,7 @@ def _slug(name: str) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from rlhf_control.agent.evaluation import evaluate_run
+    from rlhf_control.loop.evaluate import evaluate_run
 
     result = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed, video=args.video)
     print(f"true return over {result.episodes} episodes: mean {result.mean:.2f}, std {result.std:.2f}, "
@@ -226,6 +224,47 @@ def _tasks(_: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+# ----------------------------------------------------------------------------- sweep and report
+def _add_sweep_and_report(sub: argparse._SubParsersAction) -> None:
+    """``sweep`` and ``report``; each sets ``args.handler``."""
+    from rlhf_control.experiments.presets import add_backend_args
+
+    s = sub.add_parser("sweep", help="run a grid of RLHF runs and baselines from a spec TOML (resumable)")
+    s.add_argument("spec", type=Path, help="sweep spec TOML (see rlhf_control/experiments/sweep.py)")
+    s.add_argument("--out", type=Path, help="output directory (default runs/sweeps/<spec name>)")
+    add_backend_args(s)
+    s.set_defaults(handler=_sweep)
+
+    r = sub.add_parser("report", help="figure and table of true returns from run directories or sweeps")
+    r.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR_OR_SWEEP")
+    r.add_argument("--out", type=Path, help="output directory (default: SWEEP/report for one sweep, else ./report)")
+    r.set_defaults(handler=_report)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from rlhf_control.experiments.presets import execute_spec
+    from rlhf_control.experiments.sweep import load_spec, slug
+
+    spec = load_spec(args.spec)
+    return execute_spec(spec, args.out or Path("runs") / "sweeps" / slug(args.spec.stem), args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rlhf_control.experiments.report import write_report
+    from rlhf_control.rundir import is_run_dir
+
+    out = args.out
+    if out is None:
+        one = args.paths[0]
+        sweep = len(args.paths) == 1 and one.is_dir() and not is_run_dir(one)
+        out = one / "report" if sweep else Path("report")
+    files = write_report(args.paths, out)
+    print((out / "results.md").read_text().split("\n\n")[2])
+    for f in files:
+        print(f"wrote {f}")
     return 0
 
 

@@ -13,7 +13,6 @@ from stable_baselines3.common.vec_env import VecNormalize
 from rlhf_control import __version__
 from rlhf_control.config import RunConfig, resolve
 from rlhf_control.experiments.baseline import (
-    BASELINE_FILE,
     BASELINE_MARKER,
     BaselineTrainer,
     EpisodeReturns,
@@ -22,6 +21,7 @@ from rlhf_control.experiments.baseline import (
     train_baseline,
 )
 from rlhf_control.loop.metrics import COLUMNS, read_metrics
+from rlhf_control.rundir import BASELINE_FILE
 from rlhf_control.tasks.catalogue import get_task
 
 # Pendulum: 200-step episodes; one env and 200-step rollouts, so every rollout ends an episode.

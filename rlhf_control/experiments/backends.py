@@ -3,6 +3,13 @@
 Each run gets a fresh process (spawned pool worker with ``max_tasks_per_child=1``, Ray worker with
 ``max_calls=1``) and one torch thread, so a run's numbers depend only on its config and seed, not on
 the backend or on the runs before it in the same process.
+
+Ray: without ``--address`` a local cluster is started for the sweep and stopped after it. On a
+remote cluster every node needs rlhf-control installed, and checkpoints are only shared (so only
+resumable from another node) when the output directory is on a file system all nodes mount; the
+result files (``config.toml``, ``metrics.csv``, ``DONE``, ...) always come back to the driver's
+output directory. Ray 2.x clusters with token authentication need ``RAY_AUTH_MODE=token`` and the
+token on the driver. ``device = "auto"`` runs on CPU unless ``gpus_per_run`` asks for a GPU.
 """
 
 from __future__ import annotations
@@ -19,8 +26,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rlhf_control.rundir import BASELINE_FILE, CONFIG_FILE, DONE_FILE, METRICS_FILE, write_atomic, write_json
+
 Payload = dict[str, Any]
 OnResult = Callable[[dict[str, Any]], None]
+
+POINT_FILE = "point.json"  # the grid point a sweep run stands for (the report groups runs by it)
+ERROR_FILE = "error.txt"  # the traceback of a run that failed; removed when a retry succeeds
+# The files a worker sends back to the driver (a cluster need not share a file system).
+SHIPPED_FILES = (CONFIG_FILE, METRICS_FILE, DONE_FILE, POINT_FILE, BASELINE_FILE, ERROR_FILE)
+# The ablation that fits the reward to true segment returns instead of comparisons (another trainer).
+REGRESSION = "true-return-regression"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -39,8 +55,6 @@ def _init_worker() -> None:
 def execute_point(payload: Payload) -> dict[str, Any]:
     """Run one grid point to the end (resuming if asked); never raises: a failure comes back as a
     one-line error and its traceback goes to ``error.txt`` in the run directory."""
-    from rlhf_control.experiments.sweep import ERROR_FILE, POINT_FILE, REGRESSION, SHIPPED_FILES, write_json
-
     _init_worker()
     t0 = time.time()
     run_dir = Path(payload["run_dir"])
@@ -69,7 +83,7 @@ def execute_point(payload: Payload) -> dict[str, Any]:
         res.update(status="failed", error=_one_line(exc))
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / ERROR_FILE).write_text(traceback.format_exc())
+            write_atomic(run_dir / ERROR_FILE, traceback.format_exc())
         except OSError:
             pass
     res["seconds"] = time.time() - t0
@@ -86,9 +100,7 @@ def sync_files(out: Path, res: dict[str, Any]) -> None:
         if target.is_file() and target.read_bytes() == data:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".sync")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        write_atomic(target, data)
 
 
 def _failed(payload: Payload, exc: BaseException) -> dict[str, Any]:

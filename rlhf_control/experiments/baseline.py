@@ -1,7 +1,7 @@
 """RL on the true reward: the yardstick of every result (DESIGN.md, "Baselines").
 
-The same agent as an RLHF run of the task (``agents.make_agent`` with the task's algorithm and
-hyperparameters, the same steps and seed, resolved by ``trainer.resolve``), trained on the env's
+The same agent as an RLHF run of the task (``agent.factory.make_agent`` with the task's algorithm and
+hyperparameters, the same steps and seed, resolved by ``config.resolve``), trained on the env's
 own reward through SB3's ``VecNormalize`` with reward normalisation, as the RL Zoo does
 (observation normalisation only where the task says ``normalize = true``, as its RLHF runs do).
 
@@ -9,13 +9,13 @@ It writes the run directory layout of an RLHF run: ``config.toml`` (``[meta] bas
 "rl-true-reward"`` marks it), ``metrics.csv`` with the same columns (``true_return`` is the mean
 undiscounted env return of the last 100 finished training episodes, as ``LearnedReward`` reports
 it for RLHF runs; label and reward-model columns stay empty), ``checkpoints/`` (agent and
-``VecNormalize`` statistics as npz, no pickle), ``DONE``, and ``baseline.json`` with the return of a uniformly random
-policy on the same task (the zero of the report's normalised score).
+``VecNormalize`` statistics as npz, no pickle: ``obs_norm.npz`` as an RLHF run writes it, so
+``rlhf-control eval`` reads it, and ``return_norm.npz``), ``DONE``, and ``baseline.json`` with the
+return of a uniformly random policy on the same task (the zero of the report's normalised score).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from pathlib import Path
@@ -25,28 +25,33 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
-from rlhf_control import __version__
-from rlhf_control.agent.factory import load_agent, make_agent
+from rlhf_control import __version__, rundir
+from rlhf_control.agent.factory import load_agent, load_obs_normalization, make_agent, save_obs_normalization
 from rlhf_control.config import RunConfig, load_config_file, resolve, resolve_device, write_config_file
-from rlhf_control.loop.checkpoint import latest_checkpoint, load_checkpoint_state, save_checkpoint
+from rlhf_control.loop.checkpoint import (
+    AGENT_FILE,
+    OBS_NORM_FILE,
+    latest_checkpoint,
+    load_checkpoint_state,
+    save_checkpoint,
+)
 from rlhf_control.loop.metrics import MetricsLogger, truncate_metrics
-from rlhf_control.rundir import CONFIG_FILE
 
+# ``[meta] baseline`` of a baseline run's config.toml, and the name of its run directory in a sweep.
 BASELINE_MARKER = "rl-true-reward"
-BASELINE_FILE = "baseline.json"
 RANDOM_EPISODES = 10
 RANDOM_MAX_STEPS = 25_000
 RANDOM_SEED_OFFSET = 10_000  # the random-policy env never shares a seed with a training env
+# VecNormalize's return statistics in a checkpoint (its observation statistics are in OBS_NORM_FILE,
+# as in an RLHF run's checkpoint, where evaluation reads them).
+RETURN_NORM_FILE = "return_norm.npz"
 
 
 def is_baseline_dir(run_dir: Path) -> bool:
     """True if ``run_dir`` holds a baseline run (its config's ``[meta] baseline`` marker)."""
-    import tomllib
-
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
+    if not rundir.is_run_dir(run_dir):
         return False
-    return tomllib.loads(path.read_text()).get("meta", {}).get("baseline") is not None
+    return rundir.read_config_doc(run_dir).get("meta", {}).get("baseline") is not None
 
 
 class EpisodeReturns(VecEnvWrapper):
@@ -70,25 +75,19 @@ class EpisodeReturns(VecEnvWrapper):
         return obs, rews, dones, infos
 
 
-def save_normalization(venv: VecNormalize, path: Path) -> None:
-    """``VecNormalize`` running statistics (returns, per-env discounted return, observations if
-    normalised) as npz."""
+def save_return_normalization(venv: VecNormalize, path: Path) -> None:
+    """``VecNormalize``'s return statistics (running mean and variance of the discounted return, and
+    each env's discounted return so far: ``returns: (n_envs,)``) as npz. Observation statistics are
+    saved by ``agent.factory.save_obs_normalization``."""
     ret = venv.ret_rms
-    arrays = {"ret_mean": ret.mean, "ret_var": ret.var, "ret_count": np.array(ret.count), "returns": venv.returns}
-    if venv.norm_obs:
-        obs = venv.obs_rms
-        arrays.update(obs_mean=obs.mean, obs_var=obs.var, obs_count=np.array(obs.count))
     with open(path, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, mean=ret.mean, var=ret.var, count=np.array(ret.count), returns=venv.returns)
 
 
-def load_normalization(venv: VecNormalize, path: Path) -> None:
+def load_return_normalization(venv: VecNormalize, path: Path) -> None:
     with np.load(path, allow_pickle=False) as d:
-        venv.ret_rms.mean, venv.ret_rms.var, venv.ret_rms.count = d["ret_mean"], d["ret_var"], float(d["ret_count"])
+        venv.ret_rms.mean, venv.ret_rms.var, venv.ret_rms.count = d["mean"], d["var"], float(d["count"])
         venv.returns = d["returns"].copy()
-        if venv.norm_obs:
-            venv.obs_rms.mean, venv.obs_rms.var = d["obs_mean"], d["obs_var"]
-            venv.obs_rms.count = float(d["obs_count"])
 
 
 def random_policy_return(task: Any, seed: int, episodes: int = RANDOM_EPISODES,
@@ -126,14 +125,12 @@ class BaselineTrainer:
     """Trains the task's agent on its true reward into ``run_dir`` (``resume`` continues a stopped one)."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, task: Any = None) -> None:
-
-
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.r = resolve(cfg, task)
         self.task = self.r.task
         device = resolve_device(cfg.device)
-        config_path = self.run_dir / CONFIG_FILE
+        config_path = self.run_dir / rundir.CONFIG_FILE
         if resume:
             stored, _ = load_config_file(config_path)
             if stored.replace(device=cfg.device) != cfg:
@@ -155,14 +152,16 @@ class BaselineTrainer:
         ckpt = latest_checkpoint(self.run_dir) if resume else None
         if ckpt is not None:
             state = load_checkpoint_state(ckpt)
-            load_normalization(self.venv, ckpt / "normalization.npz")
-            self.agent = load_agent(self.r.algo, str(ckpt / "agent.zip"), self.venv, device=device)
+            load_return_normalization(self.venv, ckpt / RETURN_NORM_FILE)
+            if self.venv.norm_obs:
+                load_obs_normalization(self.venv, ckpt / OBS_NORM_FILE)
+            self.agent = load_agent(self.r.algo, str(ckpt / AGENT_FILE), self.venv, device=device)
             self.iterations = int(state["iteration"])
             self.tracker.returns.extend(float(x) for x in state["returns"])
-            truncate_metrics(self.run_dir / "metrics.csv", int(state["step"]))
+            truncate_metrics(self.run_dir / rundir.METRICS_FILE, int(state["step"]))
         else:
             # A run killed before its first checkpoint starts over; drop the rows it logged.
-            truncate_metrics(self.run_dir / "metrics.csv", -1)
+            truncate_metrics(self.run_dir / rundir.METRICS_FILE, -1)
             self.agent = make_agent(self.r.algo, self.venv, params, seed=cfg.seed, device=device,
                                     policy=self.task.policy)
         self.last_ckpt_step = int(self.agent.num_timesteps)
@@ -186,22 +185,21 @@ class BaselineTrainer:
 
     def checkpoint(self, step: int) -> None:
         state = {"iteration": self.iterations, "algo": self.r.algo, "returns": list(self.tracker.returns)}
-        save_checkpoint(self.run_dir, step, {"agent.zip": lambda p: self.agent.save(str(p)),
-                                             "normalization.npz": lambda p: save_normalization(self.venv, p)},
-                        state)
+        writers = {AGENT_FILE: lambda p: self.agent.save(str(p)),
+                   RETURN_NORM_FILE: lambda p: save_return_normalization(self.venv, p)}
+        if self.venv.norm_obs:
+            writers[OBS_NORM_FILE] = lambda p: save_obs_normalization(self.venv, p)
+        save_checkpoint(self.run_dir, step, writers, state)
         self.last_ckpt_step = step
 
     def run(self) -> Path:
         """Measure the random policy (once), train for the remaining steps, write ``DONE``."""
         try:
-            info = self.run_dir / BASELINE_FILE
+            info = self.run_dir / rundir.BASELINE_FILE
             if not info.is_file():
                 seed = self.cfg.seed + RANDOM_SEED_OFFSET
                 ret, n = random_policy_return(self.task, seed)
-                doc = {"random_return": ret, "random_episodes": n, "random_seed": seed}
-                tmp = info.with_name(info.name + ".tmp")
-                tmp.write_text(json.dumps(doc, indent=1) + "\n")
-                tmp.replace(info)
+                rundir.write_json(info, {"random_return": ret, "random_episodes": n, "random_seed": seed})
             done = int(self.agent.num_timesteps)
             self.step_at_start = done
             self.t_start = time.time()
@@ -211,7 +209,7 @@ class BaselineTrainer:
             step = int(self.agent.num_timesteps)
             self._log(step)
             self.checkpoint(step)
-            (self.run_dir / "DONE").write_text(json.dumps({"step": step}) + "\n")
+            rundir.mark_done(self.run_dir, step)
         finally:
             self.close()
         return self.run_dir

@@ -1,5 +1,7 @@
-"""The paper's experiment grids as data, and the command line shared by ``rlhf-control sweep`` and
-the scripts in ``scripts/`` (``--backend``, ``--address``, ``--workers``, ``--dry-run``, ``--scale``).
+"""The paper's experiment grids as data, and the driver shared by ``rlhf-control sweep`` and the
+scripts in ``scripts/``: the flags ``--backend``, ``--address``, ``--workers``, ``--dry-run``
+(:func:`add_backend_args`), running or dry-running a spec from them (:func:`execute_spec`), and a
+script's whole ``main`` (:func:`preset_main`, which adds ``--scale``, ``--tasks``, ``--seeds``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rlhf_control.experiments.sweep import ERROR_FILE, SweepSpec, format_plan, plan_sweep, run_sweep
+from rlhf_control.experiments.backends import ERROR_FILE
+from rlhf_control.experiments.sweep import SweepSpec, format_plan, plan_sweep, run_sweep
 
 # Christiano et al. 2017: the eight MuJoCo tasks and seven Atari games, in the paper's order.
 MUJOCO_TASKS = ("Reacher-v5", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Swimmer-v5", "Ant-v5",

@@ -23,13 +23,14 @@ import csv
 import json
 import math
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rlhf_control import rundir
+from rlhf_control.experiments.backends import POINT_FILE
 from rlhf_control.loop.metrics import read_metrics
 
 RL_METHOD = "RL (true reward)"
@@ -75,12 +76,12 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.exists():
             raise ValueError(f"{str(path)!r} does not exist; give run directories or sweep output directories")
-        if (path / "config.toml").is_file():
+        if rundir.is_run_dir(path):
             found.append(path)
             continue
-        runs = sorted(p.parent for p in path.rglob("config.toml") if "checkpoints" not in p.parts)
+        runs = sorted(p.parent for p in path.rglob(rundir.CONFIG_FILE) if rundir.CHECKPOINTS_DIR not in p.parts)
         if not runs:
-            raise ValueError(f"{str(path)!r} is not a run directory and holds none (no config.toml found)")
+            raise ValueError(f"{str(path)!r} is not a run directory and holds none (no {rundir.CONFIG_FILE} found)")
         found.extend(runs)
     return list(dict.fromkeys(found))
 
@@ -95,16 +96,13 @@ def method_name(oracle: str | None, selector: str | None, ablation: str | None) 
 def load_run(path: Path) -> RunData | None:
     """Read a run directory; None (with a warning) if it has no true-return rows yet."""
     path = Path(path)
-    try:
-        doc = tomllib.loads((path / "config.toml").read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{str(path / 'config.toml')!r} is not valid TOML: {exc}") from None
+    doc = rundir.read_config_doc(path)
     run, task, meta = doc.get("run", {}), doc.get("task", {}), doc.get("meta", {})
     point: dict[str, Any] = {}
-    if (path / "point.json").is_file():
-        point = json.loads((path / "point.json").read_text())
+    if (path / POINT_FILE).is_file():
+        point = json.loads((path / POINT_FILE).read_text())
     baseline = meta.get("baseline") is not None or point.get("kind") == "baseline"
-    metrics = path / "metrics.csv"
+    metrics = path / rundir.METRICS_FILE
     rows = read_metrics(metrics) if metrics.is_file() else []
     pts = [(float(r["step"]), float(r["true_return"])) for r in rows if r.get("step") and r.get("true_return")]
     if not pts:
@@ -112,13 +110,13 @@ def load_run(path: Path) -> RunData | None:
         return None
     steps, returns = (np.array(x, dtype=np.float64) for x in zip(*pts, strict=True))
     random_return = None
-    if baseline and (path / "baseline.json").is_file():
-        random_return = json.loads((path / "baseline.json").read_text()).get("random_return")
+    if baseline and (path / rundir.BASELINE_FILE).is_file():
+        random_return = json.loads((path / rundir.BASELINE_FILE).read_text()).get("random_return")
     labels = None if baseline else (run.get("labels") or task.get("label_budget"))
     method = RL_METHOD if baseline else method_name(run.get("oracle"), run.get("selector"), point.get("ablation"))
     return RunData(path=path, task=str(run.get("task", task.get("name", "?"))), kind="baseline" if baseline else "rlhf",
                    method=method, labels=labels, seed=int(run.get("seed", 0)), steps=steps, returns=returns,
-                   done=(path / "DONE").is_file(), random_return=random_return)
+                   done=rundir.is_done(path), random_return=random_return)
 
 
 def load_runs(paths: list[Path]) -> list[RunData]:
@@ -265,23 +263,3 @@ def write_report(paths: list[Path], out: Path) -> list[Path]:
                         "" if r.score is None else repr(r.score)])
     return [*written, md, csv_path]
 
-
-def add_report_subcommand(sub: Any) -> None:
-    r = sub.add_parser("report", help="figure and table of true returns from run directories or sweeps")
-    r.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR_OR_SWEEP")
-    r.add_argument("--out", type=Path, help="output directory (default: SWEEP/report for one sweep, else ./report)")
-    r.set_defaults(handler=report_command)
-
-
-def report_command(args: Any) -> int:
-    """Handler of ``rlhf-control report``."""
-    out = args.out
-    if out is None:
-        one = args.paths[0]
-        sweep = len(args.paths) == 1 and one.is_dir() and not (one / "config.toml").is_file()
-        out = one / "report" if sweep else Path("report")
-    files = write_report(args.paths, out)
-    print((out / "results.md").read_text().split("\n\n")[2])
-    for f in files:
-        print(f"wrote {f}")
-    return 0

@@ -28,17 +28,11 @@ run directory of another version or other settings, an unreachable Ray address) 
 ``ValueError`` raised before any run starts. A run that fails is reported (``error.txt`` in its
 directory) and retried by the next start; the others go on.
 
-Ray: without ``--address`` a local cluster is started for the sweep and stopped after it. On a
-remote cluster every node needs rlhf-control installed, and checkpoints are only shared (so only
-resumable from another node) when the output directory is on a file system all nodes mount; the
-result files (``config.toml``, ``metrics.csv``, ``DONE``, ...) always come back to the driver's
-output directory. Ray 2.x clusters with token authentication need ``RAY_AUTH_MODE=token`` and the
-token on the driver. ``device = "auto"`` runs on CPU unless ``gpus_per_run`` asks for a GPU.
+Where the runs execute (a process pool or Ray) is :mod:`rlhf_control.experiments.backends`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import tomllib
@@ -47,16 +41,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf_control import __version__
+import tomli_w
+
+from rlhf_control import rundir
 from rlhf_control.config import RUN_KEYS, RunConfig, run_config_from_dict, run_config_to_dict
+from rlhf_control.experiments import backends
+from rlhf_control.experiments.backends import ERROR_FILE, POINT_FILE, REGRESSION
 
 AXES = ("task", "seed", "labels", "oracle", "selector")
 SWEEP_KEYS = ("tasks", "seeds", "labels", "oracles", "selectors", "ablations", "baseline", "rlhf", "scale",
               "cpus_per_run", "gpus_per_run")
-REGRESSION = "true-return-regression"
 # The paper's ablations (Section 3.3) as RunConfig changes. "no-ensemble" keeps one predictor, so
 # queries cannot use ensemble variance and are chosen at random. The regression ablation swaps the
-# reward trainer (rlhf_control.reward.fitting) and changes no field.
+# reward trainer (see backends.execute_point) and changes no field.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "full": {},
     "random-queries": {"selector": "random"},
@@ -66,12 +63,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no-segments": {"clip_length": 1},
     REGRESSION: {},
 }
-BASELINE_NAME = "rl-true-reward"
 # Only these fields reach a baseline run (the others are about labels and the reward model).
 BASELINE_FIELDS = ("task", "seed", "steps", "algo", "device", "n_envs", "checkpoint_every", "agent")
-POINT_FILE = "point.json"
-ERROR_FILE = "error.txt"
-SHIPPED_FILES = ("config.toml", "metrics.csv", "DONE", POINT_FILE, "baseline.json", ERROR_FILE)
+SPEC_FILE = "sweep.toml"  # the spec a sweep output directory was last run with
 
 
 @dataclass(frozen=True)
@@ -201,16 +195,19 @@ class GridPoint:
                 "selector": c.selector if rlhf else None, "ablation": self.ablation}
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """``text`` as one path component (runs of other characters become ``_``)."""
     return re.sub(r"[^A-Za-z0-9._=+,-]+", "_", text).strip("_") or "_"
 
 
 def point_name(cfg: RunConfig, kind: str, ablation: str | None = None) -> str:
     """Run directory of a grid point: ``<task>/L<labels>-<oracle>-<selector>[-<ablation>]-s<seed>``."""
     if kind == "baseline":
-        return f"{_slug(cfg.task)}/{BASELINE_NAME}-s{cfg.seed}"
+        from rlhf_control.experiments.baseline import BASELINE_MARKER
+
+        return f"{slug(cfg.task)}/{BASELINE_MARKER}-s{cfg.seed}"
     suffix = "" if ablation in (None, "full") else f"-{ablation}"
-    return f"{_slug(cfg.task)}/L{cfg.labels}-{_slug(cfg.oracle)}-{_slug(cfg.selector)}{suffix}-s{cfg.seed}"
+    return f"{slug(cfg.task)}/L{cfg.labels}-{slug(cfg.oracle)}-{slug(cfg.selector)}{suffix}-s{cfg.seed}"
 
 
 def _check_names(spec: SweepSpec) -> None:
@@ -286,25 +283,22 @@ def run_status(point: GridPoint, run_dir: Path) -> str:
     """``done``, ``resume`` or ``new``; raises if the directory holds something else."""
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return "new"
-    config = run_dir / "config.toml"
-    if not config.is_file():
+    if not rundir.is_run_dir(run_dir):
         if {p.name for p in run_dir.iterdir()} <= {POINT_FILE, ERROR_FILE}:
             return "new"  # a run that failed before it wrote its config
-        raise ValueError(f"{str(run_dir)!r} exists but holds no run (no config.toml); move it away or use another --out")
+        raise ValueError(f"{str(run_dir)!r} exists but holds no run (no {rundir.CONFIG_FILE}); "
+                         "move it away or use another --out")
     try:
-        data = tomllib.loads(config.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{str(config)!r} is not valid TOML ({exc}); move the run away or use another --out") from None
+        data = rundir.read_config_doc(run_dir)
+    except rundir.RunDirError as exc:
+        raise ValueError(f"{exc}; move the run away or use another --out") from None
+    rundir.check_version(run_dir, data, hint="use another --out (or finish it with that version)")
     meta = data.get("meta", {})
-    version = meta.get("version")
-    if version != __version__:
-        raise ValueError(f"run directory {str(run_dir)!r} was written by rlhf-control {version}, this is {__version__}; "
-                         "use another --out (or finish it with that version)")
     if (meta.get("baseline") is not None) != (point.kind == "baseline"):
         raise ValueError(f"run directory {str(run_dir)!r} holds a {'baseline' if meta.get('baseline') else 'RLHF'} "
                          f"run, but the sweep expects a {point.kind} run there; use another --out")
     try:
-        stored = _comparable(run_config_from_dict(data.get("run", {}), str(config)))
+        stored = _comparable(run_config_from_dict(data.get("run", {}), str(run_dir / rundir.CONFIG_FILE)))
     except (ValueError, TypeError) as exc:
         raise ValueError(f"run directory {str(run_dir)!r} has an unusable config: {exc}") from None
     wanted = _comparable(point.cfg)
@@ -312,9 +306,9 @@ def run_status(point: GridPoint, run_dir: Path) -> str:
     if diff:
         shown = ", ".join(f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} here" for k in diff[:3])
         raise ValueError(f"run directory {str(run_dir)!r} holds a run with other settings ({shown}); use another --out")
-    if (run_dir / "DONE").is_file():
+    if rundir.is_done(run_dir):
         return "done"
-    if point.kind == "rlhf" and not (run_dir / "preferences.sqlite").is_file():
+    if point.kind == "rlhf" and not (run_dir / rundir.STORE_FILE).is_file():
         return "new"  # killed before its label store existed: nothing to keep
     return "resume"
 
@@ -356,8 +350,6 @@ class SweepResult:
 def run_sweep(spec: SweepSpec, out: Path, backend: str = "local", address: str | None = None,
               workers: int | None = None, log: Callable[[str], None] = print) -> SweepResult:
     """Run every grid point not yet finished in ``out``; a failed run does not stop the others."""
-    from rlhf_control.experiments import backends as backends
-
     if backend not in ("local", "ray"):
         raise ValueError(f"backend {backend!r} is not allowed; use local or ray")
     if address is not None and backend != "ray":
@@ -371,7 +363,7 @@ def run_sweep(spec: SweepSpec, out: Path, backend: str = "local", address: str |
     todo = sorted(((p, s) for p, s in plan if s != "done"), key=lambda ps: -(ps[0].cfg.steps or 0))
     started_ray = backends.connect_ray(address, workers) if backend == "ray" and todo else False
     out.mkdir(parents=True, exist_ok=True)
-    _write_spec(out / "sweep.toml", spec)
+    rundir.write_atomic(out / SPEC_FILE, tomli_w.dumps(spec.to_toml_dict()))
     payloads = [{"name": p.name, "kind": p.kind, "ablation": p.ablation, "cfg": run_config_to_dict(p.cfg),
                  "point": p.describe(), "run_dir": str(out / p.name), "resume": s == "resume",
                  "cpus": p.cpus, "gpus": p.gpus, "ship_files": backend == "ray"} for p, s in todo]
@@ -402,39 +394,3 @@ def run_sweep(spec: SweepSpec, out: Path, backend: str = "local", address: str |
         f"in {time.time() - t0:.0f} s")
     return result
 
-
-def _write_spec(path: Path, spec: SweepSpec) -> None:
-    import tomli_w
-
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(spec.to_toml_dict()))
-    tmp.replace(path)
-
-
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(path)
-
-
-# ----------------------------------------------------------------------------- command line
-def add_subcommands(sub: Any) -> None:
-    """Add ``sweep`` and ``report`` to the ``rlhf-control`` subparsers; each sets ``handler``."""
-    from rlhf_control.experiments.presets import add_backend_args
-    from rlhf_control.experiments.report import add_report_subcommand
-
-    s = sub.add_parser("sweep", help="run a grid of RLHF runs and baselines from a spec TOML (resumable)")
-    s.add_argument("spec", type=Path, help="sweep spec TOML (see rlhf_control/experiments/sweep.py)")
-    s.add_argument("--out", type=Path, help="output directory (default runs/sweeps/<spec name>)")
-    add_backend_args(s)
-    s.set_defaults(handler=sweep_command)
-    add_report_subcommand(sub)
-
-
-def sweep_command(args: Any) -> int:
-    """Handler of ``rlhf-control sweep``."""
-    from rlhf_control.experiments.presets import execute_spec
-
-    spec = load_spec(args.spec)
-    out = args.out or Path("runs") / "sweeps" / _slug(Path(args.spec).stem)
-    return execute_spec(spec, out, args)
