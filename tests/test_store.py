@@ -14,15 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rlhf_control.store.answers import EXPORT_FIELDS
+from rlhf_control.store.errors import AlreadyAnsweredError, QueryRetiredError, StoreError, UnknownQueryError
 from rlhf_control.store.io import export_csv, export_jsonl, import_jsonl
-from rlhf_control.store.store import (
-    EXPORT_FIELDS,
-    AlreadyAnsweredError,
-    PreferenceStore,
-    QueryRetiredError,
-    StoreError,
-    UnknownQueryError,
-)
+from rlhf_control.store.store import PreferenceStore
 from rlhf_control.types import Answer, Segment, SegmentPair, StackedFrames
 
 REPO = Path(__file__).resolve().parents[1]

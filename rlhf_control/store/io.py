@@ -10,13 +10,9 @@ import json
 import os
 
 from rlhf_control.rundir import write_atomic
-from rlhf_control.store.store import (
-    EXPORT_FIELDS,
-    AlreadyAnsweredError,
-    PreferenceStore,
-    QueryRetiredError,
-    UnknownQueryError,
-)
+from rlhf_control.store.answers import EXPORT_FIELDS
+from rlhf_control.store.errors import AlreadyAnsweredError, QueryRetiredError, UnknownQueryError
+from rlhf_control.store.store import PreferenceStore
 
 __all__ = ["EXPORT_FIELDS", "export_csv", "export_jsonl", "import_jsonl"]
 
