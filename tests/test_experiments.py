@@ -89,6 +89,9 @@ def test_grid_expands_axes_ablations_and_baselines() -> None:
     assert by["Pendulum-v1/L40-perfect-variance-no-segments-s0"].cfg.clip_length == 1
     assert by["Pendulum-v1/L40-perfect-variance-no-online-queries-s0"].cfg.schedule == "offline"
     assert by["Pendulum-v1/L40-perfect-variance-no-regularization-s0"].cfg.reward_l2 is False
+    assert by["Pendulum-v1/L40-perfect-variance-true-return-regression-s0"].cfg.reward_fitter == \
+        "true-return-regression"
+    assert by["Pendulum-v1/L40-perfect-variance-s0"].cfg.reward_fitter == "comparisons"
     assert by["Pendulum-v1/rl-true-reward-s1"].kind == "baseline"
     assert [p.name for p in expand_grid(spec)] == names  # same spec, same names, same order
     scaled = expand_grid(spec_from_dict({"sweep": {"tasks": ["Pendulum-v1"], "scale": 0.01}}))

@@ -35,7 +35,7 @@ POINT_FILE = "point.json"  # the grid point a sweep run stands for (the report g
 ERROR_FILE = "error.txt"  # the traceback of a run that failed; removed when a retry succeeds
 # The files a worker sends back to the driver (a cluster need not share a file system).
 SHIPPED_FILES = (CONFIG_FILE, METRICS_FILE, DONE_FILE, POINT_FILE, BASELINE_FILE, ERROR_FILE)
-# The ablation that fits the reward to true segment returns instead of comparisons (another trainer).
+# The ablation that fits the reward to true segment returns instead of comparisons (a reward fitter).
 REGRESSION = "true-return-regression"
 
 
@@ -73,11 +73,9 @@ def execute_point(payload: Payload) -> dict[str, Any]:
 
             train_baseline(cfg, run_dir, resume=payload["resume"])
         else:
-            if payload.get("ablation") == REGRESSION:
-                from rlhf_control.reward.fitting import ReturnRegressionTrainer as trainer_cls
-            else:
-                from rlhf_control.loop.trainer import RLHFTrainer as trainer_cls
-            trainer_cls(cfg, run_dir, resume=payload["resume"]).run()
+            from rlhf_control.loop.trainer import RLHFTrainer
+
+            RLHFTrainer(cfg, run_dir, resume=payload["resume"]).run()
         (run_dir / ERROR_FILE).unlink(missing_ok=True)
     except Exception as exc:  # one run's failure must not stop the sweep
         res.update(status="failed", error=_one_line(exc))

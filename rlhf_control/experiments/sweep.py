@@ -53,7 +53,7 @@ SWEEP_KEYS = ("tasks", "seeds", "labels", "oracles", "selectors", "ablations", "
               "cpus_per_run", "gpus_per_run")
 # The paper's ablations (Section 3.3) as RunConfig changes. "no-ensemble" keeps one predictor, so
 # queries cannot use ensemble variance and are chosen at random. The regression ablation swaps the
-# reward trainer (see backends.execute_point) and changes no field.
+# reward fitter (rlhf_control.reward.fitting), in process and in the reward worker alike.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "full": {},
     "random-queries": {"selector": "random"},
@@ -61,7 +61,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no-online-queries": {"schedule": "offline"},
     "no-regularization": {"reward_l2": False},
     "no-segments": {"clip_length": 1},
-    REGRESSION: {},
+    REGRESSION: {"reward_fitter": REGRESSION},
 }
 # Only these fields reach a baseline run (the others are about labels and the reward model).
 BASELINE_FIELDS = ("task", "seed", "steps", "algo", "device", "n_envs", "checkpoint_every", "agent")
