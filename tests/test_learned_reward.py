@@ -10,7 +10,8 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from rlhf_control.agent.learned_reward import LearnedReward
-from rlhf_control.recording.recorder import SegmentPool, TrajectoryRecorder
+from rlhf_control.recording.pool import SegmentPool
+from rlhf_control.recording.recorder import TrajectoryRecorder
 
 
 def env_reward(tag: int, t: int, a: int) -> float:

@@ -11,7 +11,8 @@ import pytest
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 
-from rlhf_control.recording.recorder import SegmentPool, TrajectoryRecorder
+from rlhf_control.recording.pool import SegmentPool
+from rlhf_control.recording.recorder import TrajectoryRecorder
 from rlhf_control.types import Segment, StackedFrames
 
 

@@ -31,7 +31,8 @@ from rlhf_control.loop.checkpoint import (
 from rlhf_control.oracles import OracleContext, check_spec
 from rlhf_control.queries.schedule import LabelSchedule, make_schedule
 from rlhf_control.queries.selection import QuerySelector, make_selector
-from rlhf_control.recording.recorder import SegmentPool, TrajectoryRecorder
+from rlhf_control.recording.pool import SegmentPool
+from rlhf_control.recording.recorder import TrajectoryRecorder
 from rlhf_control.reward.dataset import PreferenceDataset
 from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble
 from rlhf_control.reward.fitting import FITTERS, RewardFitter, make_fitter

@@ -1,102 +1,25 @@
-"""Recording the agent's behaviour as fixed-length segments, and the pool the queries are drawn from.
+"""Recording the agent's behaviour as fixed-length segments.
 
 :class:`TrajectoryRecorder` is a VecEnv wrapper that sits between the task wrappers and the
 :class:`~rlhf_control.agent.learned_reward.LearnedReward` wrapper; it cuts each env's stream of steps into
 non-overlapping clips of ``clip_length`` steps inside one episode and adds them to a
-:class:`SegmentPool`, which keeps the most recent ones.
+:class:`~rlhf_control.recording.pool.SegmentPool`, which keeps the most recent ones.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvStepReturn, VecEnvWrapper
 
+from rlhf_control.recording.pool import SegmentPool
 from rlhf_control.types import Segment, StackedFrames
 
 ObsFn = Callable[[np.ndarray], np.ndarray]
 RenderStateFn = Callable[[VecEnv], list[Any]]
-
-
-class SegmentPool:
-    """The ``capacity`` most recent segments (oldest evicted first), each given a run-unique ``uid``.
-
-    ``uid`` values increase by one per added segment and continue across checkpoints through
-    :meth:`state_dict` / :meth:`load_state_dict` (the segments themselves are not checkpointed).
-    """
-
-    def __init__(self, capacity: int, rng: np.random.Generator) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
-            raise ValueError(f"pool capacity={capacity!r} is not allowed; use an integer >= 1")
-        self._capacity = int(capacity)
-        self._rng = rng
-        self._segments: deque[Segment] = deque(maxlen=self._capacity)
-        self._next_uid = 0
-
-    @property
-    def capacity(self) -> int:
-        return self._capacity
-
-    @property
-    def next_uid(self) -> int:
-        """The uid the next added segment gets."""
-        return self._next_uid
-
-    def add(self, segment: Segment) -> Segment:
-        """Store ``segment`` under a fresh uid (any uid it had is replaced); returns the stored copy."""
-        stored = replace(segment, uid=self._next_uid)
-        self._next_uid += 1
-        self._segments.append(stored)
-        return stored
-
-    def __len__(self) -> int:
-        return len(self._segments)
-
-    def segments(self) -> list[Segment]:
-        """All stored segments, oldest first."""
-        return list(self._segments)
-
-    def recent(self, n: int) -> list[Segment]:
-        """The ``n`` newest segments (fewer if the pool holds fewer), oldest first."""
-        n = _check_count(n)
-        if n == 0:
-            return []
-        return list(self._segments)[-n:]
-
-    def sample(self, n: int) -> list[Segment]:
-        """``n`` distinct segments drawn uniformly without replacement (all of them, shuffled, if fewer)."""
-        n = _check_count(n)
-        size = min(n, len(self._segments))
-        idx = self._rng.choice(len(self._segments), size=size, replace=False)
-        return [self._segments[int(i)] for i in idx]
-
-    def clear(self) -> None:
-        """Drop all segments; uids keep increasing."""
-        self._segments.clear()
-
-    def state_dict(self) -> dict[str, int]:
-        return {"next_uid": self._next_uid}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        value = state.get("next_uid") if isinstance(state, Mapping) else None
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"pool state next_uid={value!r} is not allowed; use an integer >= 0")
-        if self._segments and int(value) <= max(s.uid for s in self._segments):
-            raise ValueError(
-                f"pool state next_uid={value} would reuse uids of stored segments; clear() first"
-            )
-        self._next_uid = int(value)
-
-
-def _check_count(n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"segment count n={n!r} is not allowed; use an integer >= 0")
-    return int(n)
 
 
 class TrajectoryRecorder(VecEnvWrapper):
