@@ -1,18 +1,22 @@
 """The ``rlhf-control`` command: a thin layer over the trainer, evaluation and the catalogue.
 
-User errors (bad flag values, unknown names, a directory that is not a run, a damaged checkpoint)
-print one line on stderr and exit with status 2, without a traceback.
+User errors (:class:`~rlhf_control.errors.UserError`: bad flag values, unknown names, a directory
+that is not a run, a damaged checkpoint) print one line on stderr and exit with status 2, without a
+traceback; any other exception is a bug and keeps its traceback. The flags of ``train`` are
+generated from :class:`~rlhf_control.config.RunConfig`'s fields and their docstrings.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError)
+from rlhf_control.errors import UserError
 
 
 def _int_at_least(minimum: int, what: str):
@@ -38,15 +42,47 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-# Flags of `train` and the RunConfig field each one sets.
-TRAIN_FLAGS = {
-    "task": "task", "oracle": "oracle", "selector": "selector", "labels": "labels", "steps": "steps",
-    "seed": "seed", "algo": "algo", "device": "device", "n_envs": "n_envs", "schedule": "schedule",
-    "pretrain_labels": "pretrain_labels", "reward_members": "reward_members", "clip_length": "clip_length",
-    "wait_for_labels": "wait_for_labels", "max_pending": "max_pending", "checkpoint_every": "checkpoint_every",
-    "label_host": "label_host", "label_port": "label_port", "stale_after": "stale_after_steps",
-    "iteration_steps": "iteration_steps", "reward_async": "reward_async",
-}
+def run_config_flag(f: dataclasses.Field) -> str:
+    """The ``train`` flag of a RunConfig field: ``--name-with-dashes`` unless its metadata names another."""
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def _add_run_config_flags(t: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field (but those kept to config files), its help the field's docstring."""
+    from rlhf_control.config import RunConfig, field_docs
+
+    docs = field_docs()
+    for f in dataclasses.fields(RunConfig):
+        if not f.metadata.get("cli", True):
+            continue
+        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": docs[f.name].replace("%", "%%")}
+        if f.type == "bool":
+            kw["action"] = "store_false" if f.metadata.get("invert") else "store_true"
+            kw["help"] += "; this flag turns it off" if f.metadata.get("invert") else ""
+        else:
+            kw["type"] = int if "int" in f.type else float if "float" in f.type else str
+            kw["choices"] = f.metadata.get("choices")
+            kw["metavar"] = None if kw["choices"] else "N" if kw["type"] is int else "X" if kw["type"] is float \
+                else f.name.upper()
+            kw["help"] += "" if f.default is None else f"; default {f.default}"
+        t.add_argument(run_config_flag(f), **kw)
+
+
+def train_flags_markdown() -> str:
+    """The flags of ``train`` as a markdown table (flag, help), from the parser itself: the README's
+    copy is checked against it (``scripts/update_readme_flags.py`` rewrites it)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    rows = ["| flag | what it sets |", "|---|---|"]
+    for action in sub.choices["train"]._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flag = action.option_strings[0]
+        if action.choices:
+            flag += " " + "|".join(map(str, action.choices))
+        elif action.nargs != 0:
+            flag += " " + (action.metavar or action.dest.upper())
+        rows.append(f"| `{flag}` | {(action.help or '').replace('%%', '%').replace('|', '/')} |")
+    return "\n".join(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,32 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train an agent on a reward learned from preferences")
-    t.add_argument("--task", help="catalogue task name or Gymnasium id (default Pendulum-v1)")
+    _add_run_config_flags(t)
     t.add_argument("--env", dest="env", help="any Gymnasium id (same as --task for ids outside the catalogue)")
-    t.add_argument("--oracle", help="perfect, a B-Pref teacher (stochastic, mistake, skip, equal, myopic, "
-                                    "combined with +), or human")
-    t.add_argument("--selector", help="random, variance, entropy, kcenter-variance")
-    t.add_argument("--labels", type=_positive_int, help="label budget")
-    t.add_argument("--pretrain-labels", type=_nonneg_int, help="labels asked on random-policy clips first")
-    t.add_argument("--steps", type=_positive_int, help="agent steps")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--algo", choices=["ppo", "a2c", "trpo"])
-    t.add_argument("--device", help="cpu, cuda or auto")
-    t.add_argument("--n-envs", type=_positive_int)
-    t.add_argument("--schedule", help="paper, constant or offline")
-    t.add_argument("--reward-members", type=_positive_int)
-    t.add_argument("--clip-length", type=_positive_int)
-    t.add_argument("--checkpoint-every", type=_positive_int, help="iterations between checkpoints")
-    t.add_argument("--iteration-steps", type=_positive_int,
-                   help="agent steps per iteration (default one rollout, at least 2048)")
-    t.add_argument("--max-pending", type=_positive_int, help="cap on queries waiting for an answer")
-    t.add_argument("--stale-after", type=_positive_int, metavar="STEPS",
-                   help="retire queries not answered within STEPS agent steps (default a quarter of the run)")
-    t.add_argument("--wait-for-labels", action="store_true", default=None,
-                   help="wait for pending answers instead of running ahead (human oracle)")
-    t.add_argument("--sync-reward", dest="reward_async", action="store_false", default=None,
-                   help="retrain the reward in this process between rollouts instead of in a second "
-                        "process during the next rollout")
+    t.add_argument("--label-token", default=os.environ.get("RLHF_CONTROL_LABEL_TOKEN"),
+                   help="secret labellers need (or RLHF_CONTROL_LABEL_TOKEN); never written to the run")
     t.add_argument("--run-dir", type=Path, help="where the run goes (default runs/<task>-<time>)")
     t.add_argument("--config", type=Path, help="a config TOML (a run's config.toml reruns it)")
     t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped or killed run")
@@ -90,12 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--episodes", type=_positive_int, default=10)
     e.add_argument("--video", type=Path, help="write an mp4 of the first episode")
     e.add_argument("--seed", type=int, default=12345)
-
-    t.add_argument("--label-host", default=None, help="address of the labelling app with --oracle human "
-                                                      "(default 127.0.0.1; anything else needs --label-token)")
-    t.add_argument("--label-port", type=_nonneg_int, default=None, help="port of the labelling app (default 8765)")
-    t.add_argument("--label-token", default=os.environ.get("RLHF_CONTROL_LABEL_TOKEN"),
-                   help="secret labellers need (or RLHF_CONTROL_LABEL_TOKEN)")
 
     lb = sub.add_parser("label", help="serve the browser labelling app for a run's queries")
     lb.add_argument("run_dir", type=Path)
@@ -119,29 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from rlhf_control.config import RunConfig, load_config_file
     from rlhf_control.loop.trainer import RLHFTrainer
-    from rlhf_control.rundir import CONFIG_FILE, check_run_dir
+    from rlhf_control.rundir import CONFIG_FILE, RunExistsError, check_run_dir
     from rlhf_control.tasks.spec import TaskSpec
 
     if args.env and args.task:
-        raise ValueError(f"give --task or --env, not both (got --task {args.task!r} and --env {args.env!r})")
+        raise UserError(f"give --task or --env, not both (got --task {args.task!r} and --env {args.env!r})")
     if args.env:
         args.task = args.env
-    overrides = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    overrides = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
 
     task_spec = None
     if args.resume:
         run_dir = check_run_dir(args.resume)
         if args.config:
-            raise ValueError("--resume uses the run's own config; drop --config")
+            raise UserError("--resume uses the run's own config; drop --config")
         cfg, task_dict = load_config_file(run_dir / CONFIG_FILE)
-        allowed = {"wait_for_labels", "max_pending", "device", "label_host", "label_port", "stale_after_steps",
-                   "reward_async"}
+        allowed = {name for name, f in fields.items() if f.metadata.get("resumable")}
         bad = sorted(set(overrides) - allowed)
         if bad:
-            flag = {f: "--" + k.replace("_", "-") for k, f in TRAIN_FLAGS.items()}
-            flag["reward_async"] = "--sync-reward"
-            raise ValueError(f"--resume cannot change {', '.join(flag[b] for b in bad)}; "
-                             f"only {', '.join(sorted(flag[a] for a in allowed))} may be given")
+            raise UserError(f"--resume cannot change {', '.join(run_config_flag(fields[b]) for b in bad)}; "
+                            f"only {', '.join(sorted(run_config_flag(fields[a]) for a in allowed))} may be given")
         cfg = cfg.replace(**overrides)
         task_spec = TaskSpec.from_dict(task_dict) if task_dict else None
         resume = True
@@ -155,7 +161,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = cfg.replace(**overrides)
         run_dir = args.run_dir or Path("runs") / f"{_slug(cfg.task)}-{time.strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}"
         if run_dir.exists() and any(run_dir.iterdir()):
-            raise FileExistsError(f"run directory {str(run_dir)!r} already exists and is not empty; "
+            raise RunExistsError(f"run directory {str(run_dir)!r} already exists and is not empty; "
                                   f"use --resume {run_dir} or another --run-dir")
         resume = False
 
@@ -201,10 +207,12 @@ def _labels(args: argparse.Namespace) -> int:
         if args.export:
             suffix = args.export.suffix.lower()
             if suffix not in (".jsonl", ".csv"):
-                raise ValueError(f"export file {str(args.export)!r} must end in .jsonl or .csv")
+                raise UserError(f"export file {str(args.export)!r} must end in .jsonl or .csv")
             n = export_jsonl(store, args.export) if suffix == ".jsonl" else export_csv(store, args.export)
             print(f"exported {n} answers to {args.export}")
         else:
+            if not args.import_.is_file():
+                raise UserError(f"import file {str(args.import_)!r} does not exist")
             n = import_jsonl(store, args.import_)
             print(f"imported {n} new answers from {args.import_}")
     finally:
@@ -274,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"train": _train, "eval": _eval, "tasks": _tasks, "label": _label, "labels": _labels}
     try:
         return (handlers.get(args.command) or args.handler)(args)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         sys.stderr.write(f"rlhf-control: error: {msg}\n")
         return 2

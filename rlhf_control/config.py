@@ -7,16 +7,19 @@ beside ``--config`` override the file.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
-import tomllib
+import textwrap
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from rlhf_control.errors import UserError
 from rlhf_control.queries.schedule import SCHEDULES
+from rlhf_control.rundir import read_toml, write_atomic
 from rlhf_control.tasks.catalogue import get_task
 from rlhf_control.tasks.spec import ALGOS, TaskSpec, algo_class
 
@@ -25,65 +28,111 @@ DEVICES = ("cpu", "cuda", "auto")
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Settings of one RLHF run. ``None`` means "the task's default"."""
+    """Settings of one RLHF run. ``None`` means "the task's default".
+
+    Each field's docstring is its ``rlhf-control train`` flag's help (``field_docs``). A field's
+    ``metadata`` may give the flag another name (``flag``, with ``invert`` for a flag that sets a
+    boolean to False), mark it as one ``--resume`` may change (``resumable``), or keep it out of the
+    command line (``cli=False``: set it in a config file).
+    """
 
     task: str = "Pendulum-v1"
+    """catalogue task name or any Gymnasium id"""
     oracle: str = "perfect"
+    """who answers: perfect, a B-Pref teacher (stochastic, mistake, skip, equal, myopic; combine with +,
+    options as name:key=value), or human"""
     selector: str = "variance"
+    """how query pairs are chosen: random, variance (the paper's), entropy, kcenter-variance"""
     labels: int | None = None
+    """label budget of the run (default: the task's)"""
     pretrain_labels: int | None = None
+    """labels asked on random-policy clips before RL starts (default: the task's share of the budget)"""
     pretrain_epochs: int | None = None
+    """reward-training epochs after the pretraining labels (default: the task's)"""
     steps: int | None = None
+    """agent steps of the run (default: the task's)"""
     seed: int = 0
-    algo: str | None = None
-    device: str = "cpu"
+    """seed of the envs, the agent, the reward model and the oracle"""
+    algo: str | None = field(default=None, metadata={"choices": ALGOS})
+    """RL algorithm (default: the task's); another than the task's starts from SB3's defaults"""
+    device: str = field(default="cpu", metadata={"resumable": True})
+    """torch device of the agent and the reward model: cpu, cuda[:N] or auto"""
     n_envs: int | None = None
+    """parallel envs (default: the task's)"""
     schedule: str | None = None
+    """label schedule: paper, constant or offline (default: the task's)"""
     label_window: int | None = None
+    """newest labels the reward is trained on (default: the task's)"""
     reward_members: int = 3
+    """predictors in the reward ensemble"""
     reward_epochs: int | None = None
+    """passes over the label window per retraining (default: the task's)"""
     reward_noise: float = 0.1
+    """assumed chance that an answer is uniformly random (the paper's 10%)"""
     reward_lr: float = 1e-3
-    reward_l2: bool = True
-    reward_async: bool = True
+    """learning rate of the reward predictors"""
+    reward_l2: bool = field(default=True, metadata={"flag": "--no-reward-l2", "invert": True})
+    """adaptive L2 on the reward predictors (off: the paper's no-regularization ablation)"""
+    reward_async: bool = field(default=True, metadata={"flag": "--sync-reward", "invert": True,
+                                                       "resumable": True})
+    """retrain the reward in a second process during the next rollout (off: in this process, between
+    rollouts)"""
     reward_fitter: str = "comparisons"
+    """how the reward is fitted: comparisons (the paper's) or true-return-regression (an ablation)"""
     clip_length: int | None = None
+    """agent steps per clip (default: the task's)"""
     checkpoint_every: int = 5
+    """iterations between checkpoints"""
     iteration_steps: int | None = None
-    wait_for_labels: bool = False
-    max_pending: int = 40
-    stale_after_steps: int | None = None
-    eval_episodes: int = 0
+    """agent steps per iteration (default one rollout, at least 2,048 or an eighth of the run)"""
+    wait_for_labels: bool = field(default=False, metadata={"resumable": True})
+    """wait for pending answers instead of running ahead (human oracle)"""
+    max_pending: int = field(default=40, metadata={"resumable": True})
+    """cap on queries waiting for an answer"""
+    stale_after_steps: int | None = field(default=None, metadata={"flag": "--stale-after", "resumable": True})
+    """retire queries not answered within this many agent steps (default: a quarter of the run)"""
+    eval_episodes: int = field(default=0, metadata={"cli": False})
+    """reserved for periodic deterministic evaluations; not used yet"""
     torch_threads: int = 1
-    label_host: str = "127.0.0.1"
-    label_port: int = 8765
-    agent: dict[str, Any] = field(default_factory=dict)
+    """torch threads per process (the paper's networks are tiny: one is fastest on a CPU)"""
+    label_host: str = field(default="127.0.0.1", metadata={"resumable": True})
+    """address of the labelling app with the human oracle (anything but 127.0.0.1 needs --label-token)"""
+    label_port: int = field(default=8765, metadata={"resumable": True})
+    """port of the labelling app (0 picks a free one)"""
+    agent: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
+    """the agent's hyperparameters over the task's (a config file's [run.agent] table)"""
 
     def __post_init__(self) -> None:
         for name in ("labels", "steps", "n_envs", "label_window", "clip_length", "iteration_steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name.replace('_', '-')} {value!r} must be a positive integer")
+                raise UserError(f"{name.replace('_', '-')} {value!r} must be a positive integer")
         for name in ("pretrain_labels", "pretrain_epochs"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name.replace('_', '-')} {value!r} must be a non-negative integer")
+                raise UserError(f"{name.replace('_', '-')} {value!r} must be a non-negative integer")
         if self.reward_members < 1:
-            raise ValueError(f"reward-members {self.reward_members} must be at least 1")
+            raise UserError(f"reward-members {self.reward_members} must be at least 1")
         if self.reward_epochs is not None and (not isinstance(self.reward_epochs, int) or self.reward_epochs < 1):
-            raise ValueError(f"reward-epochs {self.reward_epochs!r} must be a positive integer")
+            raise UserError(f"reward-epochs {self.reward_epochs!r} must be a positive integer")
         if not 0.0 <= self.reward_noise < 1.0:
-            raise ValueError(f"reward-noise {self.reward_noise} must be in [0, 1)")
+            raise UserError(f"reward-noise {self.reward_noise} must be in [0, 1)")
         if self.torch_threads < 1:
-            raise ValueError(f"torch-threads {self.torch_threads} must be at least 1")
+            raise UserError(f"torch-threads {self.torch_threads} must be at least 1")
         if self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint-every {self.checkpoint_every} must be at least 1")
+            raise UserError(f"checkpoint-every {self.checkpoint_every} must be at least 1")
         if self.max_pending < 1:
-            raise ValueError(f"max-pending {self.max_pending} must be at least 1")
+            raise UserError(f"max-pending {self.max_pending} must be at least 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"seed {self.seed!r} must be a non-negative integer")
+        if isinstance(self.label_port, bool) or not isinstance(self.label_port, int) or not 0 <= self.label_port <= 65535:
+            raise UserError(f"label-port {self.label_port!r} must be an integer in [0, 65535] (0 picks a free port)")
+        if not self.reward_lr > 0:
+            raise UserError(f"reward-lr {self.reward_lr!r} must be a number > 0")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise ValueError(f"device {self.device!r} is not allowed; use one of {', '.join(DEVICES)}")
+            raise UserError(f"device {self.device!r} is not allowed; use one of {', '.join(DEVICES)}")
         if self.algo is not None and self.algo not in ALGOS:
-            raise ValueError(f"algo {self.algo!r} is not allowed; use {', '.join(ALGOS[:-1])} or {ALGOS[-1]}")
+            raise UserError(f"algo {self.algo!r} is not allowed; use {', '.join(ALGOS[:-1])} or {ALGOS[-1]}")
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -92,11 +141,24 @@ class RunConfig:
 RUN_KEYS = tuple(f.name for f in fields(RunConfig))
 
 
+def field_docs(cls: type = RunConfig) -> dict[str, str]:
+    """Each dataclass field's docstring (the string literal after it in the class body), on one line."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+
 def run_config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
     """Build a RunConfig, refusing unknown keys with a one-line error."""
     unknown = sorted(set(data) - set(RUN_KEYS))
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(RUN_KEYS)}")
+        raise UserError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(RUN_KEYS)}")
     return RunConfig(**data)
 
 
@@ -108,15 +170,10 @@ def run_config_to_dict(cfg: RunConfig) -> dict[str, Any]:
 def load_config_file(path: Path) -> tuple[RunConfig, dict[str, Any] | None]:
     """Read a config TOML: ``[run]`` settings and, in a resolved config, the ``[task]`` entry."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    data = read_toml(path, "config file")
     unknown = sorted(set(data) - {"run", "task", "meta"})
     if unknown:
-        raise ValueError(f"unknown section(s) {', '.join(unknown)} in {path}; allowed: run, task, meta")
+        raise UserError(f"unknown section(s) {', '.join(unknown)} in {path}; allowed: run, task, meta")
     run = run_config_from_dict(data.get("run", {}), where=str(path))
     return run, data.get("task")
 
@@ -125,9 +182,7 @@ def write_config_file(path: Path, cfg: RunConfig, task: dict[str, Any], meta: di
     """Write the resolved config atomically."""
     path = Path(path)
     doc = {"meta": meta, "run": run_config_to_dict(cfg), "task": _drop_none(task)}
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(tomli_w.dumps(doc))
-    tmp.replace(path)
+    write_atomic(path, tomli_w.dumps(doc))
 
 
 def _drop_none(obj: Any) -> Any:
@@ -172,7 +227,7 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         # Keep the task's share of the budget when --labels changes it.
         pretrain = int(round(task.pretrain_labels * labels / task.label_budget))
     if pretrain > labels:
-        raise ValueError(f"pretrain-labels {pretrain} must not exceed labels {labels}")
+        raise UserError(f"pretrain-labels {pretrain} must not exceed labels {labels}")
     agent_params = task.agent_kwargs()
     algo = cfg.algo or task.algo
     if algo != task.algo:
@@ -220,5 +275,5 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} is not available on this machine (no CUDA); use cpu")
+        raise UserError(f"device {name!r} is not available on this machine (no CUDA); use cpu")
     return name

@@ -10,10 +10,12 @@ import difflib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from rlhf_control.errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(UserError):
     """A name that is not in a registry or catalogue."""
 
 

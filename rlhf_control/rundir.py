@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_control import __version__
+from rlhf_control.errors import UserError
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.csv"
@@ -38,8 +39,12 @@ BASELINE_FILE = "baseline.json"
 DONE_FILE = "DONE"
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError):
     """A path that is not a usable run directory (missing, not a run, another version's)."""
+
+
+class RunExistsError(RunDirError, FileExistsError):
+    """A new run asked for a directory that already holds one (resume it, or choose another)."""
 
 
 @contextlib.contextmanager
@@ -95,6 +100,18 @@ def check_run_dir(path: str | os.PathLike) -> Path:
     if not is_run_dir(path):
         raise RunDirError(f"{str(path)!r} is not a run directory (no {CONFIG_FILE})")
     return path
+
+
+def read_toml(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """A TOML file's contents; a one-line :class:`RunDirError` naming ``what`` (e.g. "config file")
+    when it does not exist or does not parse."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"{what} {str(path)!r} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{what} {str(path)!r} is not valid TOML: {exc}") from None
 
 
 def read_config_doc(run_dir: str | os.PathLike) -> dict[str, Any]:

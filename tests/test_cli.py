@@ -162,3 +162,43 @@ def test_corrupt_checkpoint_is_reported(tiny_run, tmp_path):
     assert res.returncode == 2 and "corrupt or truncated checkpoint" in res.stderr
     assert "Traceback" not in res.stderr
     assert _snapshot(broken) == before
+
+
+def test_train_flags_come_from_run_config_docstrings_and_the_readme_prints_them(capsys):
+    import dataclasses
+
+    from rlhf_control.cli import train_flags_markdown
+    from rlhf_control.config import RunConfig, field_docs
+
+    docs = field_docs()
+    assert set(docs) == {f.name for f in dataclasses.fields(RunConfig)}  # a docstring per field
+    assert all(docs.values())
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(RunConfig):
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        shown = f.metadata.get("cli", True)
+        assert (flag in help_text) == shown, flag
+        if shown:
+            assert docs[f.name] in help_text, f.name
+    assert train_flags_markdown() in (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_only_user_errors_are_one_line_messages(monkeypatch, capsys):
+    from rlhf_control import cli
+    from rlhf_control.errors import UserError
+
+    def user_mistake(_args):
+        raise UserError("labels 0 must be a positive integer\nsecond line")
+
+    monkeypatch.setattr(cli, "_tasks", user_mistake)
+    assert main(["tasks"]) == 2
+    assert capsys.readouterr().err == "rlhf-control: error: labels 0 must be a positive integer\n"
+
+    def internal_bug(_args):
+        raise ValueError("operands could not be broadcast together")  # as NumPy raises it
+
+    monkeypatch.setattr(cli, "_tasks", internal_bug)
+    with pytest.raises(ValueError, match="broadcast"):
+        main(["tasks"])

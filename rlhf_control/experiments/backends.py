@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rlhf_control.errors import UserError
 from rlhf_control.rundir import BASELINE_FILE, CONFIG_FILE, DONE_FILE, METRICS_FILE, write_atomic, write_json
 
 Payload = dict[str, Any]
@@ -141,11 +142,11 @@ def _check_reachable(address: str) -> None:
     hostport = address.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ValueError(f"Ray address {address!r} is not host:port, ray://host:port or auto")
+        raise UserError(f"Ray address {address!r} is not host:port, ray://host:port or auto")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
-        raise ValueError(f"Ray address {address!r} is unreachable ({exc.strerror or exc}); "
+        raise UserError(f"Ray address {address!r} is unreachable ({exc.strerror or exc}); "
                          "start the cluster (ray start --head) or leave out --address for a local one") from None
 
 
@@ -154,7 +155,7 @@ def connect_ray(address: str | None, workers: int | None) -> bool:
     try:
         import ray
     except ImportError:
-        raise ValueError("the ray backend needs Ray: pip install 'rlhf-control[ray]'") from None
+        raise UserError("the ray backend needs Ray: pip install 'rlhf-control[ray]'") from None
     if ray.is_initialized():
         return False
     if address not in (None, "auto"):
@@ -165,7 +166,7 @@ def connect_ray(address: str | None, workers: int | None) -> bool:
         try:
             ray.init(address="local", num_cpus=workers, include_dashboard=False, **kw)
         except Exception as exc:
-            raise ValueError(f"cannot start a local Ray cluster: {_one_line(exc)}") from None
+            raise UserError(f"cannot start a local Ray cluster: {_one_line(exc)}") from None
         return True
     error = None
     with _captured_stderr() as captured:
@@ -183,7 +184,7 @@ def connect_ray(address: str | None, workers: int | None) -> bool:
     hint = ("; the cluster uses token authentication: set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or "
             "~/.ray/auth_token), or use --address auto on a cluster node"
             if "Authentication token" in why else "")
-    raise ValueError(f"cannot connect to Ray at {address!r}: {_one_line(error)}{why}{hint}")
+    raise UserError(f"cannot connect to Ray at {address!r}: {_one_line(error)}{why}{hint}")
 
 
 @contextlib.contextmanager

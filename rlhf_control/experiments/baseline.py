@@ -28,6 +28,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 from rlhf_control import __version__, rundir
 from rlhf_control.agent.factory import load_agent, load_obs_normalization, make_agent, save_obs_normalization
 from rlhf_control.config import RunConfig, load_config_file, resolve, resolve_device, write_config_file
+from rlhf_control.errors import UserError
 from rlhf_control.loop.checkpoint import (
     AGENT_FILE,
     OBS_NORM_FILE,
@@ -45,6 +46,7 @@ RANDOM_SEED_OFFSET = 10_000  # the random-policy env never shares a seed with a 
 # VecNormalize's return statistics in a checkpoint (its observation statistics are in OBS_NORM_FILE,
 # as in an RLHF run's checkpoint, where evaluation reads them).
 RETURN_NORM_FILE = "return_norm.npz"
+LEGACY_NORM_FILE = "normalization.npz"  # both statistics in one file, before the re-layout
 
 
 def is_baseline_dir(run_dir: Path) -> bool:
@@ -88,6 +90,16 @@ def load_return_normalization(venv: VecNormalize, path: Path) -> None:
     with np.load(path, allow_pickle=False) as d:
         venv.ret_rms.mean, venv.ret_rms.var, venv.ret_rms.count = d["mean"], d["var"], float(d["count"])
         venv.returns = d["returns"].copy()
+
+
+def _load_legacy_normalization(venv: VecNormalize, path: Path) -> None:
+    """Both statistics from one ``normalization.npz``, as checkpoints of version 0.1.0 before the
+    re-layout wrote them (``ret_*``, ``returns``, and ``obs_*`` when observations are normalised)."""
+    with np.load(path, allow_pickle=False) as d:
+        venv.ret_rms.mean, venv.ret_rms.var, venv.ret_rms.count = d["ret_mean"], d["ret_var"], float(d["ret_count"])
+        venv.returns = d["returns"].copy()
+        if venv.norm_obs:
+            venv.obs_rms.mean, venv.obs_rms.var, venv.obs_rms.count = d["obs_mean"], d["obs_var"], float(d["obs_count"])
 
 
 def random_policy_return(task: Any, seed: int, episodes: int = RANDOM_EPISODES,
@@ -134,9 +146,9 @@ class BaselineTrainer:
         if resume:
             stored, _ = load_config_file(config_path)
             if stored.replace(device=cfg.device) != cfg:
-                raise ValueError(f"--resume of {str(self.run_dir)!r} with settings other than its config.toml")
+                raise UserError(f"--resume of {str(self.run_dir)!r} with settings other than its config.toml")
         elif config_path.exists():
-            raise FileExistsError(f"run directory {str(self.run_dir)!r} already holds a run; resume it instead")
+            raise rundir.RunExistsError(f"run directory {str(self.run_dir)!r} already holds a run; resume it instead")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             write_config_file(config_path, cfg, self.task.to_dict(),
@@ -152,9 +164,12 @@ class BaselineTrainer:
         ckpt = latest_checkpoint(self.run_dir) if resume else None
         if ckpt is not None:
             state = load_checkpoint_state(ckpt)
-            load_return_normalization(self.venv, ckpt / RETURN_NORM_FILE)
-            if self.venv.norm_obs:
-                load_obs_normalization(self.venv, ckpt / OBS_NORM_FILE)
+            if (ckpt / LEGACY_NORM_FILE).is_file():  # a checkpoint written before the split files
+                _load_legacy_normalization(self.venv, ckpt / LEGACY_NORM_FILE)
+            else:
+                load_return_normalization(self.venv, ckpt / RETURN_NORM_FILE)
+                if self.venv.norm_obs:
+                    load_obs_normalization(self.venv, ckpt / OBS_NORM_FILE)
             self.agent = load_agent(self.r.algo, str(ckpt / AGENT_FILE), self.venv, device=device)
             self.iterations = int(state["iteration"])
             self.tracker.returns.extend(float(x) for x in state["returns"])

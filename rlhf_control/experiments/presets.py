@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rlhf_control.errors import UserError
 from rlhf_control.experiments.backends import ERROR_FILE
 from rlhf_control.experiments.sweep import SweepSpec, format_plan, plan_sweep, run_sweep
 
@@ -77,7 +78,7 @@ def preset_main(description: str, default_out: str, tasks: tuple[str, ...], seed
     args = p.parse_args(argv)
     try:
         if not args.scale > 0:
-            raise ValueError(f"--scale {args.scale} must be positive")
+            raise UserError(f"--scale {args.scale} must be positive")
         return execute_spec(build(args), args.out, args)
     except ValueError as exc:
         print(f"{p.prog}: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from rlhf_control import rundir
+from rlhf_control.errors import UserError
 from rlhf_control.experiments.backends import POINT_FILE
 from rlhf_control.loop.metrics import read_metrics
 
@@ -75,13 +76,13 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in map(Path, paths):
         if not path.exists():
-            raise ValueError(f"{str(path)!r} does not exist; give run directories or sweep output directories")
+            raise UserError(f"{str(path)!r} does not exist; give run directories or sweep output directories")
         if rundir.is_run_dir(path):
             found.append(path)
             continue
         runs = sorted(p.parent for p in path.rglob(rundir.CONFIG_FILE) if rundir.CHECKPOINTS_DIR not in p.parts)
         if not runs:
-            raise ValueError(f"{str(path)!r} is not a run directory and holds none (no {rundir.CONFIG_FILE} found)")
+            raise UserError(f"{str(path)!r} is not a run directory and holds none (no {rundir.CONFIG_FILE} found)")
         found.extend(runs)
     return list(dict.fromkeys(found))
 
@@ -122,7 +123,7 @@ def load_run(path: Path) -> RunData | None:
 def load_runs(paths: list[Path]) -> list[RunData]:
     runs = [r for r in (load_run(p) for p in find_run_dirs(paths)) if r is not None]
     if not runs:
-        raise ValueError("no run under " + ", ".join(map(str, paths)) + " has logged a true return yet")
+        raise UserError("no run under " + ", ".join(map(str, paths)) + " has logged a true return yet")
     unfinished = [r for r in runs if not r.done]
     if unfinished:
         print(f"report: {len(unfinished)} run(s) not finished; their last logged values are used: "

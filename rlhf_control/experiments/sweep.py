@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import re
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ import tomli_w
 
 from rlhf_control import rundir
 from rlhf_control.config import RUN_KEYS, RunConfig, run_config_from_dict, run_config_to_dict
+from rlhf_control.errors import UserError
 from rlhf_control.experiments import backends
 from rlhf_control.experiments.backends import ERROR_FILE, POINT_FILE, REGRESSION
 
@@ -94,23 +94,23 @@ class SweepSpec:
 
 def _seq(value: Any, key: str, kind: type, where: str) -> tuple:
     if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
-        raise ValueError(f"{key} = {value!r} in {where} must be a list of {kind.__name__}s")
+        raise UserError(f"{key} = {value!r} in {where} must be a list of {kind.__name__}s")
     if not value:
-        raise ValueError(f"empty grid: {key} in {where} is an empty list")
+        raise UserError(f"empty grid: {key} in {where} is an empty list")
     return tuple(value)
 
 
 def _fields(data: Any, where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a table of RunConfig fields, got {data!r}")
+        raise UserError(f"{where} must be a table of RunConfig fields, got {data!r}")
     axes = sorted(set(data) & set(AXES))
     if axes:
-        raise ValueError(f"{', '.join(axes)} in {where} is a grid axis; set it in [sweep] "
+        raise UserError(f"{', '.join(axes)} in {where} is a grid axis; set it in [sweep] "
                          f"({', '.join(a + 's' if a != 'labels' else a for a in axes)})")
     unknown = sorted(set(data) - set(RUN_KEYS))
     if unknown:
         allowed = [k for k in RUN_KEYS if k not in AXES]
-        raise ValueError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(allowed)}")
+        raise UserError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(allowed)}")
     return dict(data)
 
 
@@ -118,60 +118,53 @@ def spec_from_dict(data: dict[str, Any], where: str = "sweep spec") -> SweepSpec
     """Check a parsed spec (keys and value types; names are checked by :func:`expand_grid`)."""
     unknown = sorted(set(data) - {"sweep", "run", "overrides"})
     if unknown:
-        raise ValueError(f"unknown section(s) {', '.join(unknown)} in {where}; allowed: sweep, run, overrides")
+        raise UserError(f"unknown section(s) {', '.join(unknown)} in {where}; allowed: sweep, run, overrides")
     sweep = data.get("sweep")
     if not isinstance(sweep, dict):
-        raise ValueError(f"{where} has no [sweep] table; it needs at least tasks = [...]")
+        raise UserError(f"{where} has no [sweep] table; it needs at least tasks = [...]")
     unknown = sorted(set(sweep) - set(SWEEP_KEYS))
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(unknown)} in [sweep] of {where}; allowed: {', '.join(SWEEP_KEYS)}")
+        raise UserError(f"unknown key(s) {', '.join(unknown)} in [sweep] of {where}; allowed: {', '.join(SWEEP_KEYS)}")
     if "tasks" not in sweep:
-        raise ValueError(f"[sweep] of {where} needs tasks = [...]")
+        raise UserError(f"[sweep] of {where} needs tasks = [...]")
     kw: dict[str, Any] = {"tasks": _seq(sweep["tasks"], "tasks", str, where)}
     for key, kind in (("seeds", int), ("labels", int), ("oracles", str), ("selectors", str), ("ablations", str)):
         if key in sweep:
             kw[key] = _seq(sweep[key], key, kind, where)
     if any(n < 1 for n in kw.get("labels", ())):
-        raise ValueError(f"labels = {list(kw['labels'])} in {where} must be positive integers")
+        raise UserError(f"labels = {list(kw['labels'])} in {where} must be positive integers")
     for key in ("baseline", "rlhf"):
         if key in sweep:
             if not isinstance(sweep[key], bool):
-                raise ValueError(f"{key} = {sweep[key]!r} in {where} must be true or false")
+                raise UserError(f"{key} = {sweep[key]!r} in {where} must be true or false")
             kw[key] = sweep[key]
     for key in ("scale", "cpus_per_run", "gpus_per_run"):
         if key in sweep:
             value = sweep[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
                     key != "gpus_per_run" and value == 0):
-                raise ValueError(f"{key} = {value!r} in {where} must be a positive number")
+                raise UserError(f"{key} = {value!r} in {where} must be a positive number")
             kw[key] = float(value)
     bad = sorted(set(kw.get("ablations", ())) - set(ABLATIONS))
     if bad:
-        raise ValueError(f"unknown ablation(s) {', '.join(map(repr, bad))} in {where}; known: {', '.join(ABLATIONS)}")
+        raise UserError(f"unknown ablation(s) {', '.join(map(repr, bad))} in {where}; known: {', '.join(ABLATIONS)}")
     if not kw.get("baseline", True) and not kw.get("rlhf", True):
-        raise ValueError(f"empty grid: {where} sets both baseline and rlhf to false")
+        raise UserError(f"empty grid: {where} sets both baseline and rlhf to false")
     kw["run"] = _fields(data.get("run", {}), f"[run] of {where}")
     overrides = data.get("overrides", {})
     if not isinstance(overrides, dict):
-        raise ValueError(f"[overrides] of {where} must hold one table per task")
+        raise UserError(f"[overrides] of {where} must hold one table per task")
     kw["overrides"] = {}
     for task, table in overrides.items():
         if task not in kw["tasks"]:
-            raise ValueError(f"[overrides.{task!r}] in {where} names a task that is not in tasks = {list(kw['tasks'])}")
+            raise UserError(f"[overrides.{task!r}] in {where} names a task that is not in tasks = {list(kw['tasks'])}")
         kw["overrides"][task] = _fields(table, f"[overrides.{task!r}] of {where}")
     return SweepSpec(**kw)
 
 
 def load_spec(path: Path) -> SweepSpec:
     """Read a sweep spec TOML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"sweep spec {str(path)!r} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"sweep spec {str(path)!r} is not valid TOML: {exc}") from None
-    return spec_from_dict(data, where=str(path))
+    return spec_from_dict(rundir.read_toml(path, "sweep spec"), where=str(path))
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -219,7 +212,7 @@ def _check_names(spec: SweepSpec) -> None:
 
     for oracle in spec.oracles:
         if oracle.split(":")[0].strip() == "human":
-            raise ValueError("oracle 'human' cannot be swept (runs would wait for a person); "
+            raise UserError("oracle 'human' cannot be swept (runs would wait for a person); "
                              "use perfect or a B-Pref teacher (stochastic, mistake, skip, equal, myopic)")
         make_oracle(oracle, seed=0)
     for selector in spec.selectors:
@@ -235,7 +228,7 @@ def expand_grid(spec: SweepSpec) -> list[GridPoint]:
     tasks = {name: get_task(name) for name in spec.tasks}
     for name, task in tasks.items():
         if not task.has_true_reward:
-            raise ValueError(f"task {name!r} has no true reward, so it has no synthetic labels or baseline; "
+            raise UserError(f"task {name!r} has no true reward, so it has no synthetic labels or baseline; "
                              "train it with the human oracle instead")
     _check_names(spec)
     points: dict[str, GridPoint] = {}
@@ -245,7 +238,7 @@ def expand_grid(spec: SweepSpec) -> list[GridPoint]:
         point = GridPoint(point_name(cfg, kind, ablation), kind, cfg, ablation, spec.cpus_per_run, gpus)
         old = points.get(point.name)
         if old is not None and old != point:
-            raise ValueError(f"two grid points share run directory {point.name!r}; give them distinct names")
+            raise UserError(f"two grid points share run directory {point.name!r}; give them distinct names")
         points[point.name] = point
 
     for task_name, task in tasks.items():
@@ -286,26 +279,26 @@ def run_status(point: GridPoint, run_dir: Path) -> str:
     if not rundir.is_run_dir(run_dir):
         if {p.name for p in run_dir.iterdir()} <= {POINT_FILE, ERROR_FILE}:
             return "new"  # a run that failed before it wrote its config
-        raise ValueError(f"{str(run_dir)!r} exists but holds no run (no {rundir.CONFIG_FILE}); "
+        raise UserError(f"{str(run_dir)!r} exists but holds no run (no {rundir.CONFIG_FILE}); "
                          "move it away or use another --out")
     try:
         data = rundir.read_config_doc(run_dir)
     except rundir.RunDirError as exc:
-        raise ValueError(f"{exc}; move the run away or use another --out") from None
+        raise UserError(f"{exc}; move the run away or use another --out") from None
     rundir.check_version(run_dir, data, hint="use another --out (or finish it with that version)")
     meta = data.get("meta", {})
     if (meta.get("baseline") is not None) != (point.kind == "baseline"):
-        raise ValueError(f"run directory {str(run_dir)!r} holds a {'baseline' if meta.get('baseline') else 'RLHF'} "
+        raise UserError(f"run directory {str(run_dir)!r} holds a {'baseline' if meta.get('baseline') else 'RLHF'} "
                          f"run, but the sweep expects a {point.kind} run there; use another --out")
     try:
         stored = _comparable(run_config_from_dict(data.get("run", {}), str(run_dir / rundir.CONFIG_FILE)))
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"run directory {str(run_dir)!r} has an unusable config: {exc}") from None
+        raise UserError(f"run directory {str(run_dir)!r} has an unusable config: {exc}") from None
     wanted = _comparable(point.cfg)
     diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
     if diff:
         shown = ", ".join(f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} here" for k in diff[:3])
-        raise ValueError(f"run directory {str(run_dir)!r} holds a run with other settings ({shown}); use another --out")
+        raise UserError(f"run directory {str(run_dir)!r} holds a run with other settings ({shown}); use another --out")
     if rundir.is_done(run_dir):
         return "done"
     if point.kind == "rlhf" and not (run_dir / rundir.STORE_FILE).is_file():
@@ -317,7 +310,7 @@ def plan_sweep(spec: SweepSpec, out: Path) -> list[tuple[GridPoint, str]]:
     """Each grid point with its status in ``out`` (all checks, no side effects)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output directory {str(out)!r} is a file")
+        raise UserError(f"output directory {str(out)!r} is a file")
     return [(p, run_status(p, out / p.name)) for p in expand_grid(spec)]
 
 
@@ -351,11 +344,11 @@ def run_sweep(spec: SweepSpec, out: Path, backend: str = "local", address: str |
               workers: int | None = None, log: Callable[[str], None] = print) -> SweepResult:
     """Run every grid point not yet finished in ``out``; a failed run does not stop the others."""
     if backend not in ("local", "ray"):
-        raise ValueError(f"backend {backend!r} is not allowed; use local or ray")
+        raise UserError(f"backend {backend!r} is not allowed; use local or ray")
     if address is not None and backend != "ray":
-        raise ValueError(f"--address {address!r} needs --backend ray")
+        raise UserError(f"--address {address!r} needs --backend ray")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers {workers!r} must be a positive integer")
+        raise UserError(f"workers {workers!r} must be a positive integer")
     out = Path(out).resolve()
     plan = plan_sweep(spec, out)
     result = SweepResult(out=out, skipped=[p.name for p, s in plan if s == "done"])

@@ -21,6 +21,7 @@ from rlhf_control import __version__
 from rlhf_control.agent.factory import load_agent, load_obs_normalization, make_agent
 from rlhf_control.agent.learned_reward import LearnedReward
 from rlhf_control.config import Resolved, RunConfig, resolve, resolve_device, write_config_file
+from rlhf_control.errors import UserError
 from rlhf_control.loop.checkpoint import (
     AGENT_FILE,
     ENSEMBLE_FILE,
@@ -84,7 +85,7 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     oracle_factory, oracle_terms = check_spec(cfg.oracle)
     FITTERS.get(cfg.reward_fitter)
     if not task.has_true_reward and oracle_factory.needs_true_reward:
-        raise ValueError(f"task {task.name!r} has no true reward; only the human oracle can label it "
+        raise UserError(f"task {task.name!r} has no true reward; only the human oracle can label it "
                          f"(got oracle {cfg.oracle!r})")
     rng = np.random.default_rng(cfg.seed)
     schedule = make_schedule(r.schedule, r.labels, r.pretrain_labels, r.steps, task.schedule_horizon)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_control.rundir import CHECKPOINTS_DIR, RunDirError
+from rlhf_control.rundir import CHECKPOINTS_DIR, RunDirError, write_atomic
 
 # The files of an RLHF run's checkpoint (besides state.json).
 AGENT_FILE = "agent.zip"
@@ -82,12 +82,7 @@ def save_checkpoint(run_dir: Path, step: int, writers: dict[str, Callable[[Path]
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    latest_tmp = root / f".LATEST-{os.getpid()}"
-    with open(latest_tmp, "w") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    latest_tmp.replace(root / "LATEST")
+    write_atomic(root / "LATEST", name + "\n", fsync=True)
     _fsync_dir(root)
     _prune(root, keep=name)
     return final

@@ -11,6 +11,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from rlhf_control.agent.evaluation import EvalResult, evaluate_policy_returns, make_eval_env
 from rlhf_control.agent.factory import load_agent, load_obs_normalization
 from rlhf_control.config import load_config_file
+from rlhf_control.errors import UserError
 from rlhf_control.loop.checkpoint import (
     AGENT_FILE,
     OBS_NORM_FILE,
@@ -34,7 +35,7 @@ def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 12345, video: Pa
         raise CheckpointError(f"run {str(run_dir)!r} has no checkpoint yet; nothing to evaluate")
     state = load_checkpoint_state(ckpt)
     if not task.has_true_reward and video is None:
-        raise ValueError(f"task {task.name!r} has no true reward to evaluate; use --video to watch the policy")
+        raise UserError(f"task {task.name!r} has no true reward to evaluate; use --video to watch the policy")
     venv = make_eval_env(task, seed, render=video is not None)
     if (ckpt / OBS_NORM_FILE).is_file():
         venv = VecNormalize(venv, norm_obs=True, norm_reward=False, training=False)

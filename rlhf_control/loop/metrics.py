@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rlhf_control.rundir import METRICS_FILE, TB_DIR, atomic_path
+
 COLUMNS = (
     "step",
     "iteration",
@@ -56,7 +58,7 @@ class MetricsLogger:
     """Appends rows to ``run_dir/metrics.csv`` and writes TensorBoard events to ``run_dir/tb``."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
-        self.path = Path(run_dir) / "metrics.csv"
+        self.path = Path(run_dir) / METRICS_FILE
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = open(self.path, "a", newline="")
         self._writer = csv.writer(self._file)
@@ -67,7 +69,7 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+            self._tb = SummaryWriter(str(Path(run_dir) / TB_DIR))
 
     def log(self, row: dict[str, Any]) -> None:
         """Write one row (keys from ``COLUMNS``; missing ones are empty)."""
@@ -103,10 +105,8 @@ def truncate_metrics(path: Path, max_step: int) -> None:
     kept = [r for r in rows if r.get("step") and int(float(r["step"])) <= max_step]
     if len(kept) == len(rows):
         return
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(COLUMNS))
         w.writeheader()
         for r in kept:
             w.writerow({c: r.get(c, "") for c in COLUMNS})
-    tmp.replace(path)

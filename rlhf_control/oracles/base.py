@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from rlhf_control.errors import UserError
 from rlhf_control.registry import Registry
 from rlhf_control.types import Answer, Query
 
@@ -124,30 +125,30 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 def parse_spec(spec: str) -> list[SpecTerm]:
     """Parse an oracle spec string into terms; raises a one-line ValueError if malformed."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"oracle spec {spec!r} is empty; use e.g. 'perfect' or 'stochastic:beta=2+mistake'")
+        raise UserError(f"oracle spec {spec!r} is empty; use e.g. 'perfect' or 'stochastic:beta=2+mistake'")
     terms: list[SpecTerm] = []
     for raw in _TERM_SPLIT.split(spec.strip()):
         raw = raw.strip()
         name, sep, rest = raw.partition(":")
         name = name.strip()
         if not _NAME.match(name):
-            raise ValueError(f"oracle spec {spec!r}: bad term {raw!r}; use name or name:key=value,...")
+            raise UserError(f"oracle spec {spec!r}: bad term {raw!r}; use name or name:key=value,...")
         params: list[tuple[str, str]] = []
         if sep:
             for item in rest.split(","):
                 key, eq, value = (s.strip() for s in item.partition("="))
                 if not eq or not key or not value:
-                    raise ValueError(
+                    raise UserError(
                         f"oracle spec {spec!r}: bad option {item.strip()!r} in {name!r}; use key=value"
                     )
                 if any(k == key for k, _ in params):
-                    raise ValueError(f"oracle spec {spec!r}: option {key!r} given twice for {name!r}")
+                    raise UserError(f"oracle spec {spec!r}: option {key!r} given twice for {name!r}")
                 params.append((key, value))
         terms.append(SpecTerm(name, tuple(params)))
     names = [t.name for t in terms]
     for n in names:
         if names.count(n) > 1:
-            raise ValueError(f"oracle spec {spec!r}: {n!r} appears more than once; give each name once")
+            raise UserError(f"oracle spec {spec!r}: {n!r} appears more than once; give each name once")
     return terms
 
 
@@ -157,7 +158,7 @@ def check_spec(spec: str) -> tuple[OracleFactory, list[SpecTerm]]:
     factories = [ORACLES.get(t.name) for t in terms]  # UnknownNameError lists the known names
     for term, factory in zip(terms[1:], factories[1:], strict=True):
         if factory is not factories[0]:
-            raise ValueError(
+            raise UserError(
                 f"oracle spec {spec!r}: {terms[0].name!r} and {term.name!r} cannot be combined with '+'"
             )
     factories[0].check(terms)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from rlhf_control.errors import UserError
 from rlhf_control.oracles.base import ORACLES, OracleContext, SpecTerm
 from rlhf_control.rundir import CLIPS_DIR
 from rlhf_control.store.errors import StoreError, UnknownQueryError
@@ -184,7 +185,7 @@ class _HumanFactory:
 
     def check(self, terms: list[SpecTerm]) -> None:
         if terms[0].params:
-            raise ValueError(f"oracle 'human' takes no options (got {terms[0]})")
+            raise UserError(f"oracle 'human' takes no options (got {terms[0]})")
 
     def build(self, terms: list[SpecTerm], seed: int, context: OracleContext) -> HumanOracle:
         if context.store is None:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from rlhf_control.errors import UserError
 from rlhf_control.oracles.base import ORACLES, OracleContext, SpecTerm, parse_spec
 from rlhf_control.types import Answer, Query, Segment
 
@@ -59,15 +60,15 @@ class ScriptedTeacher:
 
     def __post_init__(self) -> None:
         if self.beta is not None and not (self.beta >= 0):
-            raise ValueError(
+            raise UserError(
                 f"teacher beta={self.beta} is not allowed; use a number >= 0 (inf = perfectly rational)"
             )
         for name in ("gamma", "eps_mistake", "eps_skip", "eps_equal"):
             value = getattr(self, name)
             if not (0.0 <= value <= 1.0):
-                raise ValueError(f"teacher {name}={value} is not allowed; use a number in [0, 1]")
+                raise UserError(f"teacher {name}={value} is not allowed; use a number in [0, 1]")
         if self.margin is not None and not math.isfinite(self.margin):
-            raise ValueError(f"teacher margin={self.margin} is not allowed; use a finite number or None")
+            raise UserError(f"teacher margin={self.margin} is not allowed; use a finite number or None")
 
     @property
     def rational(self) -> bool:
@@ -135,7 +136,7 @@ def register_teacher_preset(name: str, defaults: dict[str, float], keys: dict[st
     teacher_fields = {f.name for f in fields(ScriptedTeacher)}
     unknown = (set(defaults) | set(keys.values())) - teacher_fields
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"teacher preset {name!r}: unknown fields {sorted(unknown)}; known: {sorted(teacher_fields)}"
         )
     ScriptedTeacher(**defaults)  # validate the defaults now, not at first use
@@ -147,13 +148,13 @@ def _parse_value(spec_name: str, key: str, value: str, target: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(
+        raise UserError(
             f"teacher {spec_name!r}: {key}={value!r} is not a number; use {_KEY_RANGES[target]}"
         ) from None
     try:
         ScriptedTeacher(**{target: number})
     except ValueError:
-        raise ValueError(
+        raise UserError(
             f"teacher {spec_name!r}: {key}={value} is out of range; use {_KEY_RANGES[target]}"
         ) from None
     return number
@@ -166,19 +167,19 @@ def teacher_from_terms(terms: Sequence[SpecTerm]) -> ScriptedTeacher:
     for term in terms:
         preset = TEACHER_PRESETS.get(term.name)
         if preset is None:
-            raise ValueError(
+            raise UserError(
                 f"{term.name!r} is not a scripted teacher; known: {', '.join(sorted(TEACHER_PRESETS))}"
             )
         values = dict(preset.defaults)
         for key, raw in term.params:
             if key not in preset.keys:
                 allowed = ", ".join(sorted(preset.keys)) or "none"
-                raise ValueError(f"teacher {term.name!r} has no option {key!r}; allowed: {allowed}")
+                raise UserError(f"teacher {term.name!r} has no option {key!r}; allowed: {allowed}")
             target = preset.keys[key]
             values[target] = _parse_value(term.name, key, raw, target)
         for target, value in values.items():
             if target in settings and settings[target] != value:
-                raise ValueError(
+                raise UserError(
                     f"teachers {origin[target]!r} and {term.name!r} set {target} to {settings[target]} and {value}; "
                     "give one value"
                 )
@@ -233,7 +234,7 @@ class SyntheticOracle:
         self.teacher = replace(self.teacher, margin=None if margin is None else float(margin))
 
     def submit(self, queries: Sequence[Query]) -> None:
-        """Answer ``queries`` now; raises ValueError (and answers none) if a segment lacks true rewards."""
+        """Answer ``queries`` now; raises UserError (and answers none) if a segment lacks true rewards."""
         queries = list(queries)
         ids = [q.query_id for q in queries]
         taken = {a.query_id for a in self._ready}
@@ -243,7 +244,7 @@ class SyntheticOracle:
         for q in queries:
             for seg in (q.pair.first, q.pair.second):
                 if seg.true_rewards is None:
-                    raise ValueError(
+                    raise UserError(
                         f"query {q.query_id}: segment (episode {seg.episode_id}, step {seg.start_step}) has no "
                         "true rewards; a synthetic oracle needs them (use a human oracle for tasks without one)"
                     )

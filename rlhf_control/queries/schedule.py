@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from rlhf_control.errors import UserError
 from rlhf_control.registry import Registry
 
 
@@ -23,11 +24,11 @@ class LabelSchedule:
 
     def __post_init__(self) -> None:
         if self.budget < 1:
-            raise ValueError(f"label budget {self.budget} must be a positive integer")
+            raise UserError(f"label budget {self.budget} must be a positive integer")
         if not 0 <= self.pretrain <= self.budget:
-            raise ValueError(f"pretraining labels {self.pretrain} must be between 0 and the budget {self.budget}")
+            raise UserError(f"pretraining labels {self.pretrain} must be between 0 and the budget {self.budget}")
         if self.total_steps < 1:
-            raise ValueError(f"total steps {self.total_steps} must be a positive integer")
+            raise UserError(f"total steps {self.total_steps} must be a positive integer")
 
     def fraction(self, step: int) -> float:
         """Fraction in [0, 1] of the post-pretraining labels due by ``step``."""
@@ -88,5 +89,5 @@ def make_schedule(name: str, budget: int, pretrain: int, total_steps: int, horiz
     """Build a schedule by name (``paper``, ``constant``, ``offline``)."""
     cls = SCHEDULES.get(name)
     if horizon <= 0 and name == "paper":
-        raise ValueError(f"schedule horizon {horizon} must be positive")
+        raise UserError(f"schedule horizon {horizon} must be positive")
     return cls(budget=budget, pretrain=pretrain, total_steps=total_steps, horizon=horizon)

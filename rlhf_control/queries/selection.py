@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from rlhf_control.errors import UserError
 from rlhf_control.registry import Registry
 from rlhf_control.types import Segment, SegmentPair, StackedFrames
 
@@ -57,7 +58,7 @@ def make_selector(name: str, **kwargs: Any) -> QuerySelector:
         allowed = [f.name for f in fields(factory)]
         for key in kwargs:
             if key not in allowed:
-                raise ValueError(
+                raise UserError(
                     f"selector {name!r} has no option {key!r}; allowed: {', '.join(allowed) or 'none'}"
                 )
     return factory(**kwargs)
@@ -118,13 +119,13 @@ def _to_pairs(segments: Sequence[Segment], idx: np.ndarray) -> list[SegmentPair]
 
 def _check_n(n: int) -> int:
     if n < 0:
-        raise ValueError(f"number of queries n={n} is not allowed; use an integer >= 0")
+        raise UserError(f"number of queries n={n} is not allowed; use an integer >= 0")
     return int(n)
 
 
 def _check_factor(name: str, value: float) -> None:
     if not (value >= 1):
-        raise ValueError(f"selector option {name}={value} is not allowed; use a number >= 1")
+        raise UserError(f"selector option {name}={value} is not allowed; use a number >= 1")
 
 
 # --- scores ---------------------------------------------------------------------------------
@@ -135,12 +136,12 @@ def member_probabilities(
 ) -> np.ndarray:
     """(K, M) P_k(first better) for M index pairs, from one ensemble call on the unique segments."""
     if ensemble is None:
-        raise ValueError("this selector needs an ensemble with member_segment_returns; got None")
+        raise UserError("this selector needs an ensemble with member_segment_returns; got None")
     uniq, inverse = np.unique(pairs, return_inverse=True)
     inverse = inverse.reshape(pairs.shape)
     returns = np.asarray(ensemble.member_segment_returns([segments[i] for i in uniq]), dtype=np.float64)
     if returns.ndim != 2 or returns.shape[1] != len(uniq):
-        raise ValueError(f"member_segment_returns must return shape (K, {len(uniq)}), got {returns.shape}")
+        raise UserError(f"member_segment_returns must return shape (K, {len(uniq)}), got {returns.shape}")
     diff = returns[:, inverse[:, 0]] - returns[:, inverse[:, 1]]
     return np.exp(-np.logaddexp(0.0, -diff))  # stable sigmoid
 
@@ -283,7 +284,7 @@ class KCenterVarianceSelector:
         _check_factor("oversample", self.oversample)
         _check_factor("top_factor", self.top_factor)
         if self.max_feature_dim < 1:
-            raise ValueError(
+            raise UserError(
                 f"selector option max_feature_dim={self.max_feature_dim} is not allowed; use >= 1"
             )
 

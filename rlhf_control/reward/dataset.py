@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from rlhf_control.rundir import atomic_path
 from rlhf_control.types import Label, Segment, SegmentPair, StackedFrames
 
 _FORMAT = "rlhf_control.PreferenceDataset/1"
@@ -138,10 +139,8 @@ class PreferenceDataset:
             "render_refs": [_jsonable(s.render_ref) for s in segs],
         }
         arrays["meta"] = np.array(json.dumps(meta))
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PreferenceDataset:

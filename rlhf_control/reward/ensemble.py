@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlhf_control.errors import UserError
 from rlhf_control.reward.fast_mlp import FastMLP
 from rlhf_control.reward.nets import CNNReward, MLPReward, _check_dropout, _check_sizes
 from rlhf_control.rundir import atomic_path
@@ -62,18 +63,18 @@ class EnsembleConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.n_members, bool) or int(self.n_members) != self.n_members or self.n_members < 1:
-            raise ValueError(f"n_members={self.n_members!r} is not allowed; use an int >= 1")
+            raise UserError(f"n_members={self.n_members!r} is not allowed; use an int >= 1")
         if self.net not in NETS:
-            raise ValueError(f"net={self.net!r} is not allowed; use one of {', '.join(NETS)}")
+            raise UserError(f"net={self.net!r} is not allowed; use one of {', '.join(NETS)}")
         for name in ("hidden", "cnn_kernels", "cnn_strides"):
             object.__setattr__(self, name, _check_sizes(name, getattr(self, name)))
         _check_sizes("cnn_filters", (self.cnn_filters,))
         _check_sizes("cnn_fc", (self.cnn_fc,))
         _check_dropout(self.dropout)
         if not (math.isfinite(self.target_std) and self.target_std > 0):
-            raise ValueError(f"target_std={self.target_std!r} is not allowed; use a number > 0")
+            raise UserError(f"target_std={self.target_std!r} is not allowed; use a number > 0")
         if self.batch_norm and self.net != "cnn":
-            raise ValueError(f"batch_norm=True is not allowed with net={self.net!r}; only net='cnn' has batch norm")
+            raise UserError(f"batch_norm=True is not allowed with net={self.net!r}; only net='cnn' has batch norm")
 
     @classmethod
     def mujoco(cls, **overrides: Any) -> EnsembleConfig:
@@ -91,9 +92,9 @@ def _shape(value: Any, name: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in value)
     except TypeError:
-        raise ValueError(f"{name}={value!r} is not allowed; use a tuple of ints") from None
+        raise UserError(f"{name}={value!r} is not allowed; use a tuple of ints") from None
     if any(s < 1 for s in shape):
-        raise ValueError(f"{name}={shape} is not allowed; sizes must be >= 1")
+        raise UserError(f"{name}={shape} is not allowed; sizes must be >= 1")
     return shape
 
 
@@ -382,12 +383,12 @@ class RewardEnsemble:
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
-            raise ValueError(f"reward ensemble file {os.fspath(path)!r} does not exist") from None
+            raise UserError(f"reward ensemble file {os.fspath(path)!r} does not exist") from None
         except Exception as e:  # any unpickling failure means a bad file
-            raise ValueError(f"reward ensemble file {os.fspath(path)!r} is not readable: {type(e).__name__}") from None
+            raise UserError(f"reward ensemble file {os.fspath(path)!r} is not readable: {type(e).__name__}") from None
         if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not a RewardEnsemble checkpoint (format {_FORMAT})")
+            raise UserError(f"{os.fspath(path)!r} is not a RewardEnsemble checkpoint (format {_FORMAT})")
         try:
             return cls.from_blob(blob, device)
         except ValueError:
-            raise ValueError(f"weights in {os.fspath(path)!r} do not match its config") from None
+            raise UserError(f"weights in {os.fspath(path)!r} do not match its config") from None

@@ -11,23 +11,25 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from rlhf_control.errors import UserError
+
 
 def _check_dropout(dropout: float) -> float:
     if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout={dropout!r} is not allowed; use a probability in [0, 1)")
+        raise UserError(f"dropout={dropout!r} is not allowed; use a probability in [0, 1)")
     return float(dropout)
 
 
 def _check_slope(slope: float) -> float:
     if not float(slope) >= 0.0:
-        raise ValueError(f"leaky ReLU slope={slope!r} is not allowed; use a number >= 0")
+        raise UserError(f"leaky ReLU slope={slope!r} is not allowed; use a number >= 0")
     return float(slope)
 
 
 def _check_sizes(name: str, sizes: Sequence[int], allow_empty: bool = True) -> tuple[int, ...]:
     sizes = tuple(sizes)
     if (not sizes and not allow_empty) or any(isinstance(s, bool) or int(s) != s or s < 1 for s in sizes):
-        raise ValueError(f"{name}={sizes!r} is not allowed; use a tuple of positive ints")
+        raise UserError(f"{name}={sizes!r} is not allowed; use a tuple of positive ints")
     return tuple(int(s) for s in sizes)
 
 
@@ -47,7 +49,7 @@ class MLPReward(nn.Module):
     ) -> None:
         super().__init__()
         if obs_dim < 0 or act_dim < 0 or obs_dim + act_dim < 1:
-            raise ValueError(f"obs_dim={obs_dim}, act_dim={act_dim} not allowed; both >= 0 and their sum >= 1")
+            raise UserError(f"obs_dim={obs_dim}, act_dim={act_dim} not allowed; both >= 0 and their sum >= 1")
         hidden = _check_sizes("hidden", hidden)
         slope, dropout = _check_slope(slope), _check_dropout(dropout)
         self.in_dim = int(obs_dim + act_dim)
@@ -64,7 +66,7 @@ class MLPReward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (N, in_dim)`` -> ``(N,)``."""
         if x.ndim != 2 or x.shape[1] != self.in_dim:
-            raise ValueError(f"MLPReward input shape {tuple(x.shape)} not allowed; expected (N, {self.in_dim})")
+            raise UserError(f"MLPReward input shape {tuple(x.shape)} not allowed; expected (N, {self.in_dim})")
         return self.net(x).squeeze(-1)
 
 
@@ -99,19 +101,19 @@ class CNNReward(nn.Module):
         super().__init__()
         obs_shape = tuple(int(s) for s in obs_shape)
         if len(obs_shape) != 3 or min(obs_shape) < 1:
-            raise ValueError(f"CNN obs_shape={obs_shape} not allowed; use (H, W, C) with positive sizes")
+            raise UserError(f"CNN obs_shape={obs_shape} not allowed; use (H, W, C) with positive sizes")
         kernels = _check_sizes("kernels", kernels, allow_empty=False)
         strides = _check_sizes("strides", strides, allow_empty=False)
         if len(kernels) != len(strides):
-            raise ValueError(f"kernels {kernels} and strides {strides} must have the same length")
+            raise UserError(f"kernels {kernels} and strides {strides} must have the same length")
         filters = _check_sizes("filters", (filters,))[0]
         fc = _check_sizes("fc", (fc,))[0]
         if act_dim < 0:
-            raise ValueError(f"act_dim={act_dim} not allowed; use an int >= 0")
+            raise UserError(f"act_dim={act_dim} not allowed; use an int >= 0")
         slope, dropout = _check_slope(slope), _check_dropout(dropout)
         h, w = conv_output_hw(obs_shape[:2], kernels, strides)
         if h < 1 or w < 1:
-            raise ValueError(f"obs_shape={obs_shape} is too small for kernels {kernels} / strides {strides}")
+            raise UserError(f"obs_shape={obs_shape} is too small for kernels {kernels} / strides {strides}")
         self.obs_shape, self.act_dim = obs_shape, int(act_dim)
         layers: list[nn.Module] = []
         channels = obs_shape[2]
@@ -134,7 +136,7 @@ class CNNReward(nn.Module):
     def forward(self, obs: torch.Tensor, acts: torch.Tensor | None = None) -> torch.Tensor:
         """``obs: (N, H, W, C)``, ``acts: (N, act_dim)`` or None -> ``(N,)``."""
         if obs.ndim != 4 or tuple(obs.shape[1:]) != self.obs_shape:
-            raise ValueError(f"CNNReward obs shape {tuple(obs.shape)} not allowed; expected (N, *{self.obs_shape})")
+            raise UserError(f"CNNReward obs shape {tuple(obs.shape)} not allowed; expected (N, *{self.obs_shape})")
         x = obs.permute(0, 3, 1, 2).float()
         # In place only when .float() made a copy, so a float input is never modified.
         x = x * (1.0 / 255.0) if obs.is_floating_point() else x.mul_(1.0 / 255.0)
@@ -142,8 +144,8 @@ class CNNReward(nn.Module):
         if self.act_dim:
             if acts is None or acts.shape != (obs.shape[0], self.act_dim):
                 got = None if acts is None else tuple(acts.shape)
-                raise ValueError(f"CNNReward acts shape {got} not allowed; expected ({obs.shape[0]}, {self.act_dim})")
+                raise UserError(f"CNNReward acts shape {got} not allowed; expected ({obs.shape[0]}, {self.act_dim})")
             x = torch.cat([x, acts.to(x.dtype)], dim=1)
         elif acts is not None:
-            raise ValueError("CNNReward built with act_dim=0 takes no actions; pass acts=None")
+            raise UserError("CNNReward built with act_dim=0 takes no actions; pass acts=None")
         return self.head(x).squeeze(-1)

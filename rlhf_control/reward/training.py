@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlhf_control.errors import UserError
 from rlhf_control.reward.dataset import PreferenceDataset
 from rlhf_control.reward.ensemble import EVAL_CHUNK_BYTES, Encoded, RewardEnsemble
 from rlhf_control.types import Label, segment_steps
@@ -60,8 +61,8 @@ class RewardTrainerConfig:
     prestack_mb: float = 256.0
 
     def __post_init__(self) -> None:
-        def bad(name: str, allowed: str) -> ValueError:
-            return ValueError(f"{name}={getattr(self, name)!r} is not allowed; use {allowed}")
+        def bad(name: str, allowed: str) -> UserError:
+            return UserError(f"{name}={getattr(self, name)!r} is not allowed; use {allowed}")
 
         for name in ("batch_size", "epochs"):
             v = getattr(self, name)

@@ -9,6 +9,7 @@ import io
 import json
 import os
 
+from rlhf_control.errors import UserError
 from rlhf_control.rundir import write_atomic
 from rlhf_control.store.answers import EXPORT_FIELDS
 from rlhf_control.store.errors import AlreadyAnsweredError, QueryRetiredError, UnknownQueryError
@@ -39,7 +40,7 @@ def import_jsonl(store: PreferenceStore, path: str | os.PathLike) -> int:
     """Add the answers of an :func:`export_jsonl` file to ``store``; returns how many were new.
 
     The rules per row are :meth:`PreferenceStore.import_batch`'s. All or nothing: any bad line
-    raises ValueError (or one of the answer errors) naming ``path:line`` and nothing is imported.
+    raises UserError (or one of the answer errors) naming ``path:line`` and nothing is imported.
     """
     answer_errors = (UnknownQueryError, AlreadyAnsweredError, QueryRetiredError)
     new = 0
@@ -50,7 +51,7 @@ def import_jsonl(store: PreferenceStore, path: str | os.PathLike) -> int:
             try:
                 new += add(json.loads(line))
             except (ValueError, TypeError, KeyError) as exc:
-                kind = type(exc) if type(exc) in answer_errors else ValueError
+                kind = type(exc) if type(exc) in answer_errors else UserError
                 msg = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
                 raise kind(f"{path}:{lineno}: {msg}") from None
     return new

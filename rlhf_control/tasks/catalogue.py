@@ -21,6 +21,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from rlhf_control.errors import UserError
 from rlhf_control.registry import UnknownNameError, unknown_name_message
 from rlhf_control.tasks.spec import DICT_FIELDS, TaskSpec, check_choice, check_fields
 from rlhf_control.tasks.suites import SUITES, suite_of_id
@@ -51,16 +52,16 @@ def tasks_from_toml(text: str, source: str = "<string>") -> dict[str, TaskSpec]:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{source}: invalid TOML: {exc}") from None
+        raise UserError(f"{source}: invalid TOML: {exc}") from None
     extra = set(doc) - {"defaults", "tasks"}
     if extra:
-        raise ValueError(f"{source}: unknown top-level table(s) {sorted(extra)}; allowed: defaults, tasks")
+        raise UserError(f"{source}: unknown top-level table(s) {sorted(extra)}; allowed: defaults, tasks")
     defaults = doc.get("defaults", {})
     check_fields(defaults, "[defaults]", source)
     out: dict[str, TaskSpec] = {}
     for name, entry in doc.get("tasks", {}).items():
         if not isinstance(entry, dict):
-            raise ValueError(f"{source}: task {name!r} must be a table")
+            raise UserError(f"{source}: task {name!r} must be a table")
         check_fields(entry, name, source)
         out[name] = _spec_from_entry(name, _merge(defaults, entry))
     return out
@@ -83,7 +84,7 @@ def load_catalogue() -> dict[str, TaskSpec]:
     for source, text in _catalogue_texts():
         for name, spec in tasks_from_toml(text, source).items():
             if name in out:
-                raise ValueError(f"task {name!r} is defined twice in the catalogue ({source})")
+                raise UserError(f"task {name!r} is defined twice in the catalogue ({source})")
             out[name] = spec
     return out
 

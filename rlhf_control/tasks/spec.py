@@ -23,6 +23,7 @@ import numpy as np
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
+from rlhf_control.errors import UserError
 from rlhf_control.registry import UnknownNameError, unknown_name_message
 from rlhf_control.tasks.suites import SUITES, register_ale
 from rlhf_control.tasks.wrappers import WRAPPERS, ScoreMask, apply_wrappers
@@ -51,7 +52,7 @@ def algo_class(algo: str) -> type:
         from sb3_contrib import TRPO
 
         return TRPO
-    raise ValueError(f"unknown algorithm {algo!r}; allowed: {', '.join(ALGOS)}")
+    raise UserError(f"unknown algorithm {algo!r}; allowed: {', '.join(ALGOS)}")
 
 
 def _agent_params(algo: str) -> list[str]:
@@ -70,7 +71,7 @@ def _is_type(value: Any, kind: type) -> bool:
 def check_choice(what: str, value: Any, allowed: Sequence[str]) -> None:
     """Refuse ``value`` unless it is one of ``allowed``, in one line naming both."""
     if value not in allowed:
-        raise ValueError(f"{what} {value!r} is not allowed; allowed: {', '.join(allowed)}")
+        raise UserError(f"{what} {value!r} is not allowed; allowed: {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -118,11 +119,11 @@ class TaskSpec:
         for f in dataclasses.fields(self):
             value, kind = getattr(self, f.name), _FIELD_TYPES.get(f.name)
             if kind is not None and value is not None and not _is_type(value, kind):
-                raise ValueError(f"task {self.name!r}: {f.name}={value!r} must be of type {kind.__name__}")
+                raise UserError(f"task {self.name!r}: {f.name}={value!r} must be of type {kind.__name__}")
         for name in DICT_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, Mapping):
-                raise ValueError(f"task {self.name!r}: {name} must be a table, got {value!r}")
+                raise UserError(f"task {self.name!r}: {name} must be a table, got {value!r}")
             set_(self, name, copy.deepcopy(dict(value)))
         set_(self, "wrappers", tuple(self._check_wrapper(w) for w in self.wrappers))
         set_(self, "obs_mask", tuple(ScoreMask(self.obs_mask).regions))
@@ -149,22 +150,22 @@ class TaskSpec:
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(f"task {self.name!r}: {msg}")
+                raise UserError(f"task {self.name!r}: {msg}")
         for w in self.wrappers:
             h = w["kwargs"].get("horizon")
             if w["name"] == "fixed_horizon" and (self.horizon is None or h not in (None, self.horizon)):
-                raise ValueError(f"task {self.name!r}: fixed_horizon needs horizon={h} to equal the task's horizon={self.horizon}")
+                raise UserError(f"task {self.name!r}: fixed_horizon needs horizon={h} to equal the task's horizon={self.horizon}")
         allowed = _agent_params(self.algo)
         for key in self.agent:
             if key not in allowed:
-                raise ValueError(f"task {self.name!r}: " + unknown_name_message(f"{self.algo} argument", key, allowed))
+                raise UserError(f"task {self.name!r}: " + unknown_name_message(f"{self.algo} argument", key, allowed))
         act = self.agent.get("policy_kwargs", {}).get("activation_fn")
         if act is not None:
             check_choice(f"task {self.name!r}: policy_kwargs.activation_fn", act, ACTIVATIONS)
 
     def _check_wrapper(self, spec: Any) -> dict[str, Any]:
         if not isinstance(spec, Mapping) or "name" not in spec or set(spec) - {"name", "kwargs"}:
-            raise ValueError(f"task {self.name!r}: wrapper {spec!r} must be a table with keys name and kwargs")
+            raise UserError(f"task {self.name!r}: wrapper {spec!r} must be a table with keys name and kwargs")
         if spec["name"] not in WRAPPERS:
             raise UnknownNameError(unknown_name_message("wrapper", str(spec["name"]), WRAPPERS.names()))
         return {"name": str(spec["name"]), "kwargs": copy.deepcopy(dict(spec.get("kwargs", {})))}
@@ -186,7 +187,7 @@ class TaskSpec:
         check_fields(data, str(data.get("name", "?")), "config", with_name=True)
         missing = [k for k in ("name", "env_id") if k not in data]
         if missing:
-            raise ValueError(f"task config lacks required field(s) {', '.join(missing)}")
+            raise UserError(f"task config lacks required field(s) {', '.join(missing)}")
         return cls(**dict(data))
 
     def with_overrides(self, **kw: Any) -> TaskSpec:
@@ -223,7 +224,7 @@ class TaskSpec:
         try:
             env = gym.make(self.env_id, render_mode=render_mode, **kwargs)
         except (gym.error.Error, TypeError) as exc:  # unknown id, or env_kwargs the env does not take
-            raise ValueError(f"task {self.name!r}: cannot make env {self.env_id!r}: {exc}") from None
+            raise UserError(f"task {self.name!r}: cannot make env {self.env_id!r}: {exc}") from None
         headless = sys.platform.startswith("linux") and not os.environ.get("DISPLAY")
         if render_mode is not None and headless and "mujoco" in type(env.unwrapped).__module__:
             # MuJoCo's default GLFW renderer needs a display; EGL renders off-screen (read at first render).
@@ -244,7 +245,7 @@ class TaskSpec:
         so obs are ``(n_envs, 84, 84, 4)`` uint8."""
         n = self.n_envs if n_envs is None else int(n_envs)
         if n < 1:
-            raise ValueError(f"n_envs={n} must be >= 1")
+            raise UserError(f"n_envs={n} must be >= 1")
         fns = [_EnvFactory(self, int(seed) + i, monitor) for i in range(n)]
         venv: VecEnv = vec_cls(fns)
         if self.frame_stack > 0:
@@ -281,5 +282,5 @@ def check_fields(data: Mapping[str, Any], task: str, source: str, with_name: boo
     allowed = list(_FIELDS) if with_name else [f for f in _FIELDS if f != "name"]
     for key in data:
         if key not in allowed:
-            raise ValueError(unknown_name_message(f"field in task {task!r} ({source})", str(key), allowed))
+            raise UserError(unknown_name_message(f"field in task {task!r} ({source})", str(key), allowed))
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from rlhf_control.errors import UserError
+
 SUITES = ("classic", "mujoco", "atari", "custom")
 
 
@@ -28,7 +30,7 @@ def suite_of_id(env_id: str) -> str | None:
     try:
         entry = gym.spec(env_id).entry_point
     except gym.error.Error as exc:
-        raise ValueError(f"unknown Gymnasium env id {env_id!r}: {exc}") from None
+        raise UserError(f"unknown Gymnasium env id {env_id!r}: {exc}") from None
     entry = entry if isinstance(entry, str) else getattr(entry, "__module__", "")
     if "ale_py" in entry:
         return "atari"
@@ -48,5 +50,5 @@ def suite_of_env(unwrapped: Any) -> str:
         return "mujoco"
     if hasattr(unwrapped, "state"):
         return "classic"
-    raise ValueError(f"cannot draw {type(unwrapped).__name__}: allowed are classic control (with .state), "
+    raise UserError(f"cannot draw {type(unwrapped).__name__}: allowed are classic control (with .state), "
                      "MuJoCo and Atari (ALE) envs")

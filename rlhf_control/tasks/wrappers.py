@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.atari_wrappers import NoopResetEnv
 
+from rlhf_control.errors import UserError
 from rlhf_control.registry import Registry
 
 ORACLE_KEY = "oracle_reward"
@@ -69,9 +70,9 @@ class FixedHorizon(gym.Wrapper):
     ) -> None:
         super().__init__(env)
         if int(horizon) < 1:
-            raise ValueError(f"fixed_horizon horizon={horizon} must be >= 1")
+            raise UserError(f"fixed_horizon horizon={horizon} must be >= 1")
         if on_termination not in ("continue", "reset"):
-            raise ValueError(f"fixed_horizon on_termination={on_termination!r}; allowed: continue, reset")
+            raise UserError(f"fixed_horizon on_termination={on_termination!r}; allowed: continue, reset")
         self.horizon = int(horizon)
         self.penalty = float(penalty)
         self.on_termination = on_termination
@@ -128,7 +129,7 @@ class DropControlCost(gym.Wrapper):
     def step(self, action: Any):
         obs, reward, terminated, truncated, info = self.env.step(action)
         if self.key not in info:
-            raise ValueError(f"drop_control_cost: info has no {self.key!r}; keys: {', '.join(sorted(info))}")
+            raise UserError(f"drop_control_cost: info has no {self.key!r}; keys: {', '.join(sorted(info))}")
         info = dict(info)
         info[ORACLE_KEY] = _oracle_base(reward, info) - float(info[self.key])
         return obs, reward, terminated, truncated, info
@@ -146,12 +147,12 @@ class AtariFrames(gym.Wrapper):
     def __init__(self, env: gym.Env, frame_skip: int = 4, size: int = 84) -> None:
         super().__init__(env)
         if int(frame_skip) < 1:
-            raise ValueError(f"atari_frames frame_skip={frame_skip} must be >= 1")
+            raise UserError(f"atari_frames frame_skip={frame_skip} must be >= 1")
         if int(size) < 1:
-            raise ValueError(f"atari_frames size={size} must be >= 1")
+            raise UserError(f"atari_frames size={size} must be >= 1")
         shape = env.observation_space.shape
         if shape is None or len(shape) not in (2, 3):
-            raise ValueError(f"atari_frames needs image observations (H, W[, C]), got shape {shape}")
+            raise UserError(f"atari_frames needs image observations (H, W[, C]), got shape {shape}")
         self.frame_skip = int(frame_skip)
         self.size = int(size)
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 1), np.uint8)
@@ -216,7 +217,7 @@ class ScoreMask:
         for box in regions:
             r0, r1, c0, c1 = (int(v) for v in box)
             if not (0 <= r0 < r1 and 0 <= c0 < c1):
-                raise ValueError(f"mask region {list(box)} must be [row0, row1, col0, col1] with row0 < row1, col0 < col1")
+                raise UserError(f"mask region {list(box)} must be [row0, row1, col0, col1] with row0 < row1, col0 < col1")
             boxes.append((r0, r1, c0, c1))
         self.regions: tuple[tuple[int, int, int, int], ...] = tuple(boxes)
         self.fill = fill
@@ -224,7 +225,7 @@ class ScoreMask:
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         out = np.array(obs, copy=True)
         if out.ndim not in (2, 3, 4):
-            raise ValueError(f"ScoreMask expects (H, W), (N, H, W) or (N, H, W, C) arrays, got shape {out.shape}")
+            raise UserError(f"ScoreMask expects (H, W), (N, H, W) or (N, H, W, C) arrays, got shape {out.shape}")
         for r0, r1, c0, c1 in self.regions:
             if out.ndim == 2:
                 out[r0:r1, c0:c1] = self.fill

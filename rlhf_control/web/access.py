@@ -12,6 +12,7 @@ import hmac
 from collections.abc import Mapping
 from email.message import Message
 
+from rlhf_control.errors import UserError
 from rlhf_control.web.app import ApiError
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -22,9 +23,9 @@ def check_bind(host: str, token: str | None) -> None:
     if token is not None:
         if not isinstance(token, str) or not token or not token.isascii() or not token.isprintable() \
                 or any(c in token for c in " ;,\"\\"):
-            raise ValueError("token is not allowed; use a non-empty ASCII string without spaces, quotes, ';' or ','")
+            raise UserError("token is not allowed; use a non-empty ASCII string without spaces, quotes, ';' or ','")
     elif host not in LOOPBACK_HOSTS:
-        raise ValueError(f"host {host!r} lets other machines reach the labelling app; give a token "
+        raise UserError(f"host {host!r} lets other machines reach the labelling app; give a token "
                          f"(--token T) or bind to 127.0.0.1")
 
 
