@@ -49,6 +49,7 @@ from rlhf_control.config import RunConfig, resolve
 from rlhf_control.loop.evaluate import evaluate_run
 from rlhf_control.loop.trainer import RLHFTrainer
 from rlhf_control.tasks.catalogue import get_task
+from rlhf_control.tasks.spec import ALGOS
 
 DEFAULT_STEPS = {"Pendulum-v1": 200_000, "HalfCheetah-v5": 300_000}
 EVAL_SEED = 12345  # evaluate_run's default, so both policies meet the same episodes
@@ -287,7 +288,7 @@ def main() -> None:
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply each task's steps (quick checks)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one RL and one RLHF run per seed")
     p.add_argument("--eval-episodes", type=int, default=10)
-    p.add_argument("--algo", choices=("ppo", "a2c", "trpo"), default=None,
+    p.add_argument("--algo", choices=ALGOS, default=None,
                    help="agent for both runs (default: the task's own; another algo gets SB3 defaults + task gamma)")
     p.add_argument("--out", type=Path, default=None, help="directory for the RLHF run dirs and results.json")
     p.add_argument("--profile", action="store_true", help="run the RLHF loop under cProfile (inflates its time)")

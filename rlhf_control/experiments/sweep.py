@@ -207,14 +207,13 @@ def _check_names(spec: SweepSpec) -> None:
     """Oracle and selector names; each unknown one is a one-line error naming the known ones."""
     if not spec.rlhf:
         return
-    from rlhf_control.oracles import make_oracle
+    from rlhf_control.oracles import check_spec
     from rlhf_control.queries.selection import SELECTORS
 
     for oracle in spec.oracles:
-        if oracle.split(":")[0].strip() == "human":
-            raise UserError("oracle 'human' cannot be swept (runs would wait for a person); "
-                             "use perfect or a B-Pref teacher (stochastic, mistake, skip, equal, myopic)")
-        make_oracle(oracle, seed=0)
+        if check_spec(oracle)[0].shows_clips:
+            raise UserError(f"oracle {oracle!r} cannot be swept (runs would wait for a person); "
+                            "use perfect or a B-Pref teacher (stochastic, mistake, skip, equal, myopic)")
     for selector in spec.selectors:
         SELECTORS.get(selector)
 
