@@ -220,3 +220,18 @@ def test_a_regression_run_fits_by_regression_in_the_worker_too(tmp_path, monkeyp
     assert all(isinstance(r, RegressionReport) and r.mean_l2 == WEIGHT_DECAY for r in reports)
     assert isinstance(trainer.updater.last_report, RegressionReport)
     assert trainer.trained_answer_id == _sql(tmp_path / "run", "SELECT MAX(id) FROM answers WHERE skipped = 0")[0][0]
+
+
+def test_a_metrics_file_with_older_columns_is_rewritten_under_the_current_ones(tmp_path):
+    from rlhf_control.loop.metrics import COLUMNS, MetricsLogger, read_metrics
+
+    old = ["step", "iteration", "labels", "true_return", "reward_l2"]
+    (tmp_path / "metrics.csv").write_text(",".join(old) + "\n100,1,4,-900.5,0.001\n")
+    log = MetricsLogger(tmp_path, tensorboard=False)
+    log.log({"step": 200, "iteration": 2, "labels": 8, "true_return": -800.0, "gym_return": -850.0})
+    log.close()
+    with open(tmp_path / "metrics.csv") as f:
+        assert f.readline().strip().split(",") == list(COLUMNS)
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [(r["step"], r["true_return"], r["reward_l2"], r["gym_return"]) for r in rows] == [
+        ("100", "-900.5", "0.001", ""), ("200", "-800", "", "-850")]

@@ -21,11 +21,16 @@ COLUMNS = (
     "true_return",
     "learned_return",
     "eval_true_return",
+    "gym_return",
+    "eval_gym_return",
     "reward_val_accuracy",
     "reward_return_corr",
+    "reward_rank_corr_latest",
     "reward_train_loss",
     "reward_val_loss",
     "reward_l2",
+    "reward_l2_min",
+    "reward_l2_max",
     "steps_per_second",
     "wall_seconds",
 )
@@ -35,6 +40,11 @@ _TB_GROUP = {
     "true_return": "charts",
     "learned_return": "charts",
     "eval_true_return": "charts",
+    "gym_return": "charts",
+    "eval_gym_return": "charts",
+    "reward_rank_corr_latest": "reward",
+    "reward_l2_min": "reward",
+    "reward_l2_max": "reward",
     "labels": "charts",
     "pending": "charts",
     "reward_val_accuracy": "reward",
@@ -60,6 +70,8 @@ class MetricsLogger:
     def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
         self.path = Path(run_dir) / METRICS_FILE
         new = not self.path.exists() or self.path.stat().st_size == 0
+        if not new:
+            _upgrade_header(self.path)
         self._file = open(self.path, "a", newline="")
         self._writer = csv.writer(self._file)
         if new:
@@ -109,4 +121,19 @@ def truncate_metrics(path: Path, max_step: int) -> None:
         w = csv.DictWriter(f, fieldnames=list(COLUMNS))
         w.writeheader()
         for r in kept:
+            w.writerow({c: r.get(c, "") for c in COLUMNS})
+
+
+def _upgrade_header(path: Path) -> None:
+    """A metrics file written with other columns (an older version's run, resumed) is rewritten under
+    ``COLUMNS``, each old value kept under its name, so appended rows line up with the header."""
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    if tuple(header) == COLUMNS:
+        return
+    rows = read_metrics(path)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
             w.writerow({c: r.get(c, "") for c in COLUMNS})
