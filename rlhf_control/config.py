@@ -211,6 +211,7 @@ class Resolved:
     label_window: int
     agent_params: dict[str, Any]
     iteration_steps: int
+    schedule_horizon: float  # the paper's schedule constant in agent steps (the task's counts frames)
 
 
 def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
@@ -223,9 +224,11 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
     labels = cfg.labels or task.label_budget
     if cfg.pretrain_labels is not None:
         pretrain = cfg.pretrain_labels
-    else:
-        # Keep the task's share of the budget when --labels changes it.
+    elif task.pretrain_share:
+        # Keep the task's share of the budget when --labels changes it (MuJoCo: 25%).
         pretrain = int(round(task.pretrain_labels * labels / task.label_budget))
+    else:
+        pretrain = min(task.pretrain_labels, labels)  # a fixed count (Atari: the paper's 500)
     if pretrain > labels:
         raise UserError(f"pretrain-labels {pretrain} must not exceed labels {labels}")
     agent_params = task.agent_kwargs()
@@ -252,6 +255,7 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         label_window=cfg.label_window or task.label_window,
         agent_params=agent_params,
         iteration_steps=cfg.iteration_steps or _default_iteration_steps(algo, agent_params, n_envs, steps),
+        schedule_horizon=task.schedule_horizon / task.frames_per_step,
     )
 
 

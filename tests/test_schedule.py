@@ -51,3 +51,25 @@ def test_bad_schedules(kwargs, match):
 def test_unknown_schedule_lists_known():
     with pytest.raises(UnknownNameError, match="constant.*offline.*paper"):
         make_schedule("papr", 10, 0, 10)
+
+
+def test_atari_schedule_counts_frames_and_keeps_the_papers_500_pretraining_labels():
+    import math
+
+    from rlhf_control.config import RunConfig, resolve
+    from rlhf_control.tasks.catalogue import get_task
+
+    pong, cheetah = get_task("Pong"), get_task("HalfCheetah-v5")
+    assert pong.frames_per_step == 4 and cheetah.frames_per_step == 1
+    r = resolve(RunConfig(task="Pong", labels=3300, steps=2_500_000))
+    assert r.pretrain_labels == 500  # the paper's count, not 500/5500 of 3,300
+    assert r.schedule_horizon == 5e6 / 4  # 5e6 frames = 1.25e6 agent steps
+    sched = make_schedule(r.schedule, r.labels, r.pretrain_labels, r.steps, r.schedule_horizon)
+    # The paper's rate 5e6/(T+5e6) with T in frames (4 per agent step): cumulative c*ln(1+4t/c).
+    c, t_end = 5e6, 4 * r.steps
+    t = 1_000_000  # agent steps
+    expected = 500 + (3300 - 500) * math.log1p(4 * t / c) / math.log1p(t_end / c)
+    assert abs(sched.target(t) - expected) <= 1
+    # MuJoCo keeps its 25% share when the budget changes, and counts agent steps.
+    rc = resolve(RunConfig(task="HalfCheetah-v5", labels=1400))
+    assert rc.pretrain_labels == 350 and rc.schedule_horizon == 2e6

@@ -88,7 +88,7 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
         raise UserError(f"task {task.name!r} has no true reward; only the human oracle can label it "
                          f"(got oracle {cfg.oracle!r})")
     rng = np.random.default_rng(cfg.seed)
-    schedule = make_schedule(r.schedule, r.labels, r.pretrain_labels, r.steps, task.schedule_horizon)
+    schedule = make_schedule(r.schedule, r.labels, r.pretrain_labels, r.steps, r.schedule_horizon)
     selector = make_selector(cfg.selector)
     # A damaged checkpoint is reported before the run directory is touched.
     ckpt_dir, ckpt = load_run_checkpoint(run_dir) if resume else (None, None)

@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 from rlhf_control.errors import UserError
 from rlhf_control.registry import UnknownNameError, unknown_name_message
 from rlhf_control.tasks.suites import SUITES, register_ale
-from rlhf_control.tasks.wrappers import WRAPPERS, ScoreMask, apply_wrappers
+from rlhf_control.tasks.wrappers import WRAPPERS, AtariFrames, ScoreMask, apply_wrappers
 
 ALGOS = ("ppo", "a2c", "trpo")  # the on-policy agents a task can name; agent/factory.py builds them
 REWARD_NETS = ("mlp", "cnn")
@@ -99,11 +99,12 @@ class TaskSpec:
     normalize: bool = False  # RL Zoo's `normalize`: VecNormalize observations (and the true reward in baselines)
     label_budget: int = 700
     pretrain_labels: int = 175
+    pretrain_share: bool = True  # pretraining scales with --labels (MuJoCo's 25%); false: a fixed count (Atari's 500)
     pretrain_epochs: int = 50
     reward_epochs: int = 3  # passes over the label window after each iteration that got new labels
     label_window: int = 3000
     schedule: str = "paper"
-    schedule_horizon: float = 2e6
+    schedule_horizon: float = 2e6  # c of the paper's rate c/(T+c), T in emulator frames (see frames_per_step)
     reward_net: str = "mlp"
     reward_net_kwargs: dict[str, Any] = field(default_factory=dict)  # EnsembleConfig fields
     frame_stack: int = 0
@@ -251,6 +252,18 @@ class TaskSpec:
         if self.frame_stack > 0:
             venv = VecFrameStack(venv, self.frame_stack, channels_order="last")
         return venv
+
+    @property
+    def frames_per_step(self) -> int:
+        """Emulator frames per agent step: ALE's own ``frameskip`` times the ``atari_frames`` wrapper's
+        frame skip (1 for tasks without either). The paper counts its Atari label schedule in frames."""
+        skip = self.env_kwargs.get("frameskip", 1)
+        frames = skip if isinstance(skip, int) and not isinstance(skip, bool) else 1
+        default = inspect.signature(AtariFrames.__init__).parameters["frame_skip"].default
+        for w in self.wrappers:
+            if w["name"] == "atari_frames":
+                frames *= int(w["kwargs"].get("frame_skip", default))
+        return frames
 
     @property
     def reward_obs_fn(self) -> Callable[[np.ndarray], np.ndarray] | None:
