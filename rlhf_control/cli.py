@@ -182,7 +182,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     result = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed, video=args.video)
     print(f"true return over {result.episodes} episodes: mean {result.mean:.2f}, std {result.std:.2f}, "
-          f"min {result.min:.2f}, max {result.max:.2f}")
+          f"min {result.min:.2f}, max {result.max:.2f}"
+          + (f"; Gymnasium return: mean {result.gym_mean:.2f}, std {result.gym_std:.2f}" if result.gym_returns else ""))
     if args.video:
         print(f"video: {args.video}")
     return 0

@@ -7,12 +7,17 @@ then the RLHF loop (``RLHFTrainer``: perfect synthetic oracle, 700 labels, an en
 ``variance`` selector). Both use one torch thread; the RLHF loop retrains its reward in a second
 process (its default; ``--sync-reward`` keeps it in the main process, as RL has nothing to run there).
 
-Printed per task: training wall-clock and CPU seconds of each (evaluation excluded; the RLHF figure
+Printed per task: training wall-clock and CPU seconds of each (evaluation excluded: the RLHF run's
+periodic evaluation is off, and both final policies are evaluated after training; the RLHF figure
 includes its pretraining and checkpoints, and its CPU the reward worker's), the ratio RLHF/RL of
-wall-clock (target <= 1.15) and of CPU, where the RLHF run's
-time goes (instrumented phases), the final true return of each (deterministic policy, mean over
-``--eval-episodes`` episodes on the task env), a uniformly random policy's return, and the
-normalised score (RLHF - random) / (RL - random) (target >= 0.9). A markdown table at the end.
+wall-clock (target <= 1.15) and of CPU, where the RLHF run's time goes (instrumented phases), and
+the final returns of each and of a uniformly random policy. Returns come from the project's
+evaluation (``agent.evaluation.evaluate_agent``: the deterministic policy, ``--eval-episodes``
+episodes on a separate env seeded ``EVAL_SEED``, the training env's observation statistics frozen; a
+run's ``eval_true_return`` is the same evaluation), on the task's true reward, the paper's (for MuJoCo,
+Gymnasium's reward without the control cost: what RL trains on and the oracle compares), and on the
+standard Gymnasium reward beside it. The normalised score (RLHF - random) / (RL - random) is on the
+true reward (target >= 0.9); the Gymnasium one is printed for reference. A markdown table at the end.
 
 Usage::
 
@@ -41,18 +46,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecNormalize
 
-from rlhf_control.agent.evaluation import evaluate_policy_returns, make_eval_env
+from rlhf_control.agent.evaluation import (
+    EVAL_SEED,
+    EvalResult,
+    RandomPolicy,
+    evaluate_agent,
+    evaluate_episodes,
+    make_eval_env,
+)
 from rlhf_control.agent.factory import make_agent
 from rlhf_control.config import RunConfig, resolve
-from rlhf_control.loop.evaluate import evaluate_run
 from rlhf_control.loop.trainer import RLHFTrainer
 from rlhf_control.tasks.catalogue import get_task
 from rlhf_control.tasks.spec import ALGOS
 
 DEFAULT_STEPS = {"Pendulum-v1": 200_000, "HalfCheetah-v5": 300_000}
-EVAL_SEED = 12345  # evaluate_run's default, so both policies meet the same episodes
 LABELS, MEMBERS, SELECTOR = 700, 3, "variance"
 WALL_TARGET, SCORE_TARGET = 1.15, 0.9
 
@@ -128,33 +138,20 @@ def make_baseline_env(task, n_envs: int, seed: int, gamma: float) -> VecNormaliz
     return VecNormalize(venv, norm_obs=task.normalize, norm_reward=True, gamma=gamma)
 
 
-def eval_agent(agent, task, train_env: VecNormalize | None, episodes: int) -> list[float]:
-    """Deterministic true returns on the task env, with the training env's obs statistics frozen."""
-    venv: VecEnv = make_eval_env(task, EVAL_SEED)
-    if train_env is not None and train_env.norm_obs:
-        venv = VecNormalize(venv, norm_obs=True, norm_reward=False, training=False)
-        venv.obs_rms = train_env.obs_rms.copy()
-    try:
-        return evaluate_policy_returns(agent, venv, episodes, deterministic=True)
-    finally:
-        venv.close()
-
-
-def random_return(task, episodes: int) -> float:
-    """Mean true return of uniformly random actions on the same eval env and seed."""
+def random_eval(task, episodes: int) -> EvalResult:
+    """Uniformly random actions, evaluated as the policies are (same env and seed)."""
     venv = make_eval_env(task, EVAL_SEED)
-    space = venv.action_space
-    space.seed(EVAL_SEED)
-    returns: list[float] = []
-    venv.reset()
     try:
-        while len(returns) < episodes:
-            _, _, dones, infos = venv.step(np.array([space.sample()]))
-            if dones[0] and "episode" in infos[0]:
-                returns.append(float(infos[0]["episode"]["r"]))
+        return evaluate_episodes(RandomPolicy(venv.action_space, EVAL_SEED), venv, episodes)
     finally:
         venv.close()
-    return float(np.mean(returns))
+
+
+def score(value: float | None, rl: float | None, rand: float | None) -> float:
+    """(value - random) / (RL - random); NaN where undefined."""
+    if value is None or rl is None or rand is None or abs(rl - rand) <= 1e-9:
+        return float("nan")
+    return (value - rand) / (rl - rand)
 
 
 def children_cpu() -> float:
@@ -171,9 +168,11 @@ def timed_learn(agent, steps: int, callback=None) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------- one task
 def bench_task(name: str, steps: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    # eval_episodes=0: no periodic evaluation inside the timed RLHF run (RL has none); both final
+    # policies are evaluated below, with the same evaluation.
     cfg = RunConfig(task=name, oracle="perfect", selector=SELECTOR, labels=LABELS, reward_members=MEMBERS,
                     steps=steps, seed=seed, algo=args.algo, torch_threads=1, device="cpu",
-                    reward_async=not args.sync_reward)
+                    reward_async=not args.sync_reward, eval_episodes=0)
     r = resolve(cfg)
     task = r.task
     gamma = float(r.agent_params.get("gamma", 0.99))
@@ -196,7 +195,7 @@ def bench_task(name: str, steps: int, seed: int, args: argparse.Namespace) -> di
     print(f"  RL   train: {rl_wall:9.1f} s wall, {rl_cpu:9.1f} s CPU  ({steps / rl_wall:.0f} steps/s; "
           f"raw env step {env_s:.1f} s)")
     env.training = False
-    rl_returns = eval_agent(agent, task, env, args.eval_episodes)
+    rl_eval = evaluate_agent(agent, task, args.eval_episodes, seed=EVAL_SEED, agent_env=env)
     env.close()
 
     # The RLHF loop.
@@ -220,26 +219,32 @@ def bench_task(name: str, steps: int, seed: int, args: argparse.Namespace) -> di
     print_phases(pt, rlhf_wall, "RLHF")
     if prof is not None:
         report_profile(prof, run_dir.parent / f"{run_dir.name}.prof")
-    rlhf_eval = evaluate_run(run_dir, episodes=args.eval_episodes, seed=EVAL_SEED)
-
-    rand = random_return(task, args.eval_episodes)
-    rl_mean, rlhf_mean = float(np.mean(rl_returns)), rlhf_eval.mean
-    denom = rl_mean - rand
-    score = (rlhf_mean - rand) / denom if abs(denom) > 1e-9 else float("nan")
+    # The final policy (the run's last checkpoint holds the same), observation statistics frozen.
+    rlhf_eval = evaluate_agent(trainer.agent, task, args.eval_episodes, seed=EVAL_SEED, agent_env=trainer.agent_env)
+    rand_eval = random_eval(task, args.eval_episodes)
     res = {
         "task": name, "algo": r.algo, "steps": steps, "n_envs": r.n_envs, "seed": seed,
         "rl_wall_s": rl_wall, "rl_cpu_s": rl_cpu, "rlhf_wall_s": rlhf_wall, "rlhf_cpu_s": rlhf_cpu, "worker_cpu_s": worker_cpu,
         "wall_ratio": rlhf_wall / rl_wall, "cpu_ratio": (rlhf_cpu + worker_cpu) / rl_cpu, "profiled": prof is not None,
-        "rl_return": rl_mean, "rl_return_std": float(np.std(rl_returns)),
-        "rlhf_return": rlhf_mean, "rlhf_return_std": rlhf_eval.std, "random_return": rand,
-        "normalised_score": score, "eval_episodes": args.eval_episodes,
+        "rl_return": rl_eval.mean, "rl_return_std": rl_eval.std,
+        "rlhf_return": rlhf_eval.mean, "rlhf_return_std": rlhf_eval.std, "random_return": rand_eval.mean,
+        "normalised_score": score(rlhf_eval.mean, rl_eval.mean, rand_eval.mean),
+        "rl_gym_return": rl_eval.gym_mean, "rlhf_gym_return": rlhf_eval.gym_mean, "random_gym_return": rand_eval.gym_mean,
+        "gym_normalised_score": score(rlhf_eval.gym_mean, rl_eval.gym_mean, rand_eval.gym_mean),
+        "eval_episodes": args.eval_episodes, "eval_seed": EVAL_SEED,
         "labels": LABELS,
         "phases_s": dict(pt.seconds), "rlhf_run_dir": str(run_dir),
     }
     print(f"  wall ratio RLHF/RL {res['wall_ratio']:.3f} (target <= {WALL_TARGET}); CPU ratio (main + worker) {res['cpu_ratio']:.3f}")
-    print(f"  true return ({args.eval_episodes} episodes, deterministic): RL {rl_mean:.1f} +- {res['rl_return_std']:.1f}, "
-          f"RLHF {rlhf_mean:.1f} +- {rlhf_eval.std:.1f}, random {rand:.1f}")
-    print(f"  normalised score (RLHF - random) / (RL - random) = {score:.3f} (target >= {SCORE_TARGET})")
+    print(f"  true return, the paper's reward ({args.eval_episodes} episodes, deterministic): "
+          f"RL {rl_eval.mean:.1f} +- {rl_eval.std:.1f}, RLHF {rlhf_eval.mean:.1f} +- {rlhf_eval.std:.1f}, "
+          f"random {rand_eval.mean:.1f}")
+    if rl_eval.gym_returns and rlhf_eval.gym_returns and rand_eval.gym_returns:
+        print(f"  Gymnasium return, the standard reward (same episodes): RL {rl_eval.gym_mean:.1f} +- {rl_eval.gym_std:.1f}, "
+              f"RLHF {rlhf_eval.gym_mean:.1f} +- {rlhf_eval.gym_std:.1f}, random {rand_eval.gym_mean:.1f}; "
+              f"normalised {res['gym_normalised_score']:.3f}")
+    print(f"  normalised score (RLHF - random) / (RL - random) on the true return = {res['normalised_score']:.3f} "
+          f"(target >= {SCORE_TARGET})")
     return res
 
 
@@ -258,18 +263,23 @@ def report_profile(prof: cProfile.Profile, path: Path, top: int = 25) -> None:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
+    def num(x: float | None) -> str:
+        return "–" if x is None or x != x else f"{x:.1f}"
+
+    print("\nReturns: true = the task's reward (the paper's), Gymnasium = the standard reward, same episodes.")
     print("\n| task | algo | steps | seed | RL wall s | RLHF wall s | wall ratio | CPU ratio | RL return | "
-          "RLHF return | random | normalised score |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "RLHF return | random | normalised score | RL Gymnasium | RLHF Gymnasium | random Gymnasium |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         flag = " (profiled)" if r["profiled"] else ""
         print(f"| {r['task']} | {r['algo']} | {r['steps']} | {r['seed']} | {r['rl_wall_s']:.0f} | {r['rlhf_wall_s']:.0f} | "
               f"{r['wall_ratio']:.2f}{flag} | {r['cpu_ratio']:.2f} | {r['rl_return']:.1f} | {r['rlhf_return']:.1f} | "
-              f"{r['random_return']:.1f} | {r['normalised_score']:.2f} |")
+              f"{r['random_return']:.1f} | {r['normalised_score']:.2f} | {num(r['rl_gym_return'])} | "
+              f"{num(r['rlhf_gym_return'])} | {num(r['random_gym_return'])} |")
     tasks = sorted({r["task"] for r in results}, key=[r["task"] for r in results].index)
     if len(results) > len(tasks):
         print("\nOver seeds: wall ratio = total RLHF / total RL wall-clock; score = (mean RLHF - random) / "
-              "(mean RL - random)")
+              "(mean RL - random), on the true return")
         print("| task | seeds | wall ratio | score | per-seed scores |")
         print("|---|---|---|---|---|")
         for t in tasks:

@@ -25,7 +25,7 @@ from rlhf_control.rundir import BASELINE_FILE
 from rlhf_control.tasks.catalogue import get_task
 
 # Pendulum: 200-step episodes; one env and 200-step rollouts, so every rollout ends an episode.
-CFG = RunConfig(task="Pendulum-v1", seed=3, steps=800, n_envs=1, checkpoint_every=1,
+CFG = RunConfig(task="Pendulum-v1", seed=3, steps=800, n_envs=1, checkpoint_every=1, eval_episodes=1, eval_every=2,
                 agent={"n_steps": 200, "batch_size": 100, "n_epochs": 1})
 
 
@@ -64,10 +64,45 @@ def test_baseline_writes_a_run_directory_of_the_true_reward(tmp_path: Path) -> N
     # true_return is the mean env return of the episodes finished so far (the env reward, not normalised).
     rets = [float(r["true_return"]) for r in rows]
     assert all(-2000 < x < 0 for x in rets)
+    # Pendulum's true reward is Gymnasium's: the Gymnasium return column is the same number.
+    assert [float(r["gym_return"]) for r in rows] == pytest.approx(rets, abs=1e-3)
+    # Evaluated every eval_every=2 rollouts, except the last one, and at the end (deterministic, own env).
+    assert [r["eval_true_return"] != "" for r in rows] == [False, True, False, False, True]
+    evals = [(float(r["eval_true_return"]), float(r["eval_gym_return"])) for r in rows if r["eval_true_return"]]
+    assert all(-2000 < t < 0 and t == pytest.approx(g, abs=1e-3) for t, g in evals)
     assert json.loads((d / "DONE").read_text())["step"] == 800
     assert (d / "checkpoints" / "LATEST").is_file()
     info = json.loads((d / BASELINE_FILE).read_text())
     assert info["random_episodes"] == 10 and -1700 < info["random_return"] < -800  # Pendulum's random policy
+    assert info["random_gym_return"] == pytest.approx(info["random_return"])
+
+
+def test_baseline_trains_on_the_paper_s_reward_and_logs_the_gymnasium_return_beside_it(tmp_path: Path) -> None:
+    """Reacher: the true reward (what the agent is trained on) has no control cost, Gymnasium's has."""
+    cfg = RunConfig(task="Reacher-v5", seed=0, steps=200, n_envs=1, checkpoint_every=1, eval_episodes=2,
+                    eval_every=1, agent={"n_steps": 100, "batch_size": 50, "n_critic_updates": 2})
+    trainer = BaselineTrainer(cfg, tmp_path / "r")
+    env_rewards: list[float] = []
+    gym_minus_ctrl: list[float] = []
+    step_wait = trainer.tracker.venv.step_wait
+
+    def spy():  # what VecNormalize (and so the agent) receives, against Gymnasium's reward without its control term
+        obs, rews, dones, infos = step_wait()
+        env_rewards.extend(map(float, rews))
+        gym_minus_ctrl.extend(i["gym_reward"] - i["reward_ctrl"] for i in infos)
+        return obs, rews, dones, infos
+
+    trainer.tracker.venv.step_wait = spy
+    trainer.run()
+    assert len(env_rewards) >= 200 and env_rewards == pytest.approx(gym_minus_ctrl, abs=1e-5)
+    rows = read_metrics(tmp_path / "r" / "metrics.csv")
+    assert [r["eval_true_return"] != "" for r in rows] == [True, False, True]
+    for r in rows:  # four 50-step episodes by the end; torques cost in every one of them
+        assert float(r["true_return"]) > float(r["gym_return"])
+    for r in (rows[0], rows[2]):
+        assert float(r["eval_true_return"]) > float(r["eval_gym_return"])
+    info = json.loads((tmp_path / "r" / BASELINE_FILE).read_text())
+    assert info["random_return"] > info["random_gym_return"]
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
@@ -100,5 +135,6 @@ def test_episode_returns_match_the_monitor() -> None:
         monitor += [i["episode"]["r"] for i, d in zip(infos, dones, strict=True) if d]
     venv.close()
     assert len(monitor) == 4 and np.allclose(sorted(venv.returns), sorted(monitor), atol=1e-3)
+    assert np.allclose(sorted(venv.gym_returns), sorted(monitor), atol=1e-3)  # Pendulum: Gymnasium's reward
     ret, n = random_policy_return(task, seed=1, episodes=3)
     assert n == 3 and ret < 0

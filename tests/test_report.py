@@ -11,9 +11,11 @@ import pytest
 
 from rlhf_control.config import RunConfig, write_config_file
 from rlhf_control.experiments.report import (
+    GYM,
     RL_METHOD,
     find_run_dirs,
     load_runs,
+    measure,
     normalised,
     summarize,
     write_report,
@@ -22,18 +24,23 @@ from rlhf_control.loop.metrics import COLUMNS
 
 
 def _run(root: Path, name: str, cfg: RunConfig, returns: list[float | None], baseline: bool = False,
-         random_return: float | None = None, point: dict | None = None, done: bool = True) -> Path:
+         random_return: float | None = None, point: dict | None = None, done: bool = True,
+         extra: dict[str, list[float | None]] | None = None, random_gym_return: float | None = None) -> Path:
+    """A run directory whose metrics hold ``returns`` as ``true_return`` and ``extra``'s columns."""
     d = root / name
     d.mkdir(parents=True)
     meta = {"version": "0.1.0"} | ({"baseline": "rl-true-reward"} if baseline else {})
     write_config_file(d / "config.toml", cfg, {"name": cfg.task, "label_budget": 99}, meta)
+    columns = {"true_return": returns, **(extra or {})}
     with open(d / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(COLUMNS))
         w.writeheader()
-        for i, ret in enumerate(returns):
-            w.writerow({"step": 100 * (i + 1), "iteration": i + 1, "true_return": "" if ret is None else ret})
+        for i in range(len(returns)):
+            w.writerow({"step": 100 * (i + 1), "iteration": i + 1}
+                       | {c: "" if v[i] is None else v[i] for c, v in columns.items()})
     if baseline:
-        (d / "baseline.json").write_text(json.dumps({"random_return": random_return}))
+        (d / "baseline.json").write_text(json.dumps({"random_return": random_return,
+                                                     "random_gym_return": random_gym_return}))
     if point:
         (d / "point.json").write_text(json.dumps(point))
     if done:
@@ -65,7 +72,7 @@ def test_table_numbers_equal_csv_final_values(sweep: Path, tmp_path: Path) -> No
     assert (out / "returns.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert b"<svg" in (out / "returns.svg").read_bytes()[:2000]
     with open(out / "results.csv", newline="") as f:
-        rows = {(r["task"], r["method"], r["labels"]): r for r in csv.DictReader(f)}
+        rows = {(r["task"], r["method"], r["labels"]): r for r in csv.DictReader(f) if r["reward"] == "true"}
     rl, rnd = np.mean([100.0, 120.0]), np.mean([-10.0, -14.0])
     assert float(rows[("Pendulum-v1", RL_METHOD, "")]["final_return_mean"]) == rl
     assert float(rows[("Pendulum-v1", "random policy", "")]["final_return_mean"]) == rnd
@@ -87,7 +94,7 @@ def test_single_run_dirs_and_skipping_runs_without_returns(sweep: Path, tmp_path
     empty = _run(tmp_path, "empty", RunConfig(task="Pendulum-v1"), [None, None])
     one = sweep / "Pendulum-v1/L350-perfect-variance-s1"
     runs = load_runs([one, empty])
-    assert len(runs) == 1 and runs[0].final == 60.0 and runs[0].labels == 350
+    assert len(runs) == 1 and runs[0].final() == 60.0 and runs[0].labels == 350
     assert [r.method for r in summarize(runs)] == ["perfect, variance"]
     assert summarize(runs)[0].score is None  # no baseline, no normalised score
     assert len(find_run_dirs([sweep])) == 7
@@ -108,3 +115,45 @@ def test_bad_paths(tmp_path: Path) -> None:
     _run(tmp_path, "norets", RunConfig(), [None])
     with pytest.raises(ValueError, match="has logged a true return"):
         load_runs([tmp_path / "norets"])
+
+
+def test_evaluation_and_gymnasium_returns_get_their_own_table(tmp_path: Path) -> None:
+    """A task whose runs all have periodic evaluations is reported on them (true and Gymnasium return
+    alike); a task where one run lacks them falls back to the training episodes for every run."""
+    root = tmp_path / "s"
+    cfg = RunConfig(task="Reacher-v5", seed=0)
+    _run(root, "Reacher-v5/rl-true-reward-s0", cfg, [-9.0, -6.0], baseline=True, random_return=-40.0,
+         random_gym_return=-80.0, extra={"gym_return": [-20.0, -16.0], "eval_true_return": [None, -4.0],
+                                         "eval_gym_return": [None, -14.0]})
+    _run(root, "Reacher-v5/L700-perfect-variance-s0", cfg.replace(labels=700), [-30.0, -20.0],
+         extra={"gym_return": [-60.0, -50.0], "eval_true_return": [-12.0, -13.0], "eval_gym_return": [-44.0, -48.0]})
+    # Pendulum: the RLHF run has no evaluation (an older run), so both are measured on training episodes.
+    pcfg = RunConfig(task="Pendulum-v1", seed=0)
+    _run(root, "Pendulum-v1/rl-true-reward-s0", pcfg, [-300.0, -200.0], baseline=True, random_return=-1200.0,
+         extra={"eval_true_return": [None, -150.0]})
+    _run(root, "Pendulum-v1/L300-perfect-variance-s0", pcfg.replace(labels=300), [-700.0, -400.0])
+    runs = load_runs([root])
+    assert measure(runs, "Reacher-v5") == "eval_true_return" and measure(runs, "Reacher-v5", GYM) == "eval_gym_return"
+    assert measure(runs, "Pendulum-v1") == "true_return" and measure(runs, "Pendulum-v1", GYM) is None
+    true_rows = {(r.task, r.method): r for r in summarize(runs)}
+    assert true_rows[("Reacher-v5", RL_METHOD)].mean == -4.0
+    assert true_rows[("Reacher-v5", "perfect, variance")].score == pytest.approx((-13.0 + 40.0) / (-4.0 + 40.0))
+    assert true_rows[("Pendulum-v1", RL_METHOD)].mean == -200.0  # not its -150 evaluation
+    assert true_rows[("Pendulum-v1", "perfect, variance")].score == pytest.approx((-400 + 1200) / (-200 + 1200))
+    gym_rows = {(r.task, r.method): r for r in summarize(runs, GYM)}
+    assert set(gym_rows) == {("Reacher-v5", RL_METHOD), ("Reacher-v5", "random policy"),
+                             ("Reacher-v5", "perfect, variance")}
+    assert gym_rows[("Reacher-v5", "random policy")].mean == -80.0
+    assert gym_rows[("Reacher-v5", "perfect, variance")].score == pytest.approx((-48.0 + 80.0) / (-14.0 + 80.0))
+    write_report([root], tmp_path / "rep")
+    md = (tmp_path / "rep" / "results.md").read_text()
+    true_part, gym_part = md.split("## Gymnasium return")
+    assert "| Reacher-v5 | perfect, variance | 700 | 1 | -13.0 ± 0.0 | 0.75 |" in true_part
+    assert "| Reacher-v5 | perfect, variance | 700 | 1 | -48.0 ± 0.0 | 0.48 |" in gym_part
+    assert "Pendulum-v1" not in gym_part.split("From:")[0]
+    assert "Reacher-v5: evaluation (`eval_true_return`)" in true_part and "Pendulum-v1: training" in true_part
+    with open(tmp_path / "rep" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["task"], r["reward"], r["measure"]) for r in rows} == {
+        ("Reacher-v5", "true", "eval_true_return"), ("Pendulum-v1", "true", "true_return"),
+        ("Reacher-v5", "gym", "eval_gym_return")}

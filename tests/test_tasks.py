@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import tomli_w
 
+from rlhf_control.recording.pool import SegmentPool
+from rlhf_control.recording.recorder import TrajectoryRecorder
 from rlhf_control.registry import UnknownNameError
 from rlhf_control.tasks.catalogue import (
     DEFAULT_TASK,
@@ -78,17 +81,87 @@ def test_entry_builds_steps_and_keeps_a_fixed_horizon(name):
     env.close()
 
 
-def test_mujoco_oracle_drops_control_cost_and_penalises_falls():
+@pytest.mark.parametrize("name", ["HalfCheetah-v5", "Reacher-v5"])
+def test_mujoco_true_reward_is_the_paper_s_and_the_gymnasium_return_stays_observable(name):
+    """The env reward (what the baseline trains on and results report) and the oracle's reward are both
+    Gymnasium's reward without the control cost; ``gym_return`` sums Gymnasium's own reward."""
+    task = load_task(name)
+    env = task.make_env(seed=5)
+    raw = gym.make(task.env_id, max_episode_steps=task.horizon)  # the unmodified Gymnasium env
+    raw.reset(seed=5)
+    raw_sum, ends = 0.0, 0
+    for _ in range(max(300, task.horizon)):
+        action = env.action_space.sample()
+        _, reward, terminated, truncated, info = env.step(action)
+        _, raw_reward, raw_term, raw_trunc, raw_info = raw.step(action)
+        assert not raw_term and raw_info["reward_ctrl"] < 0  # no termination penalty in these two tasks
+        assert info["gym_reward"] == pytest.approx(raw_reward, abs=1e-12)
+        assert reward == pytest.approx(raw_reward - raw_info["reward_ctrl"], abs=1e-12)
+        assert info["oracle_reward"] == reward
+        raw_sum += raw_reward
+        assert ("gym_return" in info) == truncated == raw_trunc and not terminated
+        if truncated:
+            assert info["gym_return"] == pytest.approx(raw_sum)
+            ends += 1
+            raw_sum = 0.0
+            env.reset()
+            raw.reset()
+    assert ends >= 1
+    env.close()
+    raw.close()
+
+
+def test_mujoco_falls_cost_the_penalty_in_the_true_reward_and_the_oracle_s():
     task = load_task("Hopper-v5")
     env = task.make_env(seed=1)
     fell = False
     for _ in range(200):
         _, reward, _, _, info = env.step(env.action_space.sample())
-        assert info["oracle_reward"] == pytest.approx(reward - info["reward_ctrl"])
-        if info["reward_survive"] == 0:  # fallen: v5 withholds the healthy reward, we add the penalty
-            fell = True
-            assert reward == pytest.approx(info["reward_forward"] + info["reward_ctrl"] - 1.0)
+        assert info["oracle_reward"] == reward
+        fallen = info["reward_survive"] == 0  # v5 withholds the healthy reward, we add the penalty
+        assert reward == pytest.approx(info["gym_reward"] - info["reward_ctrl"] - (1.0 if fallen else 0.0))
+        assert info["gym_reward"] == pytest.approx(info["reward_forward"] + info["reward_ctrl"] + info["reward_survive"])
+        fell = fell or fallen
     assert fell
+
+
+def test_recorded_clips_and_monitor_carry_the_true_reward_and_the_gym_return_beside_it():
+    """What the oracle reads (a clip's rewards), what Monitor sums (the baseline's and evaluation's return)
+    and the env reward are one number; the Gymnasium return arrives with Monitor's episode."""
+    task = load_task("Reacher-v5")
+    pool = SegmentPool(64, np.random.default_rng(0))
+    venv = TrajectoryRecorder(task.make_vec_env(2, seed=0), task.clip_length, pool)
+    venv.reset()
+    rewards, gym_sum, episodes = [], np.zeros(2), 0
+    for _ in range(task.horizon):
+        _, rews, dones, infos = venv.step(np.stack([venv.action_space.sample() for _ in range(2)]))
+        rewards.append(rews)
+        gym_sum += [i["gym_reward"] for i in infos]
+        for i in np.flatnonzero(dones):
+            assert infos[i]["episode"]["r"] == pytest.approx(np.array(rewards)[:, i].sum(), abs=1e-4)
+            assert infos[i]["gym_return"] == pytest.approx(gym_sum[i])
+            assert infos[i]["gym_return"] < infos[i]["episode"]["r"]  # Gymnasium's charges for torque
+            episodes += 1
+    venv.close()
+    assert episodes == 2 and len(pool) == 4
+    per_env = np.array(rewards).T  # (2, 50): clips are steps 0-24 and 25-49 of each env's episode
+    expected = [per_env[i, k : k + 25] for i in range(2) for k in (0, 25)]
+    for seg in pool.segments():
+        assert sum(np.allclose(seg.true_rewards, e) for e in expected) == 1
+
+
+@pytest.mark.parametrize("name", ["Pendulum-v1", "CartPole-v1"])
+def test_classic_tasks_report_a_gym_return_too(name):
+    task = load_task(name)
+    env = task.make_env(seed=0)
+    total, gym_total = 0.0, 0.0
+    for _ in range(task.horizon):
+        _, reward, _, truncated, info = env.step(env.action_space.sample())
+        total, gym_total = total + reward, gym_total + info["gym_reward"]
+    assert truncated and info["gym_return"] == pytest.approx(gym_total)
+    # CartPole's falls cost -10 each in the true reward (fixed_horizon), not in Gymnasium's.
+    assert (gym_total == pytest.approx(total)) == (name == "Pendulum-v1")
+    assert load_task("hopper-backflip").make_env(seed=0).step(np.zeros(3))[4].get("gym_return") is None
 
 
 def test_pendulum_vec_env_is_seeded_and_monitored():
@@ -133,8 +206,9 @@ def test_atari_vec_env_stacks_four_frames():
     venv = task.make_vec_env(2, seed=0)
     obs = venv.reset()
     assert obs.shape == (2, 84, 84, 4) and obs.dtype == np.uint8
-    obs, _, done, infos = venv.step(np.zeros(2, dtype=int))
+    obs, rews, done, infos = venv.step(np.zeros(2, dtype=int))
     assert obs.shape == (2, 84, 84, 4) and not done.any() and "oracle_reward" in infos[0]
+    assert infos[0]["gym_reward"] == rews[0]  # the true reward is the game score, Gymnasium's own
     assert task.reward_obs_fn(obs).shape == obs.shape
     venv.close()
 
@@ -213,7 +287,7 @@ def test_to_dict_round_trips_through_toml_and_overrides_merge():
     assert new.horizon == 500 and new.agent["learning_rate"] == 3e-4 and new.agent["gamma"] == 0.995
     assert task.horizon == 1000 and task.agent["learning_rate"] == 1e-3 and hash(new) != hash(task)
     env = new.make_env(seed=0)  # the fixed_horizon wrapper follows the task's horizon
-    assert env.horizon == 500
+    assert env.get_wrapper_attr("horizon") == 500
     with pytest.raises(ValueError, match="'horizn'"):
         task.with_overrides(horizn=5)
 

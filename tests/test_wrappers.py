@@ -12,6 +12,7 @@ from rlhf_control.tasks.wrappers import (
     AtariFrames,
     DropControlCost,
     FixedHorizon,
+    GymReturn,
     ScoreMask,
     apply_wrappers,
 )
@@ -109,12 +110,45 @@ def test_fixed_horizon_rejects_bad_arguments():
         FixedHorizon(Counter(), horizon=0)
 
 
-def test_drop_control_cost_changes_only_the_oracle_and_composes():
+def test_drop_control_cost_changes_the_true_reward_and_the_oracle_alike_and_composes():
     steps = run(DropControlCost(Counter(die_at=100)), 2)
-    assert [s[1] for s in steps] == [1.0, 1.0]
+    # The paper's reward: Gymnasium's (1.0, control term -0.25) without the control cost, for the
+    # agent (the true reward) and the oracle alike; the Gymnasium reward stays observable.
+    assert [s[1] for s in steps] == [1.25, 1.25]
     assert [s[4]["oracle_reward"] for s in steps] == [1.25, 1.25]
+    assert [s[4]["gym_reward"] for s in steps] == [1.0, 1.0]
     env = FixedHorizon(DropControlCost(Counter(die_at=2)), horizon=3, penalty=-1.0)
-    assert [s[4]["oracle_reward"] for s in run(env, 3)] == [1.25, 0.25, 0.25]
+    steps = run(env, 3)
+    assert [s[1] for s in steps] == [s[4]["oracle_reward"] for s in steps] == [1.25, 0.25, 0.25]
+    assert [s[4]["gym_reward"] for s in steps] == [1.0, 1.0, 1.0]  # no control cost dropped, no penalty
+    # In the other order the numbers are the same: each wrapper starts from what the inner one left.
+    env = DropControlCost(FixedHorizon(Counter(die_at=2), horizon=3, penalty=-1.0))
+    steps = run(env, 3)
+    assert [s[1] for s in steps] == [s[4]["oracle_reward"] for s in steps] == [1.25, 0.25, 0.25]
+    assert [s[4]["gym_reward"] for s in steps] == [1.0, 1.0, 1.0]
+
+
+def test_fixed_horizon_penalty_is_the_oracle_s_alone_without_penalize_reward():
+    env = FixedHorizon(DropControlCost(Counter(die_at=2)), horizon=3, penalty=-1.0, penalize_reward=False)
+    steps = run(env, 3)
+    assert [s[1] for s in steps] == [1.25, 1.25, 1.25]
+    assert [s[4]["oracle_reward"] for s in steps] == [1.25, 0.25, 0.25]
+    assert [s[4]["gym_reward"] for s in steps] == [1.0, 1.0, 1.0]
+
+
+def test_gym_return_sums_the_gymnasium_reward_of_each_episode():
+    env = GymReturn(FixedHorizon(DropControlCost(Counter(die_at=2)), horizon=3, penalty=-1.0))
+    for _ in range(2):  # a reset starts the sum afresh
+        env.reset(seed=0)
+        infos = [env.step(0)[4] for _ in range(3)]
+        assert ["gym_return" in i for i in infos] == [False, False, True]
+        assert infos[2]["gym_return"] == 3.0  # not the true return 1.25 + 0.25 + 0.25
+    # On a bare env (no reward-changing wrapper) the Gymnasium reward is the reward itself.
+    env = GymReturn(gym.wrappers.TimeLimit(Counter(die_at=100), 4))
+    steps = run(env, 4)
+    assert [s[4]["gym_reward"] for s in steps] == [1.0] * 4 and steps[3][4]["gym_return"] == 4.0
+    env = GymReturn(Counter(die_at=2))  # an env's own termination ends the episode too
+    assert run(env, 2)[1][4]["gym_return"] == 2.0
 
 
 def test_drop_control_cost_without_the_key_fails_loudly():
@@ -243,4 +277,20 @@ def test_atari_frames_sums_an_inner_oracle_reward():
     assert reward == 1 + 2 + 3 and info["oracle_reward"] == 1 + 20 + 3
     env = AtariFrames(Screen(), frame_skip=3)
     env.reset()
-    assert "oracle_reward" not in env.step(0)[4]  # none invented when no inner wrapper sets one
+    info = env.step(0)[4]
+    assert "oracle_reward" not in info and "gym_reward" not in info  # none invented when no inner wrapper sets one
+
+
+class GymScreen(Screen):
+    """Screen whose reward some inner wrapper changed: the Gymnasium reward was 100 x the frame's."""
+
+    def step(self, action):
+        obs, reward, term, trunc, info = super().step(action)
+        return obs, reward, term, trunc, {"gym_reward": 100.0 * reward}
+
+
+def test_atari_frames_sums_an_inner_gymnasium_reward():
+    env = GymReturn(AtariFrames(GymScreen(), frame_skip=3))
+    env.reset()
+    _, reward, _, _, info = env.step(0)
+    assert reward == 1 + 2 + 3 and info["gym_reward"] == 100 + 200 + 300

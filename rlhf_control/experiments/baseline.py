@@ -1,17 +1,23 @@
 """RL on the true reward: the yardstick of every result (DESIGN.md, "Baselines").
 
 The same agent as an RLHF run of the task (``agent.factory.make_agent`` with the task's algorithm and
-hyperparameters, the same steps and seed, resolved by ``config.resolve``), trained on the env's
-own reward through SB3's ``VecNormalize`` with reward normalisation, as the RL Zoo does
-(observation normalisation only where the task says ``normalize = true``, as its RLHF runs do).
+hyperparameters, the same steps and seed, resolved by ``config.resolve``), trained on the task's true
+reward, which is the env's reward (the paper's: for MuJoCo, Gymnasium's without the control cost and with
+termination a penalty; see ``tasks/wrappers.py``), through SB3's ``VecNormalize`` with reward
+normalisation, as the RL Zoo does (observation normalisation only where the task says
+``normalize = true``, as its RLHF runs do).
 
 It writes the run directory layout of an RLHF run: ``config.toml`` (``[meta] baseline =
 "rl-true-reward"`` marks it), ``metrics.csv`` with the same columns (``true_return`` is the mean
-undiscounted env return of the last 100 finished training episodes, as ``LearnedReward`` reports
-it for RLHF runs; label and reward-model columns stay empty), ``checkpoints/`` (agent and
+undiscounted true return of the last 100 finished training episodes, as ``LearnedReward`` reports
+it for RLHF runs, and ``gym_return`` the same episodes' standard Gymnasium return; every
+``eval_every`` rollouts and at the end, ``eval_true_return`` and ``eval_gym_return`` of
+``eval_episodes`` deterministic episodes on their own env, ``agent.evaluation.evaluate_agent``, as an
+RLHF run evaluates; label and reward-model columns stay empty), ``checkpoints/`` (agent and
 ``VecNormalize`` statistics as npz, no pickle: ``obs_norm.npz`` as an RLHF run writes it, so
 ``rlhf-control eval`` reads it, and ``return_norm.npz``), ``DONE``, and ``baseline.json`` with the
-return of a uniformly random policy on the same task (the zero of the report's normalised score).
+return of a uniformly random policy on the same task (the zero of the report's normalised score), on
+the true reward (``random_return``) and on the Gymnasium reward (``random_gym_return``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
 from rlhf_control import __version__, rundir
+from rlhf_control.agent.evaluation import evaluate_agent
 from rlhf_control.agent.factory import load_agent, load_obs_normalization, make_agent, save_obs_normalization
 from rlhf_control.config import RunConfig, load_config_file, resolve, resolve_device, write_config_file
 from rlhf_control.errors import UserError
@@ -37,6 +44,7 @@ from rlhf_control.loop.checkpoint import (
     save_checkpoint,
 )
 from rlhf_control.loop.metrics import MetricsLogger, truncate_metrics
+from rlhf_control.tasks.wrappers import GYM_RETURN_KEY
 
 # ``[meta] baseline`` of a baseline run's config.toml, and the name of its run directory in a sweep.
 BASELINE_MARKER = "rl-true-reward"
@@ -57,12 +65,15 @@ def is_baseline_dir(run_dir: Path) -> bool:
 
 
 class EpisodeReturns(VecEnvWrapper):
-    """Passes everything through and keeps the undiscounted env return of the last ``history`` episodes."""
+    """Passes everything through and keeps, of the last ``history`` episodes, the undiscounted env
+    return (``returns``: the true reward) and the Gymnasium return the env reports at each episode's
+    end (``gym_returns``: ``info["gym_return"]``; none for a task without a true reward)."""
 
     def __init__(self, venv: VecEnv, history: int = 100) -> None:
         super().__init__(venv)
         self._running = np.zeros(self.num_envs, dtype=np.float64)
         self.returns: deque[float] = deque(maxlen=history)
+        self.gym_returns: deque[float] = deque(maxlen=history)
 
     def reset(self) -> np.ndarray:
         self._running[:] = 0.0
@@ -74,6 +85,8 @@ class EpisodeReturns(VecEnvWrapper):
         for i in np.flatnonzero(dones):
             self.returns.append(float(self._running[i]))
             self._running[i] = 0.0
+            if GYM_RETURN_KEY in infos[i]:
+                self.gym_returns.append(float(infos[i][GYM_RETURN_KEY]))
         return obs, rews, dones, infos
 
 
@@ -102,10 +115,10 @@ def _load_legacy_normalization(venv: VecNormalize, path: Path) -> None:
             venv.obs_rms.mean, venv.obs_rms.var, venv.obs_rms.count = d["obs_mean"], d["obs_var"], float(d["obs_count"])
 
 
-def random_policy_return(task: Any, seed: int, episodes: int = RANDOM_EPISODES,
-                         max_steps: int = RANDOM_MAX_STEPS) -> tuple[float | None, int]:
-    """Mean true return of uniformly random actions over up to ``episodes`` episodes (one env,
-    at most ``max_steps`` steps); ``(None, 0)`` if no episode ended within them."""
+def random_policy_returns(task: Any, seed: int, episodes: int = RANDOM_EPISODES,
+                          max_steps: int = RANDOM_MAX_STEPS) -> EpisodeReturns:
+    """Uniformly random actions on one env of ``task`` for up to ``episodes`` episodes (at most
+    ``max_steps`` steps); the closed tracker holds their true and Gymnasium returns."""
     venv = EpisodeReturns(task.make_vec_env(1, seed=seed))
     try:
         venv.reset()
@@ -115,10 +128,21 @@ def random_policy_return(task: Any, seed: int, episodes: int = RANDOM_EPISODES,
             venv.step(np.array([space.sample()]))
             if len(venv.returns) >= episodes:
                 break
-        rets = list(venv.returns)
     finally:
         venv.close()
+    return venv
+
+
+def random_policy_return(task: Any, seed: int, episodes: int = RANDOM_EPISODES,
+                         max_steps: int = RANDOM_MAX_STEPS) -> tuple[float | None, int]:
+    """Mean true return of uniformly random actions over up to ``episodes`` episodes (one env,
+    at most ``max_steps`` steps); ``(None, 0)`` if no episode ended within them."""
+    rets = list(random_policy_returns(task, seed, episodes, max_steps).returns)
     return (float(np.mean(rets)) if rets else None), len(rets)
+
+
+def _mean(values: Any) -> float | None:
+    return float(np.mean(values)) if len(values) else None
 
 
 class _RolloutCallback(BaseCallback):
@@ -173,6 +197,7 @@ class BaselineTrainer:
             self.agent = load_agent(self.r.algo, str(ckpt / AGENT_FILE), self.venv, device=device)
             self.iterations = int(state["iteration"])
             self.tracker.returns.extend(float(x) for x in state["returns"])
+            self.tracker.gym_returns.extend(float(x) for x in state.get("gym_returns", []))
             truncate_metrics(self.run_dir / rundir.METRICS_FILE, int(state["step"]))
         else:
             # A run killed before its first checkpoint starts over; drop the rows it logged.
@@ -185,21 +210,26 @@ class BaselineTrainer:
         self.t_start = time.time()
 
     def iteration(self, step: int) -> None:
-        """Log a metrics row after a rollout; checkpoint every ``checkpoint_every`` of them."""
+        """Log a metrics row after a rollout (evaluated every ``eval_every`` of them, but not the last,
+        which :meth:`run` evaluates); checkpoint every ``checkpoint_every`` of them."""
         self.iterations += 1
-        self._log(step)
+        self._log(step, evaluate=self.iterations % self.cfg.eval_every == 0 and step < self.r.steps)
         if self.iterations % self.cfg.checkpoint_every == 0 and step - self.last_ckpt_step >= self.ckpt_min_steps:
             self.checkpoint(step)
 
-    def _log(self, step: int) -> None:
+    def _log(self, step: int, evaluate: bool = False) -> None:
+        ev = None
+        if evaluate and self.cfg.eval_episodes > 0 and self.task.has_true_reward:
+            ev = evaluate_agent(self.agent, self.task, self.cfg.eval_episodes, agent_env=self.venv)
         elapsed = max(time.time() - self.t_start, 1e-9)
-        rets = self.tracker.returns
         self.metrics.log({"step": step, "iteration": self.iterations,
-                          "true_return": float(np.mean(rets)) if rets else None,
+                          "true_return": _mean(self.tracker.returns), "gym_return": _mean(self.tracker.gym_returns),
+                          "eval_true_return": ev.mean if ev else None, "eval_gym_return": ev.gym_mean if ev else None,
                           "steps_per_second": (step - self.step_at_start) / elapsed, "wall_seconds": elapsed})
 
     def checkpoint(self, step: int) -> None:
-        state = {"iteration": self.iterations, "algo": self.r.algo, "returns": list(self.tracker.returns)}
+        state = {"iteration": self.iterations, "algo": self.r.algo, "returns": list(self.tracker.returns),
+                 "gym_returns": list(self.tracker.gym_returns)}
         writers = {AGENT_FILE: lambda p: self.agent.save(str(p)),
                    RETURN_NORM_FILE: lambda p: save_return_normalization(self.venv, p)}
         if self.venv.norm_obs:
@@ -213,8 +243,9 @@ class BaselineTrainer:
             info = self.run_dir / rundir.BASELINE_FILE
             if not info.is_file():
                 seed = self.cfg.seed + RANDOM_SEED_OFFSET
-                ret, n = random_policy_return(self.task, seed)
-                rundir.write_json(info, {"random_return": ret, "random_episodes": n, "random_seed": seed})
+                rnd = random_policy_returns(self.task, seed)
+                rundir.write_json(info, {"random_return": _mean(rnd.returns), "random_gym_return": _mean(rnd.gym_returns),
+                                         "random_episodes": len(rnd.returns), "random_seed": seed})
             done = int(self.agent.num_timesteps)
             self.step_at_start = done
             self.t_start = time.time()
@@ -222,7 +253,7 @@ class BaselineTrainer:
                 self.agent.learn(total_timesteps=self.r.steps - done, callback=_RolloutCallback(self),
                                  reset_num_timesteps=False)
             step = int(self.agent.num_timesteps)
-            self._log(step)
+            self._log(step, evaluate=True)
             self.checkpoint(step)
             rundir.mark_done(self.run_dir, step)
         finally:

@@ -6,15 +6,22 @@
   over seeds as a line and mean ± one standard deviation shaded, RL on the true reward dashed
   (black), the random policy dotted (grey);
 - ``results.md`` / ``results.csv``: per task and method and label budget, the final return (mean ±
-  std over seeds) and the normalised score ``(method - random) / (RL - random)``.
+  std over seeds) and the normalised score ``(method - random) / (RL - random)``: first on the true
+  return, then, in a second table, on the Gymnasium return.
 
-Definitions. A run's *final return* is the last ``true_return`` in its ``metrics.csv``: the mean
-undiscounted true return of the last 100 finished training episodes, logged the same way for RLHF
-runs and baselines. *RL* is the mean final return of the task's baseline runs. *random* is the
-mean over the task's baseline runs of the return of a uniformly random policy, which each baseline
-measures before it trains (``baseline.json``: 10 episodes, or as many as end in 25,000 steps); a
-task without a baseline run has no normalised score. Runs are grouped by the ``point.json`` a sweep
-writes, or else by their ``config.toml`` (oracle, selector, label budget).
+Definitions. The *true return* sums the task's reward, the paper's (what the synthetic oracle
+compares and RL on the true reward trains on; for MuJoCo, Gymnasium's reward without the control
+cost, termination a penalty: ``tasks/wrappers.py``); the *Gymnasium return* sums the unmodified
+Gymnasium reward over the same episodes. A run's *final return* is the last value in its
+``metrics.csv`` of the column :func:`measure` picks for the task: the periodic evaluation
+(``eval_true_return`` / ``eval_gym_return``: deterministic episodes on a separate, seeded env) when
+every run of the task has one, else the training episodes' (``true_return`` / ``gym_return``: the mean
+of the last 100), so that all runs of a task are measured alike. *RL* is the mean final return of the
+task's baseline runs. *random* is the mean over the task's baseline runs of the return of a uniformly
+random policy, which each baseline measures before it trains (``baseline.json``: ``random_return``,
+``random_gym_return``; 10 episodes, or as many as end in 25,000 steps); a task without a baseline run
+has no normalised score. Runs are grouped by the ``point.json`` a sweep writes, or else by their
+``config.toml`` (oracle, selector, label budget).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import csv
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +43,17 @@ from rlhf_control.loop.metrics import read_metrics
 
 RL_METHOD = "RL (true reward)"
 RANDOM_METHOD = "random policy"
+TRUE, GYM = "true", "gym"
+# Metrics columns of each reward: the training episodes' returns, then the periodic evaluation's.
+COLUMNS = {TRUE: ("true_return", "eval_true_return"), GYM: ("gym_return", "eval_gym_return")}
+_RANDOM_KEY = {TRUE: "random_return", GYM: "random_gym_return"}
 
 
 @dataclass(frozen=True)
 class RunData:
-    """One run's true-return curve: ``steps: (n,)`` agent steps, ``returns: (n,)`` true returns."""
+    """One run's return curves: ``curves[column] = (steps: (n,), values: (n,))`` for each metrics column
+    of :data:`COLUMNS` the run logged values in; ``random`` the random policy's returns by reward
+    (baselines only)."""
 
     path: Path
     task: str
@@ -48,19 +61,18 @@ class RunData:
     method: str
     labels: int | None
     seed: int
-    steps: np.ndarray
-    returns: np.ndarray
+    curves: dict[str, tuple[np.ndarray, np.ndarray]]
     done: bool
-    random_return: float | None = None
+    random: dict[str, float | None] = field(default_factory=dict)
 
-    @property
-    def final(self) -> float:
-        return float(self.returns[-1])
+    def final(self, column: str = "true_return") -> float:
+        return float(self.curves[column][1][-1])
 
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the results table (``std`` over seeds, ``score`` normalised; None where undefined)."""
+    """One line of a results table (``std`` over seeds, ``score`` normalised; None where undefined);
+    ``measure`` is the metrics column the numbers come from."""
 
     task: str
     method: str
@@ -69,6 +81,8 @@ class Row:
     mean: float
     std: float
     score: float | None
+    reward: str = TRUE
+    measure: str = "true_return"
 
 
 def find_run_dirs(paths: list[Path]) -> list[Path]:
@@ -94,6 +108,15 @@ def method_name(oracle: str | None, selector: str | None, ablation: str | None) 
     return ", ".join(parts)
 
 
+def _curves(rows: list[dict[str, str]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for column in (c for pair in COLUMNS.values() for c in pair):
+        pts = [(float(r["step"]), float(r[column])) for r in rows if r.get("step") and r.get(column)]
+        if pts:
+            out[column] = tuple(np.array(x, dtype=np.float64) for x in zip(*pts, strict=True))
+    return out
+
+
 def load_run(path: Path) -> RunData | None:
     """Read a run directory; None (with a warning) if it has no true-return rows yet."""
     path = Path(path)
@@ -104,20 +127,19 @@ def load_run(path: Path) -> RunData | None:
         point = json.loads((path / POINT_FILE).read_text())
     baseline = meta.get("baseline") is not None or point.get("kind") == "baseline"
     metrics = path / rundir.METRICS_FILE
-    rows = read_metrics(metrics) if metrics.is_file() else []
-    pts = [(float(r["step"]), float(r["true_return"])) for r in rows if r.get("step") and r.get("true_return")]
-    if not pts:
+    curves = _curves(read_metrics(metrics) if metrics.is_file() else [])
+    if not any(c in curves for c in COLUMNS[TRUE]):
         print(f"report: skipping {path}: no true returns logged yet", file=sys.stderr)
         return None
-    steps, returns = (np.array(x, dtype=np.float64) for x in zip(*pts, strict=True))
-    random_return = None
+    random: dict[str, float | None] = {}
     if baseline and (path / rundir.BASELINE_FILE).is_file():
-        random_return = json.loads((path / rundir.BASELINE_FILE).read_text()).get("random_return")
+        info = json.loads((path / rundir.BASELINE_FILE).read_text())
+        random = {reward: info.get(key) for reward, key in _RANDOM_KEY.items()}
     labels = None if baseline else (run.get("labels") or task.get("label_budget"))
     method = RL_METHOD if baseline else method_name(run.get("oracle"), run.get("selector"), point.get("ablation"))
     return RunData(path=path, task=str(run.get("task", task.get("name", "?"))), kind="baseline" if baseline else "rlhf",
-                   method=method, labels=labels, seed=int(run.get("seed", 0)), steps=steps, returns=returns,
-                   done=rundir.is_done(path), random_return=random_return)
+                   method=method, labels=labels, seed=int(run.get("seed", 0)), curves=curves,
+                   done=rundir.is_done(path), random=random)
 
 
 def load_runs(paths: list[Path]) -> list[RunData]:
@@ -139,11 +161,24 @@ def _groups(runs: list[RunData]) -> dict[tuple[str, str, int | None], list[RunDa
     return groups
 
 
-def task_reference(runs: list[RunData], task: str) -> tuple[float | None, float | None]:
+def measure(runs: list[RunData], task: str, reward: str = TRUE) -> str | None:
+    """The metrics column a task's numbers of ``reward`` come from, the same for all its runs: the
+    periodic evaluation when every run of the task has one, else the training episodes' returns when
+    every run has them, else None (the task is left out of that table)."""
+    group = [r for r in runs if r.task == task]
+    train, evaluation = COLUMNS[reward]
+    for column in (evaluation, train):
+        if all(column in r.curves for r in group):
+            return column
+    return None
+
+
+def task_reference(runs: list[RunData], task: str, column: str = "true_return",
+                   reward: str = TRUE) -> tuple[float | None, float | None]:
     """(RL, random) returns of ``task``: means over its baseline runs; None where there is none."""
-    base = [r for r in runs if r.task == task and r.kind == "baseline"]
-    rl = float(np.mean([r.final for r in base])) if base else None
-    rnd = [r.random_return for r in base if r.random_return is not None]
+    base = [r for r in runs if r.task == task and r.kind == "baseline" and column in r.curves]
+    rl = float(np.mean([r.final(column) for r in base])) if base else None
+    rnd = [r.random[reward] for r in base if r.random.get(reward) is not None]
     return rl, (float(np.mean(rnd)) if rnd else None)
 
 
@@ -153,17 +188,22 @@ def normalised(value: float, rl: float | None, rnd: float | None) -> float | Non
     return (value - rnd) / (rl - rnd)
 
 
-def summarize(runs: list[RunData]) -> list[Row]:
-    """Table rows per task: RL, the random policy, then each method and budget."""
+def summarize(runs: list[RunData], reward: str = TRUE) -> list[Row]:
+    """Table rows of ``reward`` per task: RL, the random policy, then each method and budget."""
     rows: list[Row] = []
-    refs = {t: task_reference(runs, t) for t in sorted({r.task for r in runs})}
+    tasks = sorted({r.task for r in runs})
+    columns = {t: measure(runs, t, reward) for t in tasks}
+    refs = {t: task_reference(runs, t, c, reward) for t, c in columns.items() if c is not None}
     for (task, method, labels), group in _groups(runs).items():
+        column = columns[task]
+        if column is None:
+            continue
         rl, rnd = refs[task]
-        finals = np.array([r.final for r in group])
+        finals = np.array([r.final(column) for r in group])
         if method == RL_METHOD and rnd is not None:
-            rows.append(Row(task, RANDOM_METHOD, None, len(group), rnd, 0.0, 0.0))
+            rows.append(Row(task, RANDOM_METHOD, None, len(group), rnd, 0.0, 0.0, reward, column))
         rows.append(Row(task, method, labels, len(group), float(finals.mean()), float(finals.std()),
-                        normalised(float(finals.mean()), rl, rnd)))
+                        normalised(float(finals.mean()), rl, rnd), reward, column))
     return rows
 
 
@@ -178,22 +218,24 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def _mean_curve(group: list[RunData]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _mean_curve(group: list[RunData], column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeds interpolated on the steps all of them reached: (steps, mean, std)."""
-    if len(group) == 1:
-        r = group[0]
-        return r.steps, r.returns, np.zeros_like(r.returns)
-    lo, hi = max(r.steps[0] for r in group), min(r.steps[-1] for r in group)
+    curves = [r.curves[column] for r in group]
+    if len(curves) == 1:
+        steps, values = curves[0]
+        return steps, values, np.zeros_like(values)
+    lo, hi = max(c[0][0] for c in curves), min(c[0][-1] for c in curves)
     if hi <= lo:
         grid = np.array([hi])
     else:
         grid = np.linspace(lo, hi, 200)
-    ys = np.stack([np.interp(grid, r.steps, r.returns) for r in group])
+    ys = np.stack([np.interp(grid, steps, values) for steps, values in curves])
     return grid, ys.mean(axis=0), ys.std(axis=0)
 
 
 def plot(runs: list[RunData], out: Path) -> list[Path]:
-    """Write ``returns.png`` and ``returns.svg`` into ``out``."""
+    """Write ``returns.png`` and ``returns.svg`` into ``out``: the true return of each task, from the
+    column :func:`measure` picks for it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,10 +251,11 @@ def plot(runs: list[RunData], out: Path) -> list[Path]:
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.3 * nrows), squeeze=False)
     handles: dict[str, Any] = {}
     for ax, task in zip(axes.flat, tasks, strict=False):
+        column = measure(runs, task) or COLUMNS[TRUE][0]
         for (t, method, labels), group in groups.items():
-            if t != task:
+            if t != task or any(column not in r.curves for r in group):
                 continue
-            x, mean, std = _mean_curve(group)
+            x, mean, std = _mean_curve(group, column)
             if method == RL_METHOD:
                 name, style = RL_METHOD, {"color": "black", "linestyle": "--"}
             else:
@@ -222,12 +265,12 @@ def plot(runs: list[RunData], out: Path) -> list[Path]:
             (line,) = ax.plot(x, mean, linewidth=1.5, **style)
             ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=style["color"], linewidth=0)
             handles.setdefault(name, line)
-        _, rnd = task_reference(runs, task)
+        _, rnd = task_reference(runs, task, column)
         if rnd is not None:
             handles.setdefault(RANDOM_METHOD, ax.axhline(rnd, color="grey", linestyle=":", linewidth=1))
         ax.set_title(task)
         ax.set_xlabel("agent steps")
-        ax.set_ylabel("true return")
+        ax.set_ylabel("true return" + (" (evaluation)" if column == COLUMNS[TRUE][1] else ""))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
@@ -242,25 +285,52 @@ def plot(runs: list[RunData], out: Path) -> list[Path]:
     return paths
 
 
+_SOURCE = {"true_return": "training episodes", "eval_true_return": "evaluation",
+           "gym_return": "training episodes", "eval_gym_return": "evaluation"}
+
+
+def _sources(rows: list[Row]) -> str:
+    """Which column each task's numbers come from, in one line."""
+    by_task = {r.task: r.measure for r in rows}
+    return "; ".join(f"{t}: {_SOURCE[c]} (`{c}`)" for t, c in by_task.items())
+
+
+def _markdown(rows: list[Row], gym_rows: list[Row]) -> str:
+    text = ("# Results\n\n![true return against agent steps](returns.png)\n\n"
+            "## True return (the task's reward, the paper's)\n\n" + markdown_table(rows) + "\n\n"
+            "True return: the task's reward as the paper defines it, which the synthetic oracle compares and RL "
+            "on the true reward trains on (MuJoCo: Gymnasium's reward without the control cost, termination a "
+            "penalty). Final return, mean ± std over seeds: per task, the last periodic evaluation (deterministic "
+            "episodes on a separate, seeded env) when every run of the task has one, else the mean of the last "
+            "100 training episodes. Normalised score: (method − random) / (RL − random), with RL the baselines' "
+            "final return and random the return of a uniformly random policy measured by each baseline run. "
+            "From: " + _sources(rows) + ".\n\n## Gymnasium return (standard reward)\n\n")
+    if not gym_rows:
+        return text + "No run logged a Gymnasium return (runs written before it was logged, or no true reward).\n"
+    return text + (markdown_table(gym_rows) + "\n\n"
+                   "Gymnasium return: the unmodified Gymnasium reward (control costs included, no termination "
+                   "penalty) of the same episodes, beside the true return for comparison with published results; "
+                   "nothing is trained or judged on it. Final return and normalised score as above, with the random "
+                   "policy's Gymnasium return. From: " + _sources(gym_rows) + ".\n")
+
+
 def write_report(paths: list[Path], out: Path) -> list[Path]:
-    """Read the runs under ``paths``; write the figure, ``results.md`` and ``results.csv`` into ``out``."""
+    """Read the runs under ``paths``; write the figure, ``results.md`` (a table of the true return, then
+    one of the Gymnasium return) and ``results.csv`` (both tables' rows; ``reward`` says which) into
+    ``out``."""
     runs = load_runs(paths)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = summarize(runs)
+    rows, gym_rows = summarize(runs, TRUE), summarize(runs, GYM)
     written = plot(runs, out)
     md = out / "results.md"
-    md.write_text(
-        "# Results\n\n![true return against agent steps](returns.png)\n\n" + markdown_table(rows) + "\n\n"
-        "Final return: the last logged true return (mean of the last 100 training episodes), mean ± std over "
-        "seeds. Normalised score: (method − random) / (RL − random), with RL the baselines' final return and "
-        "random the return of a uniformly random policy measured by each baseline run.\n")
+    md.write_text(_markdown(rows, gym_rows))
     csv_path = out / "results.csv"
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["task", "method", "labels", "seeds", "final_return_mean", "final_return_std", "normalised_score"])
-        for r in rows:
+        w.writerow(["task", "method", "labels", "seeds", "final_return_mean", "final_return_std", "normalised_score",
+                    "reward", "measure"])
+        for r in [*rows, *gym_rows]:
             w.writerow([r.task, r.method, r.labels or "", r.seeds, repr(r.mean), repr(r.std),
-                        "" if r.score is None else repr(r.score)])
+                        "" if r.score is None else repr(r.score), r.reward, r.measure])
     return [*written, md, csv_path]
-

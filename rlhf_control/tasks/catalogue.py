@@ -138,7 +138,8 @@ def task_from_env_id(env_id: str) -> TaskSpec:
     """Defaults for any registered Gymnasium id, named ``env_id``: Atari (``ALE/`` namespace or an
     ``ale_py`` entry point), MuJoCo (a ``mujoco`` entry point) or classic, with that suite's
     ``[defaults]`` from the catalogue. Atari gets no score mask and no game-over penalty; MuJoCo
-    gets a fixed horizon (penalty 0) and, if its info reports ``reward_ctrl``, ``drop_control_cost``.
+    gets a fixed horizon (penalty 0) and, if its info reports ``reward_ctrl``, ``drop_control_cost``
+    (the paper's true reward: no control cost).
     Builds the env once to read its time step and info keys."""
     suite = suite_of_id(env_id) or "classic"  # registers ALE ids; an unknown id is a ValueError
     spec = gym.spec(env_id)

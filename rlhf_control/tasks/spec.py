@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 from rlhf_control.errors import UserError
 from rlhf_control.registry import UnknownNameError, unknown_name_message
 from rlhf_control.tasks.suites import SUITES, register_ale
-from rlhf_control.tasks.wrappers import WRAPPERS, AtariFrames, ScoreMask, apply_wrappers
+from rlhf_control.tasks.wrappers import WRAPPERS, AtariFrames, GymReturn, ScoreMask, apply_wrappers
 
 ALGOS = ("ppo", "a2c", "trpo")  # the on-policy agents a task can name; agent/factory.py builds them
 REWARD_NETS = ("mlp", "cnn")
@@ -111,7 +111,7 @@ class TaskSpec:
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
     wrappers: tuple[dict[str, Any], ...] = ()  # {name, kwargs}, innermost first
     obs_mask: tuple[tuple[int, int, int, int], ...] = ()  # (row0, row1, col0, col1) hidden from the reward model
-    has_true_reward: bool = True
+    has_true_reward: bool = True  # the env reward is a true reward (the paper's; see tasks/wrappers.py)
     instructions: str = ""  # for a human labeller
     paper_departures: str = ""
 
@@ -215,7 +215,9 @@ class TaskSpec:
     # --- environments ----------------------------------------------------------------------------
     def make_env(self, seed: int, render_mode: str | None = None) -> gym.Env:
         """One env with the task's wrappers (innermost first), reset once with ``seed`` and its
-        action space seeded, so runs are reproducible without a further seeded reset."""
+        action space seeded, so runs are reproducible without a further seeded reset. Its reward is the
+        task's true reward; a task with one also gets :class:`GymReturn` outermost (``info["gym_reward"]``
+        each step, ``info["gym_return"]`` at each episode's end: the contract in ``tasks/wrappers.py``)."""
         if self.suite == "atari" or self.env_id.startswith("ALE/"):
             register_ale()
         kwargs = dict(self.env_kwargs)
@@ -234,6 +236,8 @@ class TaskSpec:
         specs = [{"name": w["name"], "kwargs": {"horizon": self.horizon, **w["kwargs"]}}
                  if w["name"] == "fixed_horizon" else w for w in self.wrappers]
         env = apply_wrappers(env, specs)
+        if self.has_true_reward:
+            env = GymReturn(env)
         env.reset(seed=int(seed))
         env.action_space.seed(int(seed))
         return env

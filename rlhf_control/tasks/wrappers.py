@@ -1,13 +1,34 @@
 """Single-env wrappers for the paper's environment changes, one change each, registered by name.
 
-The synthetic oracle reads ``info["oracle_reward"]`` when present, else the env reward. A wrapper that
-changes what the oracle should see starts from ``info.get("oracle_reward", reward)`` of the env it wraps
-and writes the result back on every step, so wrappers compose in any order.
+The rewards a task's env reports, per step (the contract the rest of the project reads):
+
+- the step's ``reward`` is the task's **true reward**: the paper's. For MuJoCo that is Gymnasium's reward
+  without its control (torque) cost (``drop_control_cost``) and with ``fixed_horizon``'s penalty on each
+  step on which the inner env reports termination. RL on the true reward trains on it, SB3's ``Monitor``
+  sums it (``info["episode"]["r"]``), evaluations and every reported ``true_return`` are returns of it,
+  and ``LearnedReward`` keeps it in ``info["true_reward"]``.
+- ``info["oracle_reward"]`` (:data:`ORACLE_KEY`): what the synthetic oracle compares. It equals the step's
+  reward, except where a wrapper shows the oracle something the agent's reward does not carry: only
+  ``fixed_horizon`` with ``penalize_reward = false`` (the Atari games: the game-over penalty is the
+  oracle's; the reward stays the game score). Where no wrapper sets it, the oracle reads the reward.
+- ``info["gym_reward"]`` (:data:`GYM_REWARD_KEY`): the unmodified Gymnasium reward of the step (for Atari
+  summed over the skipped frames), on every step.
+- ``info["gym_return"]`` (:data:`GYM_RETURN_KEY`): on the last step of each of the task's episodes (the
+  step with ``terminated or truncated``, on which ``Monitor`` writes ``info["episode"]``; in a VecEnv,
+  the step whose ``done`` is True), the sum of ``info["gym_reward"]`` over that episode. Both are set by
+  :class:`GymReturn`, which ``TaskSpec.make_env`` puts outermost on every task with a true reward
+  (classic, MuJoCo and Atari alike). Under ``fixed_horizon`` the task's episode is the fixed-horizon one,
+  so where the wrapped env terminates inside it (Hopper falls, Atari's game over), ``gym_return`` sums the
+  Gymnasium reward over the whole horizon, not over Gymnasium's own, shorter episode.
+
+A wrapper that changes the reward starts from ``info.get(key, reward)`` of the env it wraps for
+``oracle_reward`` and ``gym_reward`` and writes both back, so wrappers compose in any order and
+``gym_reward`` always holds the innermost env's reward.
 
 Names in :data:`WRAPPERS` (the ``wrappers`` list of a task entry):
 
 - ``fixed_horizon``: :class:`FixedHorizon` (no termination; penalty; fixed episode length)
-- ``drop_control_cost``: :class:`DropControlCost` (oracle reward without the control cost)
+- ``drop_control_cost``: :class:`DropControlCost` (the reward without the control cost)
 - ``atari_frames``: :class:`AtariFrames` (frame skip with max-pooling, 84x84 grayscale)
 - ``noop_reset``: SB3's ``NoopResetEnv`` (random 1..noop_max no-ops after each reset)
 
@@ -29,6 +50,8 @@ from rlhf_control.errors import UserError
 from rlhf_control.registry import Registry
 
 ORACLE_KEY = "oracle_reward"
+GYM_REWARD_KEY = "gym_reward"
+GYM_RETURN_KEY = "gym_return"
 
 WRAPPERS: Registry[gym.Env] = Registry("wrapper")
 
@@ -38,14 +61,23 @@ def _oracle_base(reward: SupportsFloat, info: Mapping[str, Any]) -> float:
     return float(info.get(ORACLE_KEY, reward))
 
 
+def _gym_base(reward: SupportsFloat, info: Mapping[str, Any]) -> float:
+    """The Gymnasium reward of the step: an inner wrapper's record if there is one, else ``reward``
+    (which, below every reward-changing wrapper, is the Gymnasium env's own)."""
+    return float(info.get(GYM_REWARD_KEY, reward))
+
+
 @WRAPPERS.register("fixed_horizon")
 class FixedHorizon(gym.Wrapper):
     """No variable-length episodes: every episode lasts exactly ``horizon`` steps.
 
     The agent never sees ``terminated=True``; ``truncated`` is True at step ``horizon`` only. On each
     step on which the wrapped env reports termination, ``penalty`` is added to ``info["oracle_reward"]``
-    and, if ``penalize_reward``, to the reward the agent gets (the paper's "termination becomes a
-    penalty the agent must learn to avoid").
+    and, if ``penalize_reward`` (the default; every MuJoCo and classic task), to the step's reward, which
+    is the task's true reward (the paper's "termination becomes a penalty the agent must learn to
+    avoid"): the oracle, RL on the true reward and the reported returns then all count it.
+    ``penalize_reward=False`` (the Atari games) gives the penalty to the oracle only: the reward, and so
+    the true return, stays the game score. ``info["gym_reward"]`` never carries the penalty.
 
     After a termination, ``on_termination`` decides how the episode goes on:
 
@@ -95,6 +127,7 @@ class FixedHorizon(gym.Wrapper):
             info["inner_reset"] = True
         info = dict(info)
         oracle = _oracle_base(reward, info)
+        info[GYM_REWARD_KEY] = _gym_base(reward, info)
         reward = float(reward)
         if terminated:
             oracle += self.penalty
@@ -115,11 +148,14 @@ class FixedHorizon(gym.Wrapper):
 
 @WRAPPERS.register("drop_control_cost")
 class DropControlCost(gym.Wrapper):
-    """``info["oracle_reward"]`` = reward without the control (torque) cost, as in the paper.
+    """The reward without the control (torque) cost, as in the paper: "torques are not directly visible
+    to a human supervisor", so the paper removed them from the MuJoCo rewards (App. A.1).
 
-    MuJoCo v5 envs report the (negative) control term as ``info["reward_ctrl"]``; it is subtracted
-    from the oracle reward. The agent's reward is unchanged. A step whose info lacks ``key`` raises,
-    so a task that names this wrapper on an env without a control cost fails loudly.
+    MuJoCo v5 envs report the (negative) control term as ``info["reward_ctrl"]``; it is subtracted from
+    the step's reward (the task's true reward: what the agent on the true reward trains on and results
+    report) and from ``info["oracle_reward"]`` (what the synthetic oracle compares), so the two stay
+    equal. ``info["gym_reward"]`` keeps the reward with the control cost. A step whose info lacks ``key``
+    raises, so a task that names this wrapper on an env without a control cost fails loudly.
     """
 
     def __init__(self, env: gym.Env, key: str = "reward_ctrl") -> None:
@@ -131,8 +167,10 @@ class DropControlCost(gym.Wrapper):
         if self.key not in info:
             raise UserError(f"drop_control_cost: info has no {self.key!r}; keys: {', '.join(sorted(info))}")
         info = dict(info)
-        info[ORACLE_KEY] = _oracle_base(reward, info) - float(info[self.key])
-        return obs, reward, terminated, truncated, info
+        ctrl = float(info[self.key])
+        info[GYM_REWARD_KEY] = _gym_base(reward, info)
+        info[ORACLE_KEY] = _oracle_base(reward, info) - ctrl
+        return obs, float(reward) - ctrl, terminated, truncated, info
 
 
 @WRAPPERS.register("atari_frames")
@@ -172,14 +210,17 @@ class AtariFrames(gym.Wrapper):
         total = 0.0
         frames: list[np.ndarray] = []
         oracle, has_oracle = 0.0, False
+        gym_total, has_gym = 0.0, False
         terminated = truncated = False
         info: dict[str, Any] = {}
         for _ in range(self.frame_skip):
             obs, reward, terminated, truncated, info = self.env.step(action)
             total += float(reward)
-            # An inner oracle reward is summed over the skipped frames too.
+            # An inner oracle (or Gymnasium) reward is summed over the skipped frames too.
             has_oracle = has_oracle or ORACLE_KEY in info
             oracle += float(info.get(ORACLE_KEY, reward))
+            has_gym = has_gym or GYM_REWARD_KEY in info
+            gym_total += _gym_base(reward, info)
             frames = [*frames[-1:], np.asarray(obs)]
             if terminated or truncated:
                 break
@@ -188,12 +229,40 @@ class AtariFrames(gym.Wrapper):
         info = dict(info)
         if has_oracle:
             info[ORACLE_KEY] = oracle
+        if has_gym:
+            info[GYM_REWARD_KEY] = gym_total
         return self._process(frame), total, terminated, truncated, info
 
 
 @WRAPPERS.register("noop_reset")
 def _noop_reset(env: gym.Env, noop_max: int = 30) -> gym.Env:
     return NoopResetEnv(env, noop_max=noop_max)
+
+
+class GymReturn(gym.Wrapper):
+    """Measures, changes nothing: ``info["gym_reward"]`` on every step (an inner wrapper's record, else
+    the step's reward) and, on the step that ends an episode (``terminated or truncated``),
+    ``info["gym_return"]``: the sum of ``info["gym_reward"]`` since the last reset or episode end.
+    Outermost of a task's wrappers (``TaskSpec.make_env`` adds it; not a catalogue name), so its
+    episodes are the task's."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._sum = 0.0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        self._sum = 0.0
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info = dict(info)
+        info[GYM_REWARD_KEY] = _gym_base(reward, info)
+        self._sum += info[GYM_REWARD_KEY]
+        if terminated or truncated:
+            info[GYM_RETURN_KEY] = self._sum
+            self._sum = 0.0
+        return obs, reward, terminated, truncated, info
 
 
 def apply_wrappers(env: gym.Env, specs: Sequence[Mapping[str, Any]]) -> gym.Env:
