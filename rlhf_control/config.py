@@ -43,12 +43,19 @@ class RunConfig:
     options as name:key=value), or human"""
     selector: str = "variance"
     """how query pairs are chosen: random, variance (the paper's), entropy, kcenter-variance"""
+    query_min_clips: int = 256
+    """online queries are drawn from the clips of the rollouts since the last query round, widened to at
+    least this many of the newest clips of the agent (random-policy clips are never candidates once RL
+    starts)"""
     labels: int | None = None
     """label budget of the run (default: the task's)"""
     pretrain_labels: int | None = None
     """labels asked on random-policy clips before RL starts (default: the task's share of the budget)"""
     pretrain_epochs: int | None = None
     """reward-training epochs after the pretraining labels (default: the task's)"""
+    pretrain_policy: str = field(default="untrained", metadata={"choices": ("untrained", "uniform")})
+    """who acts for the pretraining clips: the agent's untrained policy (the paper's "randomly initialized
+    policy network") or uniformly random actions"""
     steps: int | None = None
     """agent steps of the run (default: the task's)"""
     seed: int = 0
@@ -91,8 +98,11 @@ class RunConfig:
     """cap on queries waiting for an answer"""
     stale_after_steps: int | None = field(default=None, metadata={"flag": "--stale-after", "resumable": True})
     """retire queries not answered within this many agent steps (default: a quarter of the run)"""
-    eval_episodes: int = field(default=0, metadata={"cli": False})
-    """reserved for periodic deterministic evaluations; not used yet"""
+    eval_episodes: int = 10
+    """episodes of each deterministic evaluation of the policy on the true reward (fixed seeds, its own
+    env) that fills eval_true_return; 0 turns evaluation off"""
+    eval_every: int = 5
+    """iterations between evaluations (the last iteration is always evaluated)"""
     torch_threads: int = 1
     """torch threads per process (the paper's networks are tiny: one is fastest on a CPU)"""
     label_host: str = field(default="127.0.0.1", metadata={"resumable": True})
@@ -111,6 +121,12 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise UserError(f"{name.replace('_', '-')} {value!r} must be a non-negative integer")
+        for name, low in (("query_min_clips", 2), ("eval_episodes", 0), ("eval_every", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UserError(f"{name.replace('_', '-')} {value!r} must be an integer >= {low}")
+        if self.pretrain_policy not in ("untrained", "uniform"):
+            raise UserError(f"pretrain-policy {self.pretrain_policy!r} is not allowed; use untrained or uniform")
         if self.reward_members < 1:
             raise UserError(f"reward-members {self.reward_members} must be at least 1")
         if self.reward_epochs is not None and (not isinstance(self.reward_epochs, int) or self.reward_epochs < 1):

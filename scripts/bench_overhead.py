@@ -112,7 +112,6 @@ def instrument_trainer(trainer: RLHFTrainer) -> PhaseTimer:
     pt.patch(trainer.updater, "train_now", "train_reward (in process)")
     pt.patch(trainer.updater, "take", "wait for reward worker")
     pt.patch(trainer.selector, "select", "select")
-    pt.patch(trainer, "_return_corr", "log.return_corr")
     pt.patch(trainer.ensemble, "update_normalization", "update_normalization")
     pt.patch(trainer.updater.fitter, "train", "reward_trainer.train")
     return pt

@@ -235,3 +235,76 @@ def test_a_metrics_file_with_older_columns_is_rewritten_under_the_current_ones(t
     rows = read_metrics(tmp_path / "metrics.csv")
     assert [(r["step"], r["true_return"], r["reward_l2"], r["gym_return"]) for r in rows] == [
         ("100", "-900.5", "0.001", ""), ("200", "-800", "", "-850")]
+
+
+def test_online_queries_come_from_the_clips_since_the_last_query_round(tmp_path):
+    trainer = RLHFTrainer(_tiny(query_min_clips=4), tmp_path / "run")
+    calls = []
+    select = trainer.selector.select
+
+    def recording_select(segments, n, ensemble, rng):
+        pairs = select(segments, n, ensemble, rng)
+        calls.append((trainer.pretrain_done, trainer.query_mark, trainer.rl_start_uid,
+                      trainer.pool.next_uid, [s.uid for s in segments],
+                      [(p.first.uid, p.second.uid) for p in pairs]))
+        return pairs
+
+    object.__setattr__(trainer.selector, "select", recording_select)
+    trainer.run()
+    online = [c for c in calls if c[0]]
+    assert len(online) >= 4
+    for _, mark, rl_start, next_uid, cands, pairs in online:
+        assert rl_start > 0 and min(cands) >= rl_start  # no random-policy clip once RL runs
+        fresh = list(range(mark, next_uid))
+        # the clips since the last round when there are enough, else the newest floor of the agent's own
+        assert cands == fresh if len(fresh) >= 4 else cands == list(range(max(rl_start, next_uid - 4), next_uid))
+        assert {u for p in pairs for u in p} <= set(cands)
+    marks = [c[1] for c in online]
+    assert marks == sorted(marks) and len(set(marks)) == len(marks)  # each round moves the window on
+
+
+def test_pending_pairs_are_forgotten_when_their_queries_are_retired(tmp_path):
+    class NeverAnswers:
+        def __init__(self):
+            self.asked = 0
+
+        def submit(self, queries):
+            self.asked += len(queries)
+
+        def collect(self):
+            return []
+
+        @property
+        def pending(self):
+            return 0
+
+    trainer = RLHFTrainer(_tiny(stale_after_steps=300, max_pending=8).replace(pretrain_labels=0), tmp_path / "run")
+    trainer.oracle = NeverAnswers()
+    trainer.run()
+    from rlhf_control.store.store import PreferenceStore
+
+    store = PreferenceStore.open(tmp_path / "run" / "preferences.sqlite")
+    retired = store.stats()["retired"]
+    store.close()
+    assert trainer.oracle.asked > 8 and retired > 0
+    assert len(trainer._pairs) <= 8  # only the still pending ones, not every pair ever asked
+
+
+def test_pretraining_clips_come_from_the_agents_untrained_policy(tmp_path):
+    import torch
+
+    def pretrain_actions(policy: str) -> np.ndarray:
+        trainer = RLHFTrainer(_tiny(pretrain_policy=policy), tmp_path / policy)
+        net = trainer.agent.policy
+        with torch.no_grad():  # an "untrained" policy that pushes right, nearly deterministically
+            net.action_net.weight.zero_()
+            net.action_net.bias.fill_(1.5)
+            net.log_std.fill_(-6.0)
+        trainer.pretrain()
+        acts = np.concatenate([np.asarray(s.acts).ravel() for s in trainer.pool.segments()])
+        trainer.close()
+        return acts
+
+    assert np.allclose(pretrain_actions("untrained"), 1.5, atol=0.05)
+    uniform = pretrain_actions("uniform")
+    assert uniform.min() < -1.5 and uniform.max() > 1.5

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvStepReturn, VecEnvWrapper
 
+from rlhf_control.tasks.wrappers import GYM_RETURN_KEY
+
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 ObsFn = Callable[[np.ndarray], np.ndarray]
 
@@ -56,6 +58,7 @@ class LearnedReward(VecEnvWrapper):
         self._true_ret = np.zeros(self.num_envs, dtype=np.float64)
         self._recent_learned: deque[float] = deque(maxlen=int(history))
         self._recent_true: deque[float] = deque(maxlen=int(history))
+        self._recent_gym: deque[float] = deque(maxlen=int(history))
         self.deferred = bool(deferred)
         self._batch: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # obs, acts, true, dones
         self._pending_acts: np.ndarray | None = None
@@ -75,6 +78,11 @@ class LearnedReward(VecEnvWrapper):
     def recent_returns(self) -> tuple[list[float], list[float]]:
         """(learned, true) undiscounted returns of the most recent finished episodes, oldest first."""
         return list(self._recent_learned), list(self._recent_true)
+
+    def recent_gym_returns(self) -> list[float]:
+        """Standard Gymnasium returns (``info["gym_return"]``) of the most recent finished episodes, for
+        tasks whose env reports them (every task with a true reward), oldest first."""
+        return list(self._recent_gym)
 
     def reset(self) -> np.ndarray:
         obs = self.venv.reset()
@@ -107,6 +115,8 @@ class LearnedReward(VecEnvWrapper):
         true = np.asarray(rews, dtype=np.float64)
         for i in range(self.num_envs):
             infos[i]["true_reward"] = float(true[i])
+            if dones[i] and GYM_RETURN_KEY in infos[i]:
+                self._recent_gym.append(float(infos[i][GYM_RETURN_KEY]))
         if self.deferred:
             self._batch.append((self._last_obs, self._pending_acts, true, np.array(dones, dtype=bool)))
             learned = np.zeros(self.num_envs, dtype=np.float32)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3.common.vec_env import VecNormalize
 
-from rlhf_control.agent.evaluation import EvalResult, evaluate_policy_returns, make_eval_env
+from rlhf_control.agent.evaluation import EvalResult, evaluate_episodes, make_eval_env
 from rlhf_control.agent.factory import load_agent, load_obs_normalization
 from rlhf_control.config import load_config_file
 from rlhf_control.errors import UserError
@@ -47,9 +47,9 @@ def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 12345, video: Pa
         base = base.venv
     render_env = base.envs[0] if video is not None else None
     try:
-        returns = evaluate_policy_returns(agent, venv, episodes, frames=frames, render_env=render_env)
+        result = evaluate_episodes(agent, venv, episodes, frames=frames, render_env=render_env)
     finally:
         venv.close()
     if video is not None and frames:
         write_mp4(frames, video, task.fps)
-    return EvalResult(tuple(returns))
+    return result

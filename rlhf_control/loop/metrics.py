@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
 
 from rlhf_control.rundir import METRICS_FILE, TB_DIR, atomic_path
 
@@ -137,3 +141,24 @@ def _upgrade_header(path: Path) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({c: r.get(c, "") for c in COLUMNS})
+
+
+def reward_correlations(ensemble: Any, recent: Sequence[Any], latest: Sequence[Any]) -> tuple[float | None, float | None]:
+    """How the learned reward ranks clips against their true returns: Pearson correlation over the
+    ``recent`` clips (many behaviours: the contrast between them dominates) and Spearman rank
+    correlation over the ``latest`` rollout's clips alone (does the reward still rank the agent's
+    current behaviour). None where there are fewer than 8 clips or no spread to correlate."""
+
+    def corr(segs: Sequence[Any], rank: bool) -> float | None:
+        if len(segs) < 8:
+            return None
+        true = np.array([s.true_return for s in segs])
+        pred = ensemble.member_segment_returns(list(segs), normalized=True).mean(axis=0)
+        if np.std(true) == 0 or np.std(pred) == 0:
+            return None
+        if rank:
+            true, pred = rankdata(true), rankdata(pred)
+        return float(np.corrcoef(pred, true)[0, 1])
+
+    return corr(recent, rank=False), corr(latest, rank=True)
+

@@ -18,6 +18,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
+from rlhf_control.agent.evaluation import evaluate_agent
 from rlhf_control.agent.factory import save_obs_normalization
 from rlhf_control.agent.learned_reward import relabel_rollouts
 from rlhf_control.config import RunConfig
@@ -30,7 +31,7 @@ from rlhf_control.loop.checkpoint import (
     jsonable,
     save_checkpoint,
 )
-from rlhf_control.loop.metrics import MetricsLogger, truncate_metrics
+from rlhf_control.loop.metrics import MetricsLogger, reward_correlations, truncate_metrics
 from rlhf_control.oracles import ClosableOracle, ResumableOracle, StatefulOracle
 from rlhf_control.queries.selection import make_selector
 from rlhf_control.rundir import METRICS_FILE, mark_done
@@ -71,7 +72,11 @@ class RLHFTrainer:
         self.ensemble, self.dataset, self.updater = p.ensemble, p.dataset, p.updater
         self.store, self.oracle = p.store, p.oracle
         self.progress = progress
-        self._pairs: dict[int, SegmentPair] = {}  # pairs of queries asked by this process, until answered
+        self._pairs: dict[int, SegmentPair] = {}  # pairs of this process's pending queries
+        # Online queries come from clips added since the last query round (uids from ``query_mark``),
+        # and never from the random-policy clips before ``rl_start_uid``.
+        self.query_mark = self.rl_start_uid = 0
+        self._iteration_mark = 0  # first uid of the latest iteration's rollout(s)
         self.last_answer_id = 0
         self.iterations = 0
         self.last_iteration_step = 0
@@ -99,11 +104,22 @@ class RLHFTrainer:
     def _asked(self) -> int:
         return self.store.count_labels() + self.store.count_pending()
 
-    def _ask(self, n: int, step: int, selector=None) -> int:
-        """Select up to ``n`` pairs from the pool, store them as queries and hand them to the oracle."""
-        if n <= 0 or len(self.pool) < 2:
+    def candidates(self) -> list[Segment]:
+        """The clips online queries are chosen from: those of the rollouts since the last query round,
+        widened to the ``query_min_clips`` newest clips of the agent's own (post-pretraining) behaviour."""
+        fresh = self.pool.since(self.query_mark)
+        if len(fresh) >= self.cfg.query_min_clips:
+            return fresh
+        return self.pool.since(self.rl_start_uid)[-self.cfg.query_min_clips:]
+
+    def _ask(self, n: int, step: int, selector=None, segments: list[Segment] | None = None) -> int:
+        """Select up to ``n`` pairs from ``segments`` (default: :meth:`candidates`), store them as queries
+        and hand them to the oracle."""
+        segments = self.candidates() if segments is None else segments
+        if n <= 0 or len(segments) < 2:
             return 0
-        pairs = (selector or self.selector).select(self.pool.segments(), n, self.ensemble, self.rng)
+        pairs = (selector or self.selector).select(segments, n, self.ensemble, self.rng)
+        self.query_mark = self.pool.next_uid
         queries = []
         for pair in pairs:
             q = self.store.add_query(pair, step)
@@ -138,27 +154,52 @@ class RLHFTrainer:
 
     # ----------------------------------------------------------------- phases
     def pretrain(self) -> None:
-        """The paper's pretraining: labels on clips of a random policy, then extra reward epochs."""
+        """The paper's pretraining: labels on clips of a random policy, then extra reward epochs. The
+        policy is the agent's own untrained one (the paper's "randomly initialized policy network"),
+        or uniformly random actions with ``pretrain_policy = "uniform"``."""
         n = self.r.pretrain_labels
         if n > 0:
             want = min(self.pool.capacity, max(2 * n, 20))
-            rng = np.random.default_rng(self.cfg.seed + 7)
             # The recorder alone: random-policy steps need no learned reward. The agent's first
             # learn() resets the envs, and with them the learned-reward wrapper.
             env = self.recorder
-            env.reset()
-            space = env.action_space
-            space.seed(int(rng.integers(2**31)))
+            obs = env.reset()
+            act = self._pretrain_actor()
             max_steps = want * self.task.clip_length * 4 + 10_000
             steps = 0
             while len(self.pool) < want and steps < max_steps:
-                env.step(np.stack([space.sample() for _ in range(env.num_envs)]))
+                obs = env.step(act(obs))[0]
                 steps += env.num_envs
-            self._ask(n - self._asked(), 0, selector=make_selector("random"))
+            self._ask(n - self._asked(), 0, selector=make_selector("random"), segments=self.pool.segments())
             self._collect()
             self._wait_answers()
             self.updater.train_now(max(1, self.r.pretrain_epochs))
         self.pretrain_done = True
+        self.query_mark = self.rl_start_uid = self._iteration_mark = self.pool.next_uid
+
+    def _pretrain_actor(self):
+        """``obs -> actions`` of the pretraining policy (its own seeded randomness: the run's streams stay as they are)."""
+        rng = np.random.default_rng(self.cfg.seed + 7)
+        if self.cfg.pretrain_policy == "uniform":
+            space = self.recorder.action_space
+            space.seed(int(rng.integers(2**31)))
+            return lambda obs: np.stack([space.sample() for _ in range(self.recorder.num_envs)])
+        agent, policy, n_envs = self.agent, self.agent.policy, self.recorder.num_envs
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        norm = self.agent_env.normalize_obs if isinstance(self.agent_env, VecNormalize) else (lambda o: o)
+        # gSDE policies draw their exploration noise every sde_sample_freq steps, as in SB3's rollouts.
+        resample = getattr(agent, "sde_sample_freq", -1) if getattr(agent, "use_sde", False) else 0
+        calls = [0]
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
+                if resample and (calls[0] == 0 or (resample > 0 and calls[0] % resample == 0)):
+                    policy.reset_noise(n_envs)
+                calls[0] += 1
+                return policy.predict(norm(obs), deterministic=False)[0]
+
+        return act
 
     def iteration(self, step: int) -> None:
         """One RLHF iteration at agent step ``step`` (called after each rollout)."""
@@ -169,6 +210,8 @@ class RLHFTrainer:
         # Clips from a much older policy are retired rather than shown (a quarter of the run by default).
         stale_after = self.cfg.stale_after_steps or max(self.r.steps // 4, 1)
         self.store.retire_older_than(step - stale_after)
+        pending = {q.query_id for q in self.store.pending_queries()}
+        self._pairs = {qid: pair for qid, pair in self._pairs.items() if qid in pending}
         due = self.schedule.target(step) - self._asked()
         room = self.cfg.max_pending - self.store.count_pending()
         self._ask(min(due, room), step)
@@ -178,13 +221,23 @@ class RLHFTrainer:
             self.updater.train_now(self.r.reward_epochs)  # the last: no rollout left to overlap with
         elif new:
             self.updater.submit(self.r.reward_epochs)
-        self._log(step)
+        self._log(step, evaluate=self.iterations % self.cfg.eval_every == 0 or step >= self.r.steps)
+        self._iteration_mark = self.pool.next_uid
         if self.iterations % self.cfg.checkpoint_every == 0:
             self.checkpoint(step)
 
-    def _log(self, step: int) -> None:
+    def _log(self, step: int, evaluate: bool = False) -> None:
         learned, true = self.learned.recent_returns()
+        gym = self.learned.recent_gym_returns()
         rep = self.updater.last_report
+        corr, rank_corr = (None, None)
+        if self.task.has_true_reward:
+            # 64 recent clips: enough for a correlation, cheap even for the Atari CNN.
+            corr, rank_corr = reward_correlations(self.ensemble, self.pool.since(self.rl_start_uid)[-64:],
+                                                  self.pool.since(self._iteration_mark)[-256:])
+        ev = None
+        if evaluate and self.cfg.eval_episodes and self.task.has_true_reward:
+            ev = evaluate_agent(self.agent, self.task, self.cfg.eval_episodes, agent_env=self.agent_env)
         elapsed = max(time.time() - self.t_start, 1e-9)
         row: dict[str, Any] = {
             "step": step,
@@ -193,11 +246,17 @@ class RLHFTrainer:
             "pending": self.store.count_pending(),
             "learned_return": float(np.mean(learned)) if learned else None,
             "true_return": float(np.mean(true)) if (true and self.task.has_true_reward) else None,
+            "eval_true_return": ev.mean if ev else None,
+            "gym_return": float(np.mean(gym)) if gym else None,
+            "eval_gym_return": ev.gym_mean if ev else None,
             "reward_val_accuracy": rep.mean_val_accuracy if rep else None,
             "reward_train_loss": rep.mean_train_loss if rep else None,
             "reward_val_loss": rep.mean_val_loss if rep else None,
             "reward_l2": rep.mean_l2 if rep else None,
-            "reward_return_corr": self._return_corr(),
+            "reward_l2_min": min(rep.l2) if rep and getattr(rep, "l2", None) else None,
+            "reward_l2_max": max(rep.l2) if rep and getattr(rep, "l2", None) else None,
+            "reward_return_corr": corr,
+            "reward_rank_corr_latest": rank_corr,
             "steps_per_second": (step - self.step_at_start) / elapsed,
             "wall_seconds": elapsed,
         }
@@ -206,24 +265,10 @@ class RLHFTrainer:
         if self._pbar is not None:
             self._pbar.update(step - self._pbar.n)
             post = {"labels": row["labels"]}
-            for key, name in (("true_return", "true"), ("learned_return", "learned")):
+            for key, name in (("eval_true_return", "eval"), ("true_return", "true"), ("learned_return", "learned")):
                 if row[key] is not None:
                     post[name] = f"{row[key]:.1f}"
             self._pbar.set_postfix(post)
-
-    def _return_corr(self) -> float | None:
-        """Pearson correlation of learned and true returns over recent pool segments."""
-        if not self.task.has_true_reward or len(self.pool) < 8:
-            return None
-        # 64 recent clips: enough for a correlation, cheap even for the Atari CNN.
-        segs: list[Segment] = self.pool.recent(min(len(self.pool), 64))
-        true = np.array([s.true_return for s in segs])
-        if np.std(true) == 0:
-            return None
-        pred = self.ensemble.member_segment_returns(segs, normalized=True).mean(axis=0)
-        if np.std(pred) == 0:
-            return None
-        return float(np.corrcoef(pred, true)[0, 1])
 
     # ----------------------------------------------------------------- checkpoints
     def checkpoint(self, step: int) -> None:
@@ -231,6 +276,8 @@ class RLHFTrainer:
             "iteration": self.iterations,
             "pretrain_done": self.pretrain_done,
             "trained_answer_id": self.trained_answer_id,
+            "query_mark": self.query_mark,
+            "rl_start_uid": self.rl_start_uid,
             "rng": self.rng.bit_generator.state,
             "pool": self.pool.state_dict(),
             "recorder": self.recorder.state_dict(),
@@ -256,6 +303,9 @@ class RLHFTrainer:
             self.pretrain_done = bool(state["pretrain_done"])
             self.rng.bit_generator.state = state["rng"]
             self.pool.load_state_dict(state["pool"])
+            # (older checkpoints: every clip after the resume is the agent's own)
+            self.query_mark = int(state.get("query_mark", 0))
+            self.rl_start_uid = int(state.get("rl_start_uid", 0))
             self.recorder.load_state_dict(state["recorder"])
             if state.get("oracle") and isinstance(self.oracle, StatefulOracle):
                 self.oracle.load_state_dict(state["oracle"])
@@ -304,7 +354,7 @@ class RLHFTrainer:
             if new:  # answers that came in after the last iteration (or while the run was stopped)
                 self.updater.train_now(self.r.reward_epochs)
             if new or self._last_logged != final:
-                self._log(final)
+                self._log(final, evaluate=True)
             self.checkpoint(final)
             mark_done(self.run_dir, final)
         finally:

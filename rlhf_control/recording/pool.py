@@ -57,6 +57,16 @@ class SegmentPool:
             return []
         return list(self._segments)[-n:]
 
+    def since(self, uid: int) -> list[Segment]:
+        """The stored segments added at or after the one that got ``uid`` (uids grow by one per
+        segment), oldest first: e.g. the clips of the rollouts since a mark of ``next_uid``."""
+        out = []
+        for seg in reversed(self._segments):
+            if seg.uid < uid:
+                break
+            out.append(seg)
+        return out[::-1]
+
     def sample(self, n: int) -> list[Segment]:
         """``n`` distinct segments drawn uniformly without replacement (all of them, shuffled, if fewer)."""
         n = _check_count(n)
