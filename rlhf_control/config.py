@@ -84,6 +84,9 @@ class RunConfig:
                                                        "resumable": True})
     """retrain the reward in a second process during the next rollout (off: in this process, between
     rollouts)"""
+    reward_continuous: bool = False
+    """keep training the reward in the worker, one pass over the window at a time, until the next
+    iteration takes its weights (the paper's predictor trains without pause); runs then depend on timing"""
     reward_fitter: str = "comparisons"
     """how the reward is fitted: comparisons (the paper's) or true-return-regression (an ablation)"""
     clip_length: int | None = None

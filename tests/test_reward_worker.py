@@ -132,3 +132,28 @@ def test_a_dead_worker_is_reported_not_waited_for():
         worker.submit(ens, trainer, ds, epochs=1, norm_segments=[])
         worker.result(ens, trainer)
     worker.close()
+
+
+def test_a_continuous_job_keeps_training_until_its_result_is_asked_for():
+    import time
+
+    rng = np.random.default_rng(3)
+    ds = PreferenceDataset(max_size=60)
+    labelled(rng, ds, 30, 0)
+    for continuous in (False, True):
+        ens, trainer = make()
+        ens.set_input_stats(np.concatenate([lb.pair.first.obs for lb in ds.labels]))
+        worker = RewardWorker(trainer.config, window=60, continuous=continuous)
+        try:
+            worker.submit(ens, trainer, ds, epochs=2, norm_segments=segments(rng, 10))
+            time.sleep(1.5)  # the agent's rollout
+            report = worker.result(ens, trainer)
+            # a second job still works: the worker is back to waiting for jobs
+            worker.submit(ens, trainer, ds, epochs=1, norm_segments=segments(rng, 10))
+            second = worker.result(ens, trainer)
+        finally:
+            worker.close()
+        if continuous:
+            assert report.epochs > 2 and trainer.epochs_done == report.epochs + second.epochs
+        else:
+            assert report.epochs == 2 and second.epochs == 1 and trainer.epochs_done == 3

@@ -308,3 +308,20 @@ def test_pretraining_clips_come_from_the_agents_untrained_policy(tmp_path):
     assert np.allclose(pretrain_actions("untrained"), 1.5, atol=0.05)
     uniform = pretrain_actions("uniform")
     assert uniform.min() < -1.5 and uniform.max() > 1.5
+
+
+def test_a_run_with_continuous_reward_training_finishes_with_every_label_trained_on(tmp_path):
+    reports = []
+    trainer = RLHFTrainer(_tiny(reward_continuous=True), tmp_path / "run")
+    take = trainer.updater.take
+
+    def noting_take():
+        took = take()
+        if took:
+            reports.append(trainer.updater.last_report)
+        return took
+
+    trainer.updater.take = noting_take
+    trainer.run()
+    assert reports and all(r.epochs >= 1 for r in reports)
+    assert trainer.trained_answer_id == _sql(tmp_path / "run", "SELECT MAX(id) FROM answers WHERE skipped = 0")[0][0]

@@ -127,7 +127,7 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     updater = RewardUpdater(fitter, dataset, recent_clips, asynchronous=cfg.reward_async,
                             worker_args={"trainer_config": trainer_config, "window": r.label_window,
                                          "threads": cfg.torch_threads, "device": device,
-                                         "fitter": cfg.reward_fitter})
+                                         "fitter": cfg.reward_fitter, "continuous": cfg.reward_continuous})
 
     # Everything is valid: only now touch the run directory.
     if resume:

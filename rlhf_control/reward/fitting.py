@@ -20,6 +20,7 @@ clips. Two fitters ship:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -145,10 +146,17 @@ def make_fitter(name: str, ensemble: RewardEnsemble, config: RewardTrainerConfig
 
 
 def retrain(fitter: RewardFitter, dataset: PreferenceDataset, epochs: int,
-            norm_segments: Sequence[Any]) -> FitReport:
+            norm_segments: Sequence[Any], keep_going: Callable[[], bool] | None = None) -> FitReport:
     """Fit for ``epochs`` passes over ``dataset``, then set the output normalisation on
-    ``norm_segments`` (the recent clips), as every retraining of the loop does."""
+    ``norm_segments`` (the recent clips), as every retraining of the loop does. With ``keep_going``,
+    more single passes follow for as long as it returns True (the worker's continuous training)."""
     report = fitter.train(dataset, epochs=epochs)
+    done = epochs
+    while keep_going is not None and keep_going():
+        report = fitter.train(dataset, epochs=1)
+        done += 1
+    if done != epochs and dataclasses.is_dataclass(report) and hasattr(report, "epochs"):
+        report = dataclasses.replace(report, epochs=done)
     if norm_segments:
         fitter.ensemble.update_normalization(norm_segments)
     return report

@@ -51,11 +51,14 @@ class RewardWorker:
 
     ``trainer_config`` (a :class:`RewardTrainerConfig`), ``window`` (the label window's size),
     ``threads`` (torch threads in the child) and ``fitter`` (a name in
-    :data:`~rlhf_control.reward.fitting.FITTERS`) are fixed for the worker's life.
+    :data:`~rlhf_control.reward.fitting.FITTERS`) are fixed for the worker's life. With ``continuous``
+    a job goes on training, one pass over the window at a time, after its epochs until
+    :meth:`result` asks for it (the paper's predictor trains without pause; the result then depends
+    on timing).
     """
 
     def __init__(self, trainer_config: Any, window: int | None, threads: int = 1, device: str = "cpu",
-                 fitter: str = "comparisons") -> None:
+                 fitter: str = "comparisons", continuous: bool = False) -> None:
         p_read, c_write = os.pipe()
         c_read, p_write = os.pipe()
         env = dict(os.environ)
@@ -72,8 +75,9 @@ class RewardWorker:
         self.sent_seq = -1  # highest label seq the child's window holds
         self._sent_uids: set[int] = set()  # pool segments the child keeps for the output normalisation
         self.busy = False
+        self.continuous = bool(continuous)
         self._send({"init": {"config": trainer_config, "window": window, "threads": threads, "device": device,
-                             "fitter": fitter}})
+                             "fitter": fitter, "continuous": self.continuous}})
 
     def _send(self, msg: dict[str, Any]) -> None:
         try:
@@ -122,6 +126,8 @@ class RewardWorker:
             raise RewardWorkerError("no reward job is running")
         self.busy = False
         try:
+            if self.continuous:
+                self._send({"take": True})
             msg = _recv(self._recv_conn)
         except (EOFError, OSError):
             code = self.proc.wait(timeout=10)
@@ -159,7 +165,7 @@ def _recv(conn: Connection) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- child side
-def _run_job(state: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+def _run_job(state: dict[str, Any], job: dict[str, Any], recv: Connection | None = None) -> dict[str, Any]:
     from rlhf_control.reward.ensemble import RewardEnsemble
     from rlhf_control.reward.fitting import make_fitter, retrain
 
@@ -184,7 +190,12 @@ def _run_job(state: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
         clips.update(norm["new"])
         segments = [clips[u] for u in norm["uids"]]
         state["clips"] = dict(zip(norm["uids"], segments, strict=True))
-    report = retrain(trainer, dataset, job["epochs"], segments)
+    keep_going = None
+    if state.get("continuous") and recv is not None:
+        keep_going = lambda: not recv.poll()  # noqa: E731  (until the parent asks for the result)
+    report = retrain(trainer, dataset, job["epochs"], segments, keep_going)
+    if keep_going is not None and "take" not in _recv(recv):
+        raise RuntimeError("expected the parent's request for the job's result")
     return {"ensemble": ens.blob(), "trainer": trainer.state_dict(), "rng": trainer.rng.bit_generator.state,
             "report": report}
 
@@ -208,10 +219,10 @@ def _child(read_fd: int, write_fd: int) -> None:
             init = msg["init"]
             torch.set_num_threads(int(init["threads"]))
             state.update(config=init["config"], device=init["device"], fitter=init["fitter"],
-                         dataset=PreferenceDataset(init["window"]))
+                         continuous=init.get("continuous", False), dataset=PreferenceDataset(init["window"]))
             continue
         try:
-            reply = _run_job(state, msg["job"])
+            reply = _run_job(state, msg["job"], recv)
         except Exception as e:  # reported to the parent, which trains the job itself
             reply = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         try:
