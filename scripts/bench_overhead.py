@@ -63,7 +63,7 @@ from rlhf_control.tasks.catalogue import get_task
 from rlhf_control.tasks.spec import ALGOS
 
 DEFAULT_STEPS = {"Pendulum-v1": 200_000, "HalfCheetah-v5": 300_000}
-LABELS, MEMBERS, SELECTOR = 700, 3, "variance"
+LABELS, MEMBERS, SELECTOR = 700, 3, "variance"  # --labels changes the budget
 WALL_TARGET, SCORE_TARGET = 1.15, 0.9
 
 
@@ -169,9 +169,10 @@ def timed_learn(agent, steps: int, callback=None) -> tuple[float, float]:
 def bench_task(name: str, steps: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     # eval_episodes=0: no periodic evaluation inside the timed RLHF run (RL has none); both final
     # policies are evaluated below, with the same evaluation.
-    cfg = RunConfig(task=name, oracle="perfect", selector=SELECTOR, labels=LABELS, reward_members=MEMBERS,
+    cfg = RunConfig(task=name, oracle="perfect", selector=SELECTOR, labels=args.labels, reward_members=MEMBERS,
                     steps=steps, seed=seed, algo=args.algo, torch_threads=1, device="cpu",
-                    reward_async=not args.sync_reward, eval_episodes=0)
+                    reward_async=not args.sync_reward, eval_episodes=0,
+                    query_min_clips=args.query_min_clips, reward_continuous=args.reward_continuous)
     r = resolve(cfg)
     task = r.task
     gamma = float(r.agent_params.get("gamma", 0.99))
@@ -231,7 +232,7 @@ def bench_task(name: str, steps: int, seed: int, args: argparse.Namespace) -> di
         "rl_gym_return": rl_eval.gym_mean, "rlhf_gym_return": rlhf_eval.gym_mean, "random_gym_return": rand_eval.gym_mean,
         "gym_normalised_score": score(rlhf_eval.gym_mean, rl_eval.gym_mean, rand_eval.gym_mean),
         "eval_episodes": args.eval_episodes, "eval_seed": EVAL_SEED,
-        "labels": LABELS,
+        "labels": args.labels, "query_min_clips": args.query_min_clips, "reward_continuous": args.reward_continuous,
         "phases_s": dict(pt.seconds), "rlhf_run_dir": str(run_dir),
     }
     print(f"  wall ratio RLHF/RL {res['wall_ratio']:.3f} (target <= {WALL_TARGET}); CPU ratio (main + worker) {res['cpu_ratio']:.3f}")
@@ -302,6 +303,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="directory for the RLHF run dirs and results.json")
     p.add_argument("--profile", action="store_true", help="run the RLHF loop under cProfile (inflates its time)")
     p.add_argument("--sync-reward", action="store_true", help="retrain the reward in the main process (no worker)")
+    p.add_argument("--labels", type=int, default=LABELS, help=f"label budget of the RLHF runs (default {LABELS})")
+    p.add_argument("--steps", type=int, default=None, help="agent steps of every task (default: the table's, x --steps-scale)")
+    p.add_argument("--query-min-clips", type=int, default=RunConfig.query_min_clips,
+                   help="the floor of the query window (RunConfig.query_min_clips)")
+    p.add_argument("--reward-continuous", action="store_true", help="continuous reward training in the worker")
     args = p.parse_args()
     if args.eval_episodes < 1 or args.steps_scale <= 0:
         p.error("--eval-episodes must be >= 1 and --steps-scale > 0")
@@ -311,7 +317,7 @@ def main() -> None:
           f"torch threads 1, out {args.out}")
     results = []
     for name in args.tasks:
-        steps = max(1, int(round(DEFAULT_STEPS.get(name, get_task(name).total_steps) * args.steps_scale)))
+        steps = args.steps or max(1, int(round(DEFAULT_STEPS.get(name, get_task(name).total_steps) * args.steps_scale)))
         for seed in args.seeds:
             results.append(bench_task(name, steps, seed, args))
             (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
