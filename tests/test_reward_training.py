@@ -1,5 +1,7 @@
 """RewardTrainer: learns to rank like the true return, loss symmetry, ties, bagging, adaptive L2."""
 
+import copy
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from rlhf_control.errors import UserError
 from rlhf_control.reward import (
     EnsembleConfig,
     PreferenceDataset,
@@ -15,6 +18,8 @@ from rlhf_control.reward import (
     RewardTrainerConfig,
     preference_loss,
 )
+from rlhf_control.reward.l2_control import AdaptiveL2
+from rlhf_control.reward.training import SPLIT_SCHEME
 from rlhf_control.types import Label, Segment, SegmentPair
 
 OBS, ACT, T = 4, 2, 8
@@ -115,9 +120,9 @@ def test_ties_train_toward_equal_sums():
 
 def test_adaptive_l2_moves_coefficient_in_the_right_direction():
     world = World(3)
-    base = RewardTrainerConfig(l2_init=1e-2, l2_factor=2.0)
+    base = RewardTrainerConfig(l2_init=1e-2, l2_step=2.0)
     # Ratio ~1 (< 1.1): an untrained net predicts ~equal sums for train and val labels -> l2 goes down.
-    random_labels = world.dataset(60)
+    random_labels = world.dataset(200)
     still = RewardTrainer(ensemble(), replace(base, lr=1e-9), np.random.default_rng(0))
     report = still.train(random_labels)
     ratios = np.array(report.val_loss) / np.array(report.train_loss)
@@ -138,25 +143,53 @@ def test_adaptive_l2_moves_coefficient_in_the_right_direction():
     assert frozen.train(flipped).l2 == (1e-2,) * 3
 
 
-def test_members_get_own_bootstrap_and_stable_validation_split():
+def test_each_member_trains_on_a_full_bootstrap_sample_and_validates_out_of_bag():
     trainer = RewardTrainer(ensemble(), rng=np.random.default_rng(0))
-    seqs = np.arange(3000)
+    n = 6000
+    seqs = np.arange(n) * 3 + 7  # the window's seqs need not be contiguous
     val, counts = trainer.member_split(seqs)
-    assert val.shape == counts.shape == (3, 3000)
-    assert np.all(counts[val] == 0)  # validation labels never train
-    np.testing.assert_allclose(val.mean(axis=1), 1 / np.e, atol=0.03)
-    train_counts = counts[~val]
-    assert abs(train_counts.mean() - 1.0) < 0.05 and train_counts.max() >= 3 and (train_counts == 0).any()
-    assert not np.array_equal(counts[0], counts[1]) and not np.array_equal(val[0], val[2])
-    # Same split on every call and as the window slides (it depends on each label's seq only).
-    val2, counts2 = trainer.member_split(seqs[1000:])
-    np.testing.assert_array_equal(val2, val[:, 1000:])
-    np.testing.assert_array_equal(counts2, counts[:, 1000:])
+    assert val.shape == counts.shape == (3, n)
+    # The paper's sample: |D| draws with replacement, covering 1 - 1/e of the distinct labels...
+    np.testing.assert_allclose(counts.sum(axis=1) / n, 1.0, atol=0.04)
+    np.testing.assert_allclose((counts > 0).mean(axis=1), 1 - 1 / np.e, atol=0.02)
+    assert counts.max() >= 4
+    # ... and its out-of-bag labels, exactly, are the validation set (about 1/e).
+    np.testing.assert_array_equal(val, counts == 0)
+    np.testing.assert_allclose(val.mean(axis=1), 1 / np.e, atol=0.02)
+    # Members draw independently: one's validation labels are in the other's sample as often as any.
+    assert not np.array_equal(counts[0], counts[1])
+    np.testing.assert_allclose((counts[1][val[0]] > 0).mean(), 1 - 1 / np.e, atol=0.03)
     other = RewardTrainer(ensemble(), RewardTrainerConfig(seed=1), np.random.default_rng(0))
-    assert not np.array_equal(other.member_split(seqs)[0], val)
+    assert not np.array_equal(other.member_split(seqs)[1], counts)
+
+
+def test_a_labels_split_does_not_change_as_the_window_slides():
+    world = World(8)
+    trainer = RewardTrainer(ensemble(), rng=np.random.default_rng(0))
+    ds = PreferenceDataset(max_size=50)
+    seen: dict[int, tuple] = {}
+    for _ in range(6):  # FIFO: 30 new labels each round push older ones out
+        for lb in world.dataset(30).labels:
+            ds.add(lb)
+        val, counts = trainer.member_split(ds.seqs)
+        for i, seq in enumerate(ds.seqs):
+            now = (tuple(val[:, i]), tuple(counts[:, i]))
+            assert seen.setdefault(int(seq), now) == now
+    assert len(seen) == 180 and len(ds) == 50
+
+
+def test_without_bagging_every_member_trains_once_on_each_label_it_does_not_hold_out():
+    seqs = np.arange(3000)
     no_bag = RewardTrainer(ensemble(), RewardTrainerConfig(bagging=False), np.random.default_rng(0))
-    v, c = no_bag.member_split(seqs)
-    np.testing.assert_array_equal(c, (~v).astype(int))
+    val, counts = no_bag.member_split(seqs)
+    np.testing.assert_array_equal(counts, (~val).astype(int))
+    np.testing.assert_allclose(val.mean(axis=1), 1 / np.e, atol=0.03)  # an independent 1/e per member
+    assert not np.array_equal(val[0], val[1])
+    every = RewardTrainer(ensemble(), RewardTrainerConfig(bagging=False, val_fraction=0.0), np.random.default_rng(0))
+    val, counts = every.member_split(seqs)
+    assert not val.any() and np.all(counts == 1)
+    report = every.train(World(9).dataset(20))
+    assert all(math.isnan(v) for v in report.val_loss) and report.l2 == (1e-3,) * 3  # nothing to adapt on
 
 
 def test_validation_labels_do_not_leak_into_training():
@@ -183,8 +216,40 @@ def test_state_dict_round_trip():
     clone = RewardTrainer(ensemble(), rng=np.random.default_rng(0))
     clone.load_state_dict(trainer.state_dict())
     assert clone.l2 == trainer.l2 and clone.epochs_done == 2
+    assert clone.l2_control.log_ratio == trainer.l2_control.log_ratio
     s0 = trainer.optimizers[1].state_dict()["state"][0]["exp_avg"]
     assert torch.equal(clone.optimizers[1].state_dict()["state"][0]["exp_avg"], s0)
+
+
+def test_a_resumed_trainer_continues_the_smoothed_l2_controller_exactly():
+    world = World(10)
+    ds = world.dataset(80)
+    cfg = RewardTrainerConfig(l2_smoothing=0.5, l2_step=1.3)
+    ens = ensemble()
+    trainer = RewardTrainer(ens, cfg, np.random.default_rng(0))
+    trainer.train(ds, epochs=3)
+    # What a checkpoint (or the reward worker) carries: weights, trainer state, generator state.
+    ens2 = copy.deepcopy(ens)
+    resumed = RewardTrainer(ens2, cfg, np.random.default_rng(99))
+    resumed.load_state_dict(copy.deepcopy(trainer.state_dict()))  # as torch.save / the worker's pickle
+    resumed.rng.bit_generator.state = trainer.rng.bit_generator.state
+    for lb in world.dataset(20).labels:
+        ds.add(lb)
+    a, b = trainer.train(ds, epochs=3), resumed.train(ds, epochs=3)
+    assert a.l2 == b.l2 and a.l2_ratio == b.l2_ratio and all(np.isfinite(a.l2_ratio))
+    # The smoothed ratio is not just the last reading, so dropping it from the state would show.
+    assert a.l2_ratio != tuple(np.array(a.val_loss) / np.array(a.train_loss))
+
+
+def test_a_trainer_state_of_another_split_scheme_is_refused_in_one_line():
+    trainer = RewardTrainer(ensemble(), rng=np.random.default_rng(0))
+    state = trainer.state_dict()
+    assert state["split_scheme"] == SPLIT_SCHEME == 2
+    old = {k: v for k, v in state.items() if k not in ("split_scheme", "l2_log_ratio")}  # written before
+    for bad, fragment in ((old, "no split scheme"), ({**state, "split_scheme": 1}, "split_scheme=1")):
+        with pytest.raises(UserError) as err:
+            trainer.load_state_dict(bad)
+        assert fragment in str(err.value) and "new run directory" in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -195,14 +260,18 @@ def test_state_dict_round_trip():
         ({"batch_size": 0}, "batch_size=0"),
         ({"epochs": 0}, "epochs=0"),
         ({"lr": 0.0}, "lr=0.0"),
-        ({"val_fraction": 1.0}, "val_fraction=1.0"),
+        ({"val_fraction": 1.0, "bagging": False}, "val_fraction=1.0"),
+        ({"val_fraction": 0.3}, "val_fraction=0.3 is not allowed; use None with bagging=True"),
         ({"l2_band": (1.5, 1.1)}, "l2_band=(1.5, 1.1)"),
-        ({"l2_factor": 1.0}, "l2_factor=1.0"),
+        ({"l2_step": 1.0}, "l2_step=1.0 is not allowed; use a factor in (1, 2]"),
+        ({"l2_step": 3.0}, "l2_step=3.0"),
+        ({"l2_smoothing": 0.0}, "l2_smoothing=0.0 is not allowed; use a weight in (0, 1]"),
+        ({"l2_smoothing": 1.5}, "l2_smoothing=1.5"),
         ({"l2_init": -1.0}, "l2_init=-1.0"),
     ],
 )
 def test_bad_config_raises_one_line(kwargs, fragment):
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(UserError) as err:
         RewardTrainerConfig(**kwargs)
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
@@ -218,7 +287,8 @@ def test_bad_training_inputs_raise_one_line():
         (lambda: trainer.train(world.dataset(2), epochs=0), "epochs=0"),
         (lambda: trainer.train(wrong), "obs shape"),
         (lambda: preference_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), noise=-0.5), "noise=-0.5"),
-        (lambda: trainer.load_state_dict({"l2": [1.0], "optimizers": [{}]}), "1 members"),
+        (lambda: trainer.load_state_dict({"split_scheme": SPLIT_SCHEME, "l2": [1.0], "optimizers": [{}]}),
+         "1 members"),
     ]
     for call, fragment in cases:
         with pytest.raises(ValueError) as err:
@@ -232,7 +302,7 @@ def test_tiny_window_and_mixed_lengths_train():
     short = [Segment(s.obs[:3], s.acts[:3], s.true_rewards[:3]) for s in (world.segment(), world.segment())]
     ds.add(Label(SegmentPair(*short), -1))
     ens = ensemble()
-    trainer = RewardTrainer(ens, rng=np.random.default_rng(0))
+    trainer = RewardTrainer(ens, RewardTrainerConfig(seed=23), rng=np.random.default_rng(0))
     _, counts = trainer.member_split(ds.seqs)
     before = [params(m) for m in ens.members]
     report = trainer.train(ds, epochs=3)
@@ -243,3 +313,74 @@ def test_tiny_window_and_mixed_lengths_train():
     trained = counts.sum(axis=1) > 0
     assert trained.any() and not trained.all()  # (this seed) both cases occur
     assert (counts[:, 2] > 0).any()  # the 3-step pair is trained on
+
+
+def test_the_l2_controller_steps_only_outside_the_band_and_smooths_its_readings():
+    def ctl(smoothing=1.0, init=1e-2):
+        return AdaptiveL2(2, init, (1.1, 1.5), 1.1, smoothing, 1e-6, 10.0)
+
+    c = ctl()
+    c.update([1.0, 1.0], [1.3, 1.05])  # member 0 in the band, member 1 below it
+    assert c.coefficients == [1e-2, pytest.approx(1e-2 / 1.1)]
+    c.update([1.0, 1.0], [1.6, math.nan])  # above; no validation labels: no reading, no change
+    assert c.coefficients == [pytest.approx(1.1e-2), pytest.approx(1e-2 / 1.1)]
+    # One outlying reading moves a smoothed average less: 1.3 then 1.6 averages to about 1.44.
+    s = ctl(0.5)
+    s.update([1.0, 1.0], [1.3, 1.3])
+    s.update([1.0, 1.0], [1.6, 1.3])
+    assert s.coefficients == [1e-2, 1e-2] and s.ratios()[0] == pytest.approx(math.sqrt(1.3 * 1.6))
+    # Clamps, and a start from 0 (no L2 yet) that can grow.
+    hi, lo, zero = ctl(init=9.5), ctl(init=1.05e-6), ctl(init=0.0)
+    hi.update([1.0, 1.0], [2.0, 2.0])
+    lo.update([1.0, 1.0], [1.0, 1.0])
+    zero.update([1.0, 1.0], [2.0, 2.0])
+    assert hi.coefficients == [10.0, 10.0] and lo.coefficients == [1e-6, 1e-6] and zero.coefficients == [1e-6, 1e-6]
+    frozen = AdaptiveL2(2, 1e-2, (1.1, 1.5), 1.1, 1.0, 1e-6, 10.0, active=False)
+    frozen.update([1.0, 1.0], [3.0, 3.0])
+    assert frozen.coefficients == [1e-2, 1e-2]
+
+
+def linear_preferences(seed: int, n: int, noise: float, obs_dim: int = 6) -> PreferenceDataset:
+    """``n`` labels from a linear true reward of (obs, act), each flipped with probability ``noise``."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=obs_dim + ACT)
+    ds = PreferenceDataset(None)
+    for _ in range(n):
+        segs = []
+        for _ in range(2):
+            obs = (rng.normal(size=(T, obs_dim)) + rng.normal(size=obs_dim)).astype(np.float32)
+            acts = rng.uniform(-1, 1, size=(T, ACT)).astype(np.float32)
+            segs.append(Segment(obs, acts, np.concatenate([obs, acts], 1) @ w))
+        value = int(np.sign(segs[0].true_return - segs[1].true_return))
+        ds.add(Label(SegmentPair(*segs), -value if rng.random() < noise else value))
+    return ds
+
+
+def l2_history(cfg: RewardTrainerConfig, calls: int = 60) -> tuple[np.ndarray, np.ndarray, list]:
+    """The loop's pattern on 200 noisy labels: pretraining (50 epochs), then calls of 3 epochs.
+    Returns per call the coefficients ``(calls, K)`` and raw val/train ratios ``(calls, K)``."""
+    ds = linear_preferences(3, 200, noise=0.2)
+    ens = RewardEnsemble(EnsembleConfig(), (6,), (ACT,), seed=3)
+    trainer = RewardTrainer(ens, cfg, np.random.default_rng(3))
+    reports = [trainer.train(ds, epochs=50 if call == 0 else 3) for call in range(calls)]
+    l2 = np.array([r.l2 for r in reports])
+    ratio = np.array([np.array(r.val_loss) / np.array(r.train_loss) for r in reports])
+    return l2, ratio, reports
+
+
+def test_the_l2_coefficient_settles_near_the_band_without_touching_the_clamps():
+    cfg = RewardTrainerConfig(seed=3)
+    l2, ratio, reports = l2_history(cfg)
+    half = len(l2) // 2
+    assert min(r.min_l2 for r in reports) > cfg.l2_min and max(r.max_l2 for r in reports) < cfg.l2_max
+    assert all(r.min_l2 == l2[i].min() and r.max_l2 == l2[i].max() for i, r in enumerate(reports))
+    # Settled: over the second half each member's coefficient moves by less than 10x ...
+    assert np.all(l2[half:].max(axis=0) / l2[half:].min(axis=0) < 10), l2[half:]
+    # ... while its ratio stays near the band (1.1-1.5) and ends in it (within 10%).
+    assert 1.0 < ratio[half:].min() and ratio[half:].max() < 1.9, ratio[half:]
+    assert np.all((np.array(reports[-1].l2_ratio) > 1.0) & (np.array(reports[-1].l2_ratio) < 1.65))
+    assert 1.1 <= np.median(ratio[half:]) <= 1.5
+    # The same problem under the earlier rule (x1.5 per check, no smoothing) swings by orders of
+    # magnitude: the problem is hard enough to tell the two apart.
+    old, _, _ = l2_history(replace(cfg, l2_step=1.5, l2_smoothing=1.0))
+    assert np.max(old[half:].max(axis=0) / old[half:].min(axis=0)) > 1000
