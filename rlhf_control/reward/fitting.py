@@ -13,8 +13,9 @@ clips. Two fitters ship:
   is unchanged (same queries, schedule and label count); each labelled pair contributes its two
   segments with their true returns (the synthetic oracle's reward), and each member's segment sum of
   raw outputs is regressed onto the standardised returns (r̂ is normalised afterwards as usual, so
-  the affine change of scale does not matter). Members are bagged like the comparison trainer's; L2
-  is a fixed weight decay (the adaptive scheme is calibrated on the comparison loss).
+  the affine change of scale does not matter). The newest 1/e of the labelled pairs are held out for
+  validation and each member trains on a fresh bootstrap resample of the rest every epoch; L2 is a
+  fixed weight decay (the adaptive scheme is calibrated on the comparison loss).
   ``val_accuracy`` is how often the fitted returns order held-out labelled pairs like their labels.
 """
 
