@@ -101,11 +101,12 @@ class RunConfig:
     """cap on queries waiting for an answer"""
     stale_after_steps: int | None = field(default=None, metadata={"flag": "--stale-after", "resumable": True})
     """retire queries not answered within this many agent steps (default: a quarter of the run)"""
-    eval_episodes: int = 10
+    eval_episodes: int | None = None
     """episodes of each deterministic evaluation of the policy on the true reward (fixed seeds, its own
-    env) that fills eval_true_return; 0 turns evaluation off"""
-    eval_every: int = 5
-    """iterations between evaluations (the last iteration is always evaluated)"""
+    env) that fills eval_true_return; 0 turns evaluation off (default: the task's, 10; 2 for Atari)"""
+    eval_every: int | None = None
+    """iterations between evaluations; the last iteration is always evaluated (default: the task's, 5;
+    100 for Atari, whose episodes are 10,000 steps)"""
     torch_threads: int = 1
     """torch threads per process (the paper's networks are tiny: one is fastest on a CPU)"""
     label_host: str = field(default="127.0.0.1", metadata={"resumable": True})
@@ -126,6 +127,8 @@ class RunConfig:
                 raise UserError(f"{name.replace('_', '-')} {value!r} must be a non-negative integer")
         for name, low in (("query_min_clips", 2), ("eval_episodes", 0), ("eval_every", 1)):
             value = getattr(self, name)
+            if value is None and name != "query_min_clips":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"{name.replace('_', '-')} {value!r} must be an integer >= {low}")
         if self.pretrain_policy not in ("untrained", "uniform"):
@@ -231,6 +234,8 @@ class Resolved:
     agent_params: dict[str, Any]
     iteration_steps: int
     schedule_horizon: float  # the paper's schedule constant in agent steps (the task's counts frames)
+    eval_episodes: int
+    eval_every: int
 
 
 def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
@@ -275,6 +280,8 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         agent_params=agent_params,
         iteration_steps=cfg.iteration_steps or _default_iteration_steps(algo, agent_params, n_envs, steps),
         schedule_horizon=task.schedule_horizon / task.frames_per_step,
+        eval_episodes=task.eval_episodes if cfg.eval_episodes is None else cfg.eval_episodes,
+        eval_every=cfg.eval_every or task.eval_every,
     )
 
 

@@ -73,3 +73,13 @@ def test_atari_schedule_counts_frames_and_keeps_the_papers_500_pretraining_label
     # MuJoCo keeps its 25% share when the budget changes, and counts agent steps.
     rc = resolve(RunConfig(task="HalfCheetah-v5", labels=1400))
     assert rc.pretrain_labels == 350 and rc.schedule_horizon == 2e6
+
+
+def test_evaluation_defaults_come_from_the_task_and_flags_override_them():
+    from rlhf_control.config import RunConfig, resolve
+
+    pong, pendulum = resolve(RunConfig(task="Pong")), resolve(RunConfig())
+    assert (pong.eval_episodes, pong.eval_every) == (2, 100)
+    assert (pendulum.eval_episodes, pendulum.eval_every) == (10, 5)
+    assert resolve(RunConfig(task="Pong", eval_episodes=0, eval_every=3)).eval_episodes == 0
+    assert resolve(RunConfig(task="Pong", eval_episodes=0, eval_every=3)).eval_every == 3

@@ -105,7 +105,7 @@ def test_atari_run_with_a_small_cnn(tmp_path):
         agent={"n_steps": 20},
     )
     cfg = RunConfig(task="Pong", steps=400, labels=8, pretrain_labels=4, seed=0, checkpoint_every=5,
-                    iteration_steps=120)
+                    iteration_steps=120, eval_episodes=0)  # (an evaluation is 2 episodes of 10,000 steps)
     run = tmp_path / "pong"
     RLHFTrainer(cfg, run, task=task).run()
     assert (run / "DONE").exists()

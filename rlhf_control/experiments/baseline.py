@@ -213,14 +213,14 @@ class BaselineTrainer:
         """Log a metrics row after a rollout (evaluated every ``eval_every`` of them, but not the last,
         which :meth:`run` evaluates); checkpoint every ``checkpoint_every`` of them."""
         self.iterations += 1
-        self._log(step, evaluate=self.iterations % self.cfg.eval_every == 0 and step < self.r.steps)
+        self._log(step, evaluate=self.iterations % self.r.eval_every == 0 and step < self.r.steps)
         if self.iterations % self.cfg.checkpoint_every == 0 and step - self.last_ckpt_step >= self.ckpt_min_steps:
             self.checkpoint(step)
 
     def _log(self, step: int, evaluate: bool = False) -> None:
         ev = None
-        if evaluate and self.cfg.eval_episodes > 0 and self.task.has_true_reward:
-            ev = evaluate_agent(self.agent, self.task, self.cfg.eval_episodes, agent_env=self.venv)
+        if evaluate and self.r.eval_episodes > 0 and self.task.has_true_reward:
+            ev = evaluate_agent(self.agent, self.task, self.r.eval_episodes, agent_env=self.venv)
         elapsed = max(time.time() - self.t_start, 1e-9)
         self.metrics.log({"step": step, "iteration": self.iterations,
                           "true_return": _mean(self.tracker.returns), "gym_return": _mean(self.tracker.gym_returns),

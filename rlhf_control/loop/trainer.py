@@ -221,7 +221,7 @@ class RLHFTrainer:
             self.updater.train_now(self.r.reward_epochs)  # the last: no rollout left to overlap with
         elif new:
             self.updater.submit(self.r.reward_epochs)
-        self._log(step, evaluate=self.iterations % self.cfg.eval_every == 0 or step >= self.r.steps)
+        self._log(step, evaluate=self.iterations % self.r.eval_every == 0 or step >= self.r.steps)
         self._iteration_mark = self.pool.next_uid
         if self.iterations % self.cfg.checkpoint_every == 0:
             self.checkpoint(step)
@@ -236,8 +236,8 @@ class RLHFTrainer:
             corr, rank_corr = reward_correlations(self.ensemble, self.pool.since(self.rl_start_uid)[-64:],
                                                   self.pool.since(self._iteration_mark)[-256:])
         ev = None
-        if evaluate and self.cfg.eval_episodes and self.task.has_true_reward:
-            ev = evaluate_agent(self.agent, self.task, self.cfg.eval_episodes, agent_env=self.agent_env)
+        if evaluate and self.r.eval_episodes and self.task.has_true_reward:
+            ev = evaluate_agent(self.agent, self.task, self.r.eval_episodes, agent_env=self.agent_env)
         elapsed = max(time.time() - self.t_start, 1e-9)
         row: dict[str, Any] = {
             "step": step,

@@ -104,6 +104,8 @@ class TaskSpec:
     reward_epochs: int = 3  # passes over the label window after each iteration that got new labels
     label_window: int = 3000
     schedule: str = "paper"
+    eval_episodes: int = 10  # episodes of each deterministic evaluation during a run
+    eval_every: int = 5  # iterations between evaluations
     schedule_horizon: float = 2e6  # c of the paper's rate c/(T+c), T in emulator frames (see frames_per_step)
     reward_net: str = "mlp"
     reward_net_kwargs: dict[str, Any] = field(default_factory=dict)  # EnsembleConfig fields
