@@ -202,3 +202,25 @@ def test_only_user_errors_are_one_line_messages(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_tasks", internal_bug)
     with pytest.raises(ValueError, match="broadcast"):
         main(["tasks"])
+
+
+def test_a_run_from_before_the_bagging_change_is_refused_on_resume_in_one_line(tiny_run, tmp_path):
+    import hashlib
+    import shutil
+
+    import torch
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    (old / "DONE").unlink()
+    ckpt = old / "checkpoints" / (old / "checkpoints" / "LATEST").read_text().strip()
+    state = torch.load(ckpt / "reward_trainer.pt", weights_only=True)
+    state.pop("split_scheme")  # as a checkpoint written by the previous version
+    torch.save(state, ckpt / "reward_trainer.pt")
+    meta = json.loads((ckpt / "state.json").read_text())
+    meta["files"]["reward_trainer.pt"] = hashlib.sha256((ckpt / "reward_trainer.pt").read_bytes()).hexdigest()
+    (ckpt / "state.json").write_text(json.dumps(meta))
+    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    res = _cli("train", "--resume", str(old), "--no-progress", cwd=tmp_path)
+    assert res.returncode == 2 and "split_scheme" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before  # nothing touched
