@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from rlhf_control.tasks.spec import algo_class
@@ -57,3 +59,17 @@ def load_obs_normalization(venv: VecNormalize, path: Path) -> None:
         venv.obs_rms.mean = data["mean"]
         venv.obs_rms.var = data["var"]
         venv.obs_rms.count = float(data["count"])
+
+
+class OnRolloutEnd(BaseCallback):
+    """SB3 callback that calls ``fn(agent steps so far)`` at the end of every rollout."""
+
+    def __init__(self, fn: Callable[[int], None]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.fn(int(self.model.num_timesteps))

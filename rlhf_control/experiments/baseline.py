@@ -28,12 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
 from rlhf_control import __version__, rundir
 from rlhf_control.agent.evaluation import evaluate_agent
-from rlhf_control.agent.factory import load_agent, load_obs_normalization, make_agent, save_obs_normalization
+from rlhf_control.agent.factory import (
+    OnRolloutEnd,
+    load_agent,
+    load_obs_normalization,
+    make_agent,
+    save_obs_normalization,
+)
 from rlhf_control.config import RunConfig, load_config_file, resolve, resolve_device, write_config_file
 from rlhf_control.errors import UserError
 from rlhf_control.loop.checkpoint import (
@@ -145,18 +150,6 @@ def _mean(values: Any) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
-class _RolloutCallback(BaseCallback):
-    def __init__(self, trainer: BaselineTrainer) -> None:
-        super().__init__()
-        self.trainer = trainer
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_rollout_end(self) -> None:
-        self.trainer.iteration(int(self.model.num_timesteps))
-
-
 class BaselineTrainer:
     """Trains the task's agent on its true reward into ``run_dir`` (``resume`` continues a stopped one)."""
 
@@ -250,7 +243,7 @@ class BaselineTrainer:
             self.step_at_start = done
             self.t_start = time.time()
             if self.r.steps - done > 0:
-                self.agent.learn(total_timesteps=self.r.steps - done, callback=_RolloutCallback(self),
+                self.agent.learn(total_timesteps=self.r.steps - done, callback=OnRolloutEnd(self.iteration),
                                  reset_num_timesteps=False)
             step = int(self.agent.num_timesteps)
             self._log(step, evaluate=True)

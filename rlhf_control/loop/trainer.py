@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
 from rlhf_control.agent.evaluation import evaluate_agent
-from rlhf_control.agent.factory import save_obs_normalization
+from rlhf_control.agent.factory import OnRolloutEnd, save_obs_normalization
 from rlhf_control.agent.learned_reward import relabel_rollouts
 from rlhf_control.config import RunConfig
 from rlhf_control.loop.build import build_run
@@ -37,22 +36,6 @@ from rlhf_control.queries.selection import make_selector
 from rlhf_control.rundir import METRICS_FILE, mark_done
 from rlhf_control.tasks.spec import TaskSpec
 from rlhf_control.types import Label, Segment, SegmentPair
-
-
-class _IterationCallback(BaseCallback):
-    def __init__(self, trainer: RLHFTrainer) -> None:
-        super().__init__()
-        self.trainer = trainer
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_rollout_end(self) -> None:
-        step = self.model.num_timesteps
-        # The last rollout always ends an iteration, so that the schedule's whole budget is asked for.
-        if (step - self.trainer.last_iteration_step >= self.trainer.r.iteration_steps
-                or step >= self.trainer.r.steps):
-            self.trainer.iteration(step)
 
 
 class RLHFTrainer:
@@ -201,6 +184,11 @@ class RLHFTrainer:
 
         return act
 
+    def _rollout_end(self, step: int) -> None:
+        # The last rollout always ends an iteration, so that the schedule's whole budget is asked for.
+        if step - self.last_iteration_step >= self.r.iteration_steps or step >= self.r.steps:
+            self.iteration(step)
+
     def iteration(self, step: int) -> None:
         """One RLHF iteration at agent step ``step`` (called after each rollout)."""
         self.iterations += 1
@@ -346,7 +334,7 @@ class RLHFTrainer:
                 self.updater.train_now(self.r.reward_epochs)
             if remaining > 0:
                 relabel_rollouts(self.agent, self.learned)
-                self.agent.learn(total_timesteps=remaining, callback=_IterationCallback(self),
+                self.agent.learn(total_timesteps=remaining, callback=OnRolloutEnd(self._rollout_end),
                                  reset_num_timesteps=False)
             final = int(self.agent.num_timesteps)
             self.updater.take()  # (the last iteration trains in this process: normally none)
