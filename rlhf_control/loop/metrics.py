@@ -149,11 +149,18 @@ def reward_correlations(ensemble: Any, recent: Sequence[Any], latest: Sequence[A
     correlation over the ``latest`` rollout's clips alone (does the reward still rank the agent's
     current behaviour). None where there are fewer than 8 clips or no spread to correlate."""
 
+    # The two sets overlap (both end with the newest clips): predict each clip once.
+    clips = {s.uid: s for s in (*recent, *latest)}
+    predicted: dict[int, float] = {}
+    if len(recent) >= 8 or len(latest) >= 8:
+        values = ensemble.member_segment_returns(list(clips.values()), normalized=True).mean(axis=0)
+        predicted = dict(zip(clips, values, strict=True))
+
     def corr(segs: Sequence[Any], rank: bool) -> float | None:
         if len(segs) < 8:
             return None
         true = np.array([s.true_return for s in segs])
-        pred = ensemble.member_segment_returns(list(segs), normalized=True).mean(axis=0)
+        pred = np.array([predicted[s.uid] for s in segs])
         if np.std(true) == 0 or np.std(pred) == 0:
             return None
         if rank:

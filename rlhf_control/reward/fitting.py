@@ -49,6 +49,14 @@ class RegressionReport:
     mean_val_accuracy: float | None
     mean_l2: float
 
+    @property
+    def min_l2(self) -> float:
+        return self.mean_l2  # one fixed weight decay for every member
+
+    @property
+    def max_l2(self) -> float:
+        return self.mean_l2
+
 
 def _batch_returns(ensemble, segs: list[Segment]) -> torch.Tensor:
     """Per-member segment sums of raw outputs, ``(K, B)``, with gradients."""
@@ -118,6 +126,12 @@ class FitReport(Protocol):
 
     @property
     def mean_l2(self) -> float: ...
+
+    @property
+    def min_l2(self) -> float: ...
+
+    @property
+    def max_l2(self) -> float: ...
 
 
 class RewardFitter(Protocol):
