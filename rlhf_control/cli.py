@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -165,12 +167,22 @@ def _train(args: argparse.Namespace) -> int:
                                   f"use --resume {run_dir} or another --run-dir")
         resume = False
 
+    _stop_on_sigterm()
     trainer = RLHFTrainer(cfg, run_dir, resume=resume, progress=not args.no_progress, task=task_spec,
                           label_token=args.label_token)
     print(f"run directory: {run_dir}", flush=True)
     trainer.run()
     print(f"finished; run directory: {run_dir}", flush=True)
     return 0
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the command as Ctrl-C does: the trainer checkpoints, stops its worker and server."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _slug(name: str) -> str:
@@ -190,11 +202,31 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _label(args: argparse.Namespace) -> int:
-    from rlhf_control.rundir import check_run_dir
-    from rlhf_control.web.server import serve
+    """Serve a stopped run's pending pairs, rendering the clips they still lack (newest first)."""
+    from rlhf_control.config import load_config_file
+    from rlhf_control.oracles.human import HumanOracle
+    from rlhf_control.rundir import CLIPS_DIR, CONFIG_FILE, check_run_dir
+    from rlhf_control.tasks.catalogue import get_task
+    from rlhf_control.tasks.spec import TaskSpec
+    from rlhf_control.video.render import SegmentRenderer
+    from rlhf_control.web.server import make_server
 
-    serve(check_run_dir(args.run_dir), host=args.host, port=args.port, token=args.token,
-          instructions=args.instructions)
+    run_dir = check_run_dir(args.run_dir)
+    cfg, task_dict = load_config_file(run_dir / CONFIG_FILE)
+    task = TaskSpec.from_dict(task_dict) if task_dict else get_task(cfg.task)
+    server = make_server(run_dir, host=args.host, port=args.port, token=args.token, instructions=args.instructions)
+    _stop_on_sigterm()
+    oracle = None
+    try:
+        oracle = HumanOracle(server.store, renderer=SegmentRenderer(task), clips_dir=run_dir / CLIPS_DIR)
+        print(f"labelling app: {server.url}  (Ctrl-C stops)", flush=True)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if oracle is not None:
+            oracle.close(timeout=5, finish=False)
+        server.stop()
     return 0
 
 

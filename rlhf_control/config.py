@@ -93,10 +93,21 @@ class RunConfig:
     """agent steps per clip (default: the task's)"""
     checkpoint_every: int = 5
     """iterations between checkpoints"""
+    checkpoint_minutes: float = field(default=10.0, metadata={"resumable": True})
+    """also checkpoint at the first iteration this many minutes after the last checkpoint (0: by
+    iterations only); a run also checkpoints right after pretraining and when stopped (SIGTERM, Ctrl-C)"""
     iteration_steps: int | None = None
     """agent steps per iteration (default one rollout, at least 2,048 or an eighth of the run)"""
     wait_for_labels: bool = field(default=False, metadata={"resumable": True})
-    """wait for pending answers instead of running ahead (human oracle)"""
+    """human oracle: pause the agent whenever the labels fall behind the schedule (--label-slack 0)"""
+    label_slack: int = field(default=3, metadata={"resumable": True})
+    """human oracle: labels the answers may fall behind the schedule before the agent pauses for the
+    labeller (it goes on as answers arrive; the last iteration waits for the whole budget)"""
+    label_buffer: int = field(default=3, metadata={"resumable": True})
+    """human oracle: pairs chosen and rendered ahead of the labellers (newest clips first)"""
+    run_ahead: bool = field(default=False, metadata={"resumable": True})
+    """human oracle: never pause for the labeller; each iteration queues its due pairs (up to
+    --max-pending) and stale ones are retired, as synthetic oracles' are"""
     max_pending: int = field(default=40, metadata={"resumable": True})
     """cap on queries waiting for an answer"""
     stale_after_steps: int | None = field(default=None, metadata={"flag": "--stale-after", "resumable": True})
@@ -143,6 +154,15 @@ class RunConfig:
             raise UserError(f"torch-threads {self.torch_threads} must be at least 1")
         if self.checkpoint_every < 1:
             raise UserError(f"checkpoint-every {self.checkpoint_every} must be at least 1")
+        for name, low in (("label_slack", 0), ("label_buffer", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UserError(f"{name.replace('_', '-')} {value!r} must be an integer >= {low}")
+        if self.wait_for_labels and self.run_ahead:
+            raise UserError("wait-for-labels and run-ahead contradict each other; give one of them")
+        if isinstance(self.checkpoint_minutes, bool) or not isinstance(self.checkpoint_minutes, (int, float)) \
+                or not 0 <= self.checkpoint_minutes < float("inf"):
+            raise UserError(f"checkpoint-minutes {self.checkpoint_minutes!r} must be a number >= 0")
         if self.max_pending < 1:
             raise UserError(f"max-pending {self.max_pending} must be at least 1")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:

@@ -65,7 +65,7 @@ def bench(env_id: str, steps: int, repeats: int, out: Path) -> None:
         renderer.write_mp4(b, out / f"{i}_b.mp4")
         renderer.write_mp4(side_by_side(a, b, renderer.gap), out / f"{i}_ab.mp4")
         t2 = time.perf_counter()
-        paths = renderer.render_pair(pair, out, query_id=i)
+        paths = [p for p in renderer.render_pair(pair, out, query_id=i, side_by_side_clip=True) if p]
         t3 = time.perf_counter()
         draw.append(t1 - t0)
         encode.append(t2 - t1)

@@ -64,7 +64,8 @@ def test_labels_answered_while_training_reach_the_reward_model(tmp_path):
     args = ["train", "--oracle", "human", "--wait-for-labels", "--steps", "4096", "--labels", "8",
             "--pretrain-labels", "4", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run), "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", *args], text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
         line = proc.stdout.readline()
@@ -84,8 +85,10 @@ def test_labels_answered_while_training_reach_the_reward_model(tmp_path):
 
 def test_offline_labelling_then_resume_learns_the_answers(tmp_path):
     run = tmp_path / "offline"
-    assert main(["train", "--oracle", "human", "--steps", "2048", "--labels", "6", "--pretrain-labels", "6",
-                 "--n-envs", "2", "--label-port", "0", "--run-dir", str(run), "--no-progress"]) == 0
+    # --run-ahead: nobody labels while it trains, and the run does not wait for anyone.
+    assert main(["train", "--oracle", "human", "--run-ahead", "--steps", "2048", "--labels", "6",
+                 "--pretrain-labels", "6", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run),
+                 "--no-progress"]) == 0
     rows = _rows(run)
     assert rows[-1]["labels"] == "0" and rows[-1]["reward_val_accuracy"] == ""
     # The run has stopped; a person labels its pending queries with `rlhf-control label`.
@@ -108,7 +111,7 @@ def test_task_without_true_reward(tmp_path, capsys):
     assert "no true reward" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
     run = tmp_path / "flip"
-    assert main(["train", "--task", "hopper-backflip", "--oracle", "human", "--steps", "2048", "--labels", "2",
+    assert main(["train", "--task", "hopper-backflip", "--oracle", "human", "--run-ahead", "--steps", "2048", "--labels", "2",
                  "--pretrain-labels", "2", "--n-envs", "1", "--label-port", "0", "--run-dir", str(run),
                  "--no-progress"]) == 0
     for row in _rows(run):

@@ -127,9 +127,13 @@ def test_render_pair_writes_both_clips_and_side_by_side(tmp_path, pendulum):
     seg, _, _ = pendulum
     rev = Segment(obs=seg.obs[::-1], acts=seg.acts, render_ref=seg.render_ref[::-1])
     renderer = SegmentRenderer("Pendulum-v1", fps=20, size=(200, 200), gap=8)
-    first, second, both = renderer.render_pair(SegmentPair(seg, rev), tmp_path / "clips", query_id=42)
+    # By default only the two clips the page plays (the side-by-side one cost a third of the time).
+    assert renderer.render_pair(SegmentPair(seg, rev), tmp_path / "only", query_id=42)[2] is None
+    assert sorted(p.name for p in (tmp_path / "only").iterdir()) == ["query_42_first.mp4", "query_42_second.mp4"]
+    first, second, both = renderer.render_pair(SegmentPair(seg, rev), tmp_path / "clips", query_id=42,
+                                               side_by_side_clip=True)
     assert [p.name for p in (first, second, both)] == ["query_42_first.mp4", "query_42_second.mp4",
-                                                       "query_42_pair.mp4"]
+                                                      "query_42_pair.mp4"]
     clips = []
     for p in (first, second, both):
         reader = iio.get_reader(p)

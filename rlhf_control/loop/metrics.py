@@ -69,9 +69,12 @@ def _cell(value: Any) -> str:
 
 
 class MetricsLogger:
-    """Appends rows to ``run_dir/metrics.csv`` and writes TensorBoard events to ``run_dir/tb``."""
+    """Appends rows to ``run_dir/metrics.csv`` and writes TensorBoard events to ``run_dir/tb``.
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    ``purge_step``: a resumed run logs again from this step, so TensorBoard drops the events it has
+    at or after it (the CSV is cut back by :func:`truncate_metrics`)."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, purge_step: int | None = None) -> None:
         self.path = Path(run_dir) / METRICS_FILE
         new = not self.path.exists() or self.path.stat().st_size == 0
         if not new:
@@ -85,7 +88,7 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(run_dir) / TB_DIR))
+            self._tb = SummaryWriter(str(Path(run_dir) / TB_DIR), purge_step=purge_step)
 
     def log(self, row: dict[str, Any]) -> None:
         """Write one row (keys from ``COLUMNS``; missing ones are empty)."""

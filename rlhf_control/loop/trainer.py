@@ -9,6 +9,7 @@ row and, every few iterations, checkpoints. The parts come from :func:`rlhf_cont
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from rlhf_control.loop.checkpoint import (
     save_checkpoint,
 )
 from rlhf_control.loop.metrics import MetricsLogger, reward_correlations, truncate_metrics
-from rlhf_control.oracles import ClosableOracle, ResumableOracle, StatefulOracle
+from rlhf_control.loop.pacing import LabelPacer
+from rlhf_control.oracles import ClosableOracle, PacedOracle, ResumableOracle, StatefulOracle
 from rlhf_control.queries.selection import make_selector
 from rlhf_control.rundir import METRICS_FILE, mark_done
 from rlhf_control.tasks.spec import TaskSpec
@@ -69,9 +71,15 @@ class RLHFTrainer:
         self._pbar = None
         self._last_logged = -1
         self._train_on_resume = False
-        if resume:
-            self._restore(p.checkpoint)
-        self.metrics = MetricsLogger(self.run_dir)
+        self._last_checkpoint = time.monotonic()
+        self._stopping = False
+        self._status = p.label_server.app.set_run if p.label_server is not None else (lambda **_: None)
+        self._status(state="starting", budget=self.r.labels, steps=self.r.steps)
+        # A person's pace: a few pairs at a time, and the agent pauses for them (unless --run-ahead).
+        self.pacer = LabelPacer(self, self._status) if isinstance(self.oracle, PacedOracle) \
+            and not self.cfg.run_ahead else None
+        purge = self._restore(p.checkpoint) if resume else None
+        self.metrics = MetricsLogger(self.run_dir, purge_step=purge)
 
     @property
     def worker(self) -> Any:
@@ -127,8 +135,8 @@ class RLHFTrainer:
         return new
 
     def _wait_answers(self) -> int:
-        """With ``wait_for_labels``: wait until every asked query is answered (a person's pace); the
-        number of new labels that came in meanwhile."""
+        """With ``wait_for_labels`` and an oracle that is not paced: wait until every asked query is
+        answered; the number of new labels that came in meanwhile."""
         new = 0
         while self.cfg.wait_for_labels and self.store.count_pending() > 0:
             time.sleep(0.5)
@@ -153,9 +161,15 @@ class RLHFTrainer:
             while len(self.pool) < want and steps < max_steps:
                 obs = env.step(act(obs))[0]
                 steps += env.num_envs
-            self._ask(n - self._asked(), 0, selector=make_selector("random"), segments=self.pool.segments())
-            self._collect()
-            self._wait_answers()
+            pick = {"selector": make_selector("random"), "segments": self.pool.segments()}
+            if self.pacer is not None:
+                self._status(state="pretraining", step=0, wanted=n)
+                self.pacer.top_up(0, target=n, **pick)
+                self.pacer.wait(0, target=n, **pick)
+            else:
+                self._ask(n - self._asked(), 0, **pick)
+                self._collect()
+                self._wait_answers()
             self.updater.train_now(max(1, self.r.pretrain_epochs))
         self.pretrain_done = True
         self.query_mark = self.rl_start_uid = self._iteration_mark = self.pool.next_uid
@@ -195,23 +209,32 @@ class RLHFTrainer:
         self.last_iteration_step = step
         # The reward trained during the last rollout takes over (what the agent trains on next).
         self.updater.take()
-        # Clips from a much older policy are retired rather than shown (a quarter of the run by default).
+        # Clips from a much older policy are retired rather than shown (a quarter of the run by default);
+        # never a pair a labeller holds.
         stale_after = self.cfg.stale_after_steps or max(self.r.steps // 4, 1)
-        self.store.retire_older_than(step - stale_after)
+        self.store.retire_older_than(step - stale_after, keep_held=True)
         pending = {q.query_id for q in self.store.pending_queries()}
         self._pairs = {qid: pair for qid, pair in self._pairs.items() if qid in pending}
-        due = self.schedule.target(step) - self._asked()
-        room = self.cfg.max_pending - self.store.count_pending()
-        self._ask(min(due, room), step)
-        new = self._collect()
-        new += self._wait_answers()
+        if self.pacer is not None:
+            self._status(state="training", step=step, wanted=self.schedule.target(step))
+            self.pacer.top_up(step)
+            new = self._collect()
+            new += self.pacer.wait(step, final=step >= self.r.steps)
+        else:
+            due = self.schedule.target(step) - self._asked()
+            room = self.cfg.max_pending - self.store.count_pending()
+            self._ask(min(due, room), step)
+            new = self._collect()
+            new += self._wait_answers()
         if new and step >= self.r.steps:
             self.updater.train_now(self.r.reward_epochs)  # the last: no rollout left to overlap with
         elif new:
             self.updater.submit(self.r.reward_epochs)
         self._log(step, evaluate=self.iterations % self.r.eval_every == 0 or step >= self.r.steps)
         self._iteration_mark = self.pool.next_uid
-        if self.iterations % self.cfg.checkpoint_every == 0:
+        overdue = self.cfg.checkpoint_minutes and \
+            time.monotonic() - self._last_checkpoint >= 60.0 * self.cfg.checkpoint_minutes
+        if self.iterations % self.cfg.checkpoint_every == 0 or overdue:
             self.checkpoint(step)
 
     def _log(self, step: int, evaluate: bool = False) -> None:
@@ -280,11 +303,13 @@ class RLHFTrainer:
         if isinstance(self.agent_env, VecNormalize):
             writers[OBS_NORM_FILE] = lambda p: save_obs_normalization(self.agent_env, p)
         save_checkpoint(self.run_dir, step, writers, jsonable(state))
+        self._last_checkpoint = time.monotonic()
 
-    def _restore(self, state: dict[str, Any] | None) -> None:
+    def _restore(self, state: dict[str, Any] | None) -> int:
         """Continue a run: the agent, ensemble and fitter came from the checkpoint (build_run); here
         the loop's own state, and the labels from the store. Without a checkpoint (killed before the
-        first) the run starts over, keeping the labels already in the store."""
+        first) the run starts over, keeping the labels already in the store. The metrics are cut back
+        to the checkpoint's step (all of them without one); returns the first step to log again."""
         if state is not None:
             self.iterations = int(state["iteration"])
             self.last_iteration_step = int(state["step"])
@@ -297,7 +322,8 @@ class RLHFTrainer:
             self.recorder.load_state_dict(state["recorder"])
             if state.get("oracle") and isinstance(self.oracle, StatefulOracle):
                 self.oracle.load_state_dict(state["oracle"])
-            truncate_metrics(self.run_dir / METRICS_FILE, int(state["step"]))
+        resume_step = int(state["step"]) if state is not None else -1
+        truncate_metrics(self.run_dir / METRICS_FILE, resume_step)
         # The store is the source of truth for labels, including those answered after the checkpoint.
         for answer_id, label in self.store.labels_with_ids(limit=self.r.label_window):
             self.dataset.add(label, seq=answer_id)
@@ -313,6 +339,7 @@ class RLHFTrainer:
         pending = [self.store.load_query(q.query_id) for q in self.store.pending_queries()]
         if pending:
             (self.oracle.resume if isinstance(self.oracle, ResumableOracle) else self.oracle.submit)(pending)
+        return resume_step + 1
 
     # ----------------------------------------------------------------- run
     def run(self) -> Path:
@@ -330,6 +357,7 @@ class RLHFTrainer:
                 self.updater.start()  # now, so that the worker boots while pretraining runs
             if not self.pretrain_done:
                 self.pretrain()
+                self.checkpoint(int(self.agent.num_timesteps))  # a kill must never make the run redo it
             elif self._train_on_resume:
                 self.updater.train_now(self.r.reward_epochs)
             if remaining > 0:
@@ -345,6 +373,13 @@ class RLHFTrainer:
                 self._log(final, evaluate=True)
             self.checkpoint(final)
             mark_done(self.run_dir, final)
+            self._status(state="finished", step=final)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it: keep what was done
+            self._stopping = True
+            self._status(state="stopped")
+            if self.pretrain_done:
+                self.checkpoint(int(self.agent.num_timesteps))
+            raise
         finally:
             self.close()
         return self.run_dir
@@ -357,7 +392,9 @@ class RLHFTrainer:
         self.metrics.close()
         self.agent_env.close()
         if self.parts.label_server is not None:
-            self.parts.label_server.stop()
+            # An open page polls every 2 s: let it see that the run is over before the server goes.
+            self.parts.label_server.stop(grace_s=0.0 if self._stopping else 2.5)
         if isinstance(self.oracle, ClosableOracle):
-            self.oracle.close(timeout=5)
+            now = self._stopping and "finish" in inspect.signature(self.oracle.close).parameters
+            self.oracle.close(timeout=5, **({"finish": False} if now else {}))
         self.store.close()

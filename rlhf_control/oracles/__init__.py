@@ -7,6 +7,7 @@ from rlhf_control.oracles.base import (
     Oracle,
     OracleContext,
     OracleFactory,
+    PacedOracle,
     ResumableOracle,
     SpecTerm,
     StatefulOracle,
@@ -16,6 +17,6 @@ from rlhf_control.oracles.base import (
 )
 from rlhf_control.oracles.synthetic import ScriptedTeacher, SyntheticOracle
 
-__all__ = ["ORACLES", "ClosableOracle", "Oracle", "OracleContext", "OracleFactory", "ResumableOracle",
+__all__ = ["ORACLES", "ClosableOracle", "Oracle", "OracleContext", "OracleFactory", "PacedOracle", "ResumableOracle",
            "ScriptedTeacher", "SpecTerm", "StatefulOracle", "SyntheticOracle", "check_spec", "make_oracle",
            "parse_spec"]

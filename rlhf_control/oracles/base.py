@@ -15,7 +15,8 @@ a clip renderer, which a person's oracle needs and a synthetic one ignores).
 
 Beyond the protocol, an oracle may declare optional capabilities, each a protocol of its own:
 :class:`StatefulOracle` (state saved in checkpoints), :class:`ResumableOracle` (takes back the queries
-left unanswered by a stopped run) and :class:`ClosableOracle` (has work to finish when the run ends).
+left unanswered by a stopped run), :class:`ClosableOracle` (has work to finish when the run ends) and
+:class:`PacedOracle` (answers at a person's pace: asked for pairs as its labellers need them).
 """
 
 from __future__ import annotations
@@ -71,6 +72,16 @@ class ClosableOracle(Protocol):
     """An oracle with work in flight (clips being rendered) to finish, for up to ``timeout`` s, at the end."""
 
     def close(self, timeout: float) -> None: ...
+
+
+@runtime_checkable
+class PacedOracle(Protocol):
+    """An oracle that answers at a person's pace (the human one). The loop asks it for a few pairs at a
+    time, keeping ``unheld()`` (pending pairs no labeller holds) at a small buffer, instead of a
+    round's worth; and it pauses the agent while the answers are more than a slack behind the label
+    schedule (``RunConfig.label_slack``)."""
+
+    def unheld(self) -> int: ...
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """HumanOracle: people answer in the browser labelling app (``rlhf_control.web``); the store is the queue.
 
 ``submit`` renders the two clips of each query in a background thread (so the training loop never
-waits for video encoding) and records their paths with ``PreferenceStore.set_clips``; the web app
-hands out only queries whose clips are ready. Answers reach the trainer through the store
+waits for video encoding), newest query first, and records their paths with
+``PreferenceStore.set_clips``; the web app hands out only queries whose clips are ready. The oracle is
+paced (:class:`~rlhf_control.oracles.base.PacedOracle`): the loop asks it for a few pairs at a time,
+as its labellers need them, rather than queueing a round's worth that would go stale. Answers reach the trainer through the store
 (``answers_since``), so ``collect`` returns ``[]``: handing the same answers back as well could
 re-record an answer the labeller has just undone.
 """
@@ -13,6 +15,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -28,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class PairRenderer(Protocol):
-    """Writes the clips of a pair: ``render_pair(pair, dir, query_id) -> (first, second, side_by_side)`` paths."""
+    """Writes the clips of a pair: ``render_pair(pair, dir, query_id) -> (first, second, side_by_side or None)``."""
 
     def render_pair(self, pair: SegmentPair, directory: Path, query_id: int) -> tuple[str, str, str | None]: ...
 
@@ -48,11 +51,12 @@ class HumanOracle:
         self.renderer = renderer
         self.clips_dir = Path(clips_dir) if clips_dir is not None else store.path.parent / CLIPS_DIR
         self.errors: list[tuple[int, str]] = []  # (query_id, one-line reason) of failed renders
-        self._queue: queue.Queue[Query | int | None] = queue.Queue()
+        self._queue: queue.Queue[Query | int | None] = queue.LifoQueue()  # the newest pair first
         self._queued: set[int] = set()  # query ids queued or being rendered, so none is drawn twice
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
+        remove_partial_clips(self.clips_dir)  # a killed run's half-written clips
         if renderer is not None:
             missing = [r.query_id for r in store.pending_queries() if not (r.clip_first and r.clip_second)]
             if missing:
@@ -78,6 +82,10 @@ class HumanOracle:
     def resume(self, pending: Sequence[Query]) -> None:
         """Nothing was lost: the store is this oracle's queue, and clips still missing were queued for
         rendering when it was made."""
+
+    def unheld(self) -> int:
+        """Pending queries that no labeller holds now (rendered or still being rendered)."""
+        return sum(1 for *_, holder in self.store.pending_overview() if holder is None)
 
     # ---- rendering ---------------------------------------------------------------------------
     def _enqueue(self, items: list[Query | int]) -> None:
@@ -163,18 +171,37 @@ class HumanOracle:
         threading.Thread(target=join, daemon=True).start()
         return done.wait(timeout)
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Render the clips already queued (waiting up to ``timeout`` s), then stop the render thread and
-        close the renderer (if it has ``close``). Idempotent."""
+    def close(self, timeout: float = 30.0, finish: bool = True) -> None:
+        """Render the clips already queued (waiting up to ``timeout`` s; none with ``finish=False``, only
+        the one being written), then stop the render thread and close the renderer (if it has
+        ``close``). Clips left unrendered are rendered by whoever serves the run next. Idempotent."""
         self._closed = True
         with self._lock:
             thread = self._thread
         if thread is not None and thread.is_alive():
-            self._queue.put(None)
-            thread.join(timeout)
+            deadline = time.monotonic() + timeout
+            if finish:
+                self.wait_rendered(timeout)
+            self._drain()
+            self._queue.put(None)  # (a LIFO queue: the stop comes next)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        remove_partial_clips(self.clips_dir)
 
 
-__all__ = ["HumanOracle", "PairRenderer"]
+def remove_partial_clips(clips_dir: Path) -> int:
+    """Delete the hidden ``.*.tmp`` files a kill mid-encoding leaves in ``clips_dir``; how many."""
+    n = 0
+    if clips_dir.is_dir():
+        for tmp in clips_dir.glob(".*.tmp"):
+            try:
+                tmp.unlink()
+                n += 1
+            except OSError:
+                pass
+    return n
+
+
+__all__ = ["HumanOracle", "PairRenderer", "remove_partial_clips"]
 
 
 class _HumanFactory:

@@ -29,9 +29,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rlhf_control.store import leases
 from rlhf_control.store.answers import check_answer, export_rows, import_row, insert_answer
 from rlhf_control.store.db import Database, new_store_file
 from rlhf_control.store.errors import StoreError, UnknownQueryError
+from rlhf_control.store.leases import check_labeller_name
 from rlhf_control.store.serialize import ENCODING, decode_segment, encode_segment
 from rlhf_control.types import Answer, Label, Query, Segment, SegmentPair
 
@@ -232,41 +234,44 @@ class PreferenceStore:
                 raise UnknownQueryError(f"query {query_id} is not in the store")
         return cur.rowcount == 1
 
-    def retire_older_than(self, step: int) -> int:
-        """Retire pending queries asked before agent step ``step``; returns how many."""
+    def retire_older_than(self, step: int, keep_held: bool = False) -> int:
+        """Retire pending queries asked before agent step ``step``; returns how many. ``keep_held``:
+        not those a labeller holds now (a pair on someone's screen is never taken away)."""
+        held = " AND (assigned_to IS NULL OR lease_until < ?)" if keep_held else ""
         with self._db.write() as conn:
             return conn.execute("UPDATE queries SET status = 'retired', assigned_to = NULL, assigned_at = NULL,"
-                                " lease_until = NULL WHERE status = 'pending' AND created_step < ?",
-                                (int(step),)).rowcount
+                                f" lease_until = NULL WHERE status = 'pending' AND created_step < ?{held}",
+                                (int(step), *((self._clock(),) if keep_held else ()))).rowcount
 
-    def claim_next(self, labeller: str, lease_s: float = 120.0,
-                   exclude: Sequence[int] = ()) -> QueryRecord | None:
+    def claim_next(self, labeller: str, lease_s: float = 120.0, exclude: Sequence[int] = (),
+                   newest_first: bool = False) -> QueryRecord | None:
         """Hold the next pending query for ``labeller`` for ``lease_s`` seconds, or None if none is free.
 
         The labeller's own held query comes first, then the oldest one nobody holds (or whose lease
-        ran out). ``exclude``: query ids to skip (e.g. the pair on screen while preloading the next).
+        ran out; the newest with ``newest_first``). ``exclude``: query ids to skip (e.g. the pair on
+        screen while preloading the next).
         """
-        if not isinstance(labeller, str) or not labeller:
-            raise ValueError(f"labeller {labeller!r} is not allowed; use a non-empty string")
-        ex = [int(i) for i in exclude]
-        not_ex = f"AND id NOT IN ({','.join('?' * len(ex))})" if ex else ""
+        check_labeller_name(labeller)
         with self._db.write() as conn:
-            now = self._clock()
-            rows = self._query_rows(f"WHERE status = 'pending' AND assigned_to = ? {not_ex} ORDER BY id LIMIT 1",
-                                    [labeller, *ex], conn) or \
-                self._query_rows(f"WHERE status = 'pending' AND (assigned_to IS NULL OR lease_until < ?) {not_ex}"
-                                 " ORDER BY id LIMIT 1", [now, *ex], conn)
-            if not rows:
-                return None
-            conn.execute("UPDATE queries SET assigned_to = ?, assigned_at = ?, lease_until = ? WHERE id = ?",
-                         (labeller, now, now + lease_s, rows[0].query_id))
-        return replace(rows[0], assigned_to=labeller, assigned_at=now, lease_until=now + lease_s)
+            qid = leases.claim_next(conn, labeller, self._clock(), lease_s, exclude, newest_first)
+            return None if qid is None else self._query_rows("WHERE id = ?", (qid,), conn)[0]
+
+    def hold(self, labeller: str, query_ids: Sequence[int], lease_s: float = 120.0) -> list[int]:
+        """Renew ``labeller``'s hold on those of ``query_ids`` still pending and theirs or free (taking
+        the free ones again); returns the ids they hold now."""
+        check_labeller_name(labeller)
+        with self._db.write() as conn:
+            return leases.hold(conn, labeller, query_ids, self._clock(), lease_s)
 
     def release(self, query_id: int, labeller: str) -> bool:
         """Give back a query held by ``labeller``; False if they did not hold it."""
         with self._db.write() as conn:
-            return conn.execute("UPDATE queries SET assigned_to = NULL, assigned_at = NULL, lease_until = NULL"
-                                " WHERE id = ? AND assigned_to = ?", (int(query_id), labeller)).rowcount == 1
+            return leases.release(conn, query_id, labeller)
+
+    def pending_overview(self) -> list[tuple[int, str | None, str | None, str | None]]:
+        """Pending queries as ``(id, clip_first, clip_second, holder or None)``, oldest first."""
+        with self._db.read() as conn:
+            return leases.pending_overview(conn, self._clock())
 
     # ---- answers -----------------------------------------------------------------------------
     def record_answer(self, answer: Answer) -> bool:

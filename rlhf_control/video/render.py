@@ -289,16 +289,21 @@ class SegmentRenderer:
         """Draw ``segment`` and write it to ``path`` (mp4)."""
         return self.write_mp4(self.frames(segment), path)
 
-    def render_pair(self, pair: SegmentPair, directory: str | Path, query_id: int) -> tuple[Path, Path, Path]:
-        """Write ``query_<id>_first.mp4``, ``..._second.mp4`` and ``..._pair.mp4`` (side by side, a
-        ``gap``-pixel white bar between) into ``directory``; returns the three paths."""
+    def render_pair(self, pair: SegmentPair, directory: str | Path, query_id: int,
+                    side_by_side_clip: bool = False) -> tuple[Path, Path, Path | None]:
+        """Write ``query_<id>_first.mp4`` and ``..._second.mp4`` into ``directory`` (the labelling page
+        plays the two in step); with ``side_by_side_clip`` also ``..._pair.mp4`` (both side by side, a
+        ``gap``-pixel white bar between), else None in its place. Returns the three paths."""
         if isinstance(query_id, bool) or not isinstance(query_id, (int, np.integer)) or query_id < 0:
             raise ValueError(f"query_id={query_id!r} is not allowed; use an integer >= 0")
         a, b = self.frames(pair.first), self.frames(pair.second)
         d = Path(directory)
         paths = [d / f"query_{int(query_id)}_{name}.mp4" for name in ("first", "second", "pair")]
-        for frames, path in zip((a, b, side_by_side(a, b, self.gap)), paths, strict=True):
-            self.write_mp4(frames, path)
+        self.write_mp4(a, paths[0])
+        self.write_mp4(b, paths[1])
+        if not side_by_side_clip:
+            return paths[0], paths[1], None
+        self.write_mp4(side_by_side(a, b, self.gap), paths[2])
         return paths[0], paths[1], paths[2]
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ def authorize(headers: Message, query: Mapping[str, list[str]], token: str | Non
         host = (headers.get("Host") or "").strip()
         name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
         if name.lower() not in LOOPBACK_HOSTS:
-            raise ApiError(403, f"Host {host[:80]!r} is not allowed; open the app at http://127.0.0.1:PORT/")
+            raise ApiError(403, f"Host {host[:80]!r} is not allowed; open the app at http://127.0.0.1:{port}/")
         return {}
     cookie_name = f"rlhf_label_{port}"
     given, from_query = None, False

@@ -6,7 +6,10 @@ convention as everywhere: ``1`` first (left) better, ``-1`` second (right) bette
 ``None`` can't tell (stored as skipped).
 
 Only queries whose two clips are rendered and lie inside the run's ``clips/`` folder are handed
-out. ``PreferenceStore.claim_next`` cannot filter on clips, so the app excludes the pending
+out, the newest first. A page holds the pair on screen and, when enough are free, one in reserve; it
+renews its holds with a heartbeat (``lease_s``, 30 s, after the last one they are free again).
+The run's trainer tells the app what it is doing (:meth:`LabelApp.set_run`: training, waiting for
+the labeller, finished), which the page shows. ``PreferenceStore.claim_next`` cannot filter on clips, so the app excludes the pending
 queries it knows to lack them (a scan of the pending queries at most every ``scan_every_s``) and
 gives back, with ``release``, any claim that turns out to have none (a query added since the scan).
 """
@@ -38,6 +41,8 @@ CLIP_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".webm": "video/webm"}
 MAX_INSTRUCTIONS = 20_000
 MAX_EXCLUDE = 100
 MAX_NAME = 64
+MAX_HELD = 10  # ids a heartbeat may name
+RUN_STATES = ("starting", "pretraining", "training", "waiting", "finished", "stopped")
 DEFAULT_INSTRUCTIONS = (
     "Watch both clips. Pick the one where the agent does the task better. "
     "If both are about as good, choose 'equally good'; if you cannot judge (nothing happens, the clips "
@@ -84,6 +89,28 @@ def parse_exclude(text: str | None) -> list[int]:
     return [int(p) for p in parts]
 
 
+def parse_flag(text: str | None, name: str) -> bool:
+    """A query-string switch: absent, ``0``/``false`` or ``1``/``true``; ApiError 400 otherwise."""
+    if text is None or text.lower() in ("", "0", "false"):
+        return False
+    if text.lower() in ("1", "true"):
+        return True
+    raise ApiError(400, f"{name}={text[:40]!r} is not allowed; use 1 or 0")
+
+
+def _config_budget(run_dir: Path) -> int | None:
+    """The run's label budget from its config.toml ([run] labels, else [task] label_budget)."""
+    try:
+        doc = read_config_doc(run_dir)
+    except (OSError, RunDirError):
+        return None
+    for section, key in (("run", "labels"), ("task", "label_budget")):
+        value = doc.get(section, {}).get(key) if isinstance(doc.get(section), dict) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
 def _read_config_instructions(run_dir: Path) -> tuple[str | None, str | None]:
     """(instructions, task name) from the run's config.toml; (None, None) when absent or unreadable."""
     try:
@@ -107,7 +134,7 @@ class LabelApp:
     """
 
     def __init__(self, store: PreferenceStore, run_dir: str | os.PathLike, clips_dir: str | os.PathLike | None = None,
-                 instructions: str | None = None, lease_s: float = 600.0, scan_every_s: float = 2.0) -> None:
+                 instructions: str | None = None, lease_s: float = 30.0, scan_every_s: float = 2.0) -> None:
         if not (math.isfinite(lease_s) and lease_s > 0):
             raise ValueError(f"lease_s={lease_s!r} is not allowed; use a number of seconds > 0")
         self.store = store
@@ -119,6 +146,16 @@ class LabelApp:
         self._lock = threading.Lock()
         self._noclip: set[int] = set()
         self._scanned_at = -math.inf
+        # What the run is doing; without a trainer (``rlhf-control label``) the run is stopped.
+        self._run: dict[str, Any] = {"state": "stopped", "budget": _config_budget(self.run_dir)}
+
+    def set_run(self, **info: Any) -> None:
+        """Update what the page shows of the run: ``state`` (one of RUN_STATES), ``step``, ``steps``,
+        ``budget`` (the run's labels), ``wanted`` (labels the schedule wants by now)."""
+        if "state" in info and info["state"] not in RUN_STATES:
+            raise ValueError(f"state {info['state']!r} is not allowed; use one of {', '.join(RUN_STATES)}")
+        with self._lock:
+            self._run.update(info)
 
     # ---- clips -------------------------------------------------------------------------------
     def clip_url(self, path: str | None) -> str | None:
@@ -147,7 +184,7 @@ class LabelApp:
         if first is None or second is None:
             return None
         return {"query_id": rec.query_id, "first": first, "second": second, "pair": self.clip_url(rec.clip_pair),
-                "created_step": rec.created_step, "lease_until": rec.lease_until}
+                "created_step": rec.created_step, "lease_until": rec.lease_until, "lease_s": self.lease_s}
 
     def _without_clips(self) -> set[int]:
         """Pending queries known to lack servable clips (rescanned at most every scan_every_s)."""
@@ -159,12 +196,22 @@ class LabelApp:
             return set(self._noclip)
 
     # ---- API ---------------------------------------------------------------------------------
-    def next_query(self, labeller: Any, exclude: Sequence[int] = ()) -> dict[str, Any] | None:
-        """Claim the next query with clips for ``labeller`` (their own held one first), or None."""
+    def _free_ready(self, exclude: set[int]) -> int:
+        """Pending queries with clips that nobody holds, outside ``exclude``."""
+        noclip = self._without_clips()
+        return sum(1 for qid, _, _, holder in self.store.pending_overview()
+                   if holder is None and qid not in noclip and qid not in exclude)
+
+    def next_query(self, labeller: Any, exclude: Sequence[int] = (), reserve: bool = False) -> dict[str, Any] | None:
+        """Claim the next query with clips for ``labeller`` (their own held one first, then the newest
+        free one), or None. ``reserve``: a pair to preload behind the one on screen, only handed out
+        while at least one more stays free for other labellers."""
         name = check_labeller(labeller)
         skip = set(exclude) | self._without_clips()
+        if reserve and self._free_ready(set(exclude)) < 2:
+            return None
         for _ in range(50):
-            rec = self.store.claim_next(name, lease_s=self.lease_s, exclude=sorted(skip))
+            rec = self.store.claim_next(name, lease_s=self.lease_s, exclude=sorted(skip), newest_first=True)
             if rec is None:
                 return None
             payload = self._payload(rec)
@@ -222,10 +269,33 @@ class LabelApp:
         name = check_labeller(body.get("labeller"))
         return {"released": self.store.release(qid, name)}
 
-    def stats(self) -> dict[str, Any]:
-        """Store counts plus ``waiting_for_clips`` (pending queries not rendered yet)."""
+    def heartbeat(self, body: Any) -> dict[str, Any]:
+        """``{labeller, query_ids}``: renew the labeller's hold on the pairs their page shows (taking a
+        free one back, e.g. after the page was hidden); ``held`` lists those they hold now."""
+        if not isinstance(body, dict):
+            raise ApiError(400, f"expected a JSON object {{labeller, query_ids}}, got {type(body).__name__}")
+        name = check_labeller(body.get("labeller"))
+        ids = body.get("query_ids")
+        if not isinstance(ids, list) or len(ids) > MAX_HELD or \
+                any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+            raise ApiError(400, f"query_ids {str(ids)[:80]} is not allowed; use a list of at most {MAX_HELD} query ids")
+        return {"held": self.store.hold(name, ids, lease_s=self.lease_s), "lease_s": self.lease_s}
+
+    def stats(self, labeller: Any = None) -> dict[str, Any]:
+        """Store counts; pending split into ``ready`` (free, with clips), ``rendering`` (clips not ready)
+        and held (``held_by_you`` with a ``labeller``, ``held_by_others``); the label ``budget`` and
+        what the run is doing (``run``)."""
+        name = None if labeller is None else check_labeller(labeller)
         out: dict[str, Any] = dict(self.store.stats())
-        out["waiting_for_clips"] = len(self._without_clips())
+        noclip = self._without_clips()
+        overview = self.store.pending_overview()
+        out["waiting_for_clips"] = out["rendering"] = sum(1 for qid, *_ in overview if qid in noclip)
+        out["ready"] = sum(1 for qid, _, _, holder in overview if holder is None and qid not in noclip)
+        out["held_by_you"] = sum(1 for *_, holder in overview if holder is not None and holder == name)
+        out["held_by_others"] = sum(1 for *_, holder in overview if holder is not None and holder != name)
+        with self._lock:
+            out["run"] = dict(self._run)
+        out["budget"] = out["run"].get("budget")
         return out
 
     def task(self) -> dict[str, Any]:

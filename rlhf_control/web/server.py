@@ -1,10 +1,11 @@
 """HTTP server of the labelling app (stdlib ``ThreadingHTTPServer``): the page, a JSON API and the clips.
 
     GET  /                        the page (``?token=T`` sets a cookie, so the page and its videos work)
-    GET  /api/next?labeller=NAME[&exclude=ID,...]   claim a query: 200 {query_id, first, second, ...}, 204 none
+    GET  /api/next?labeller=NAME[&exclude=ID,...][&reserve=1]   claim a query: 200 {query_id, first, ...}, 204 none
     POST /api/answer  {query_id, label: 1|-1|0|null, labeller, seconds}
     POST /api/undo    {labeller}      POST /api/release {query_id, labeller}
-    GET  /api/stats   GET|PUT /api/task {instructions}
+    POST /api/heartbeat {labeller, query_ids}   renew the holds of the pairs a page shows
+    GET  /api/stats[?labeller=NAME]   GET|PUT /api/task {instructions}
     GET  /clips/<file>                clips from the run's clips/ folder, with HTTP Range support
 
 Errors are JSON ``{"error": "one line"}`` with a 4xx status (5xx for server faults) and leave the
@@ -20,6 +21,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,7 +31,7 @@ from rlhf_control.rundir import STORE_FILE
 from rlhf_control.store.errors import StoreError
 from rlhf_control.store.store import PreferenceStore
 from rlhf_control.web.access import authorize, check_bind
-from rlhf_control.web.app import CLIP_TYPES, ApiError, LabelApp, parse_exclude
+from rlhf_control.web.app import CLIP_TYPES, ApiError, LabelApp, parse_exclude, parse_flag
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +161,10 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self.close_connection = True
             raise ApiError(400, "Content-Length is not a number") from None
-        if n < 0 or n > MAX_BODY:
+        if n < 0:
+            self.close_connection = True
+            raise ApiError(400, f"Content-Length {n} is not allowed; give the body's size in bytes (>= 0)")
+        if n > MAX_BODY:
             self.close_connection = True
             if 0 < n <= 16 * MAX_BODY:  # read it anyway, so the client sees the 413 and not a reset
                 self.rfile.read(n)
@@ -199,8 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.server.app
         api_routes = {
             ("GET", "/api/next"): lambda: app.next_query((query.get("labeller") or [None])[0],
-                                                         parse_exclude((query.get("exclude") or [""])[0])),
-            ("GET", "/api/stats"): app.stats,
+                                                         parse_exclude((query.get("exclude") or [""])[0]),
+                                                         parse_flag((query.get("reserve") or [None])[0], "reserve")),
+            ("GET", "/api/stats"): lambda: app.stats((query.get("labeller") or [None])[0]),
+            ("POST", "/api/heartbeat"): lambda: app.heartbeat(body),
             ("GET", "/api/task"): app.task,
             ("PUT", "/api/task"): lambda: app.set_task(body),
             ("POST", "/api/answer"): lambda: app.answer(body),
@@ -299,11 +306,14 @@ class LabelServer:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stop serving, drop open connections and close the store if the server opened it (idempotent)."""
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Stop serving (after ``grace_s`` seconds, so that open pages see the run's last state), drop
+        open connections and close the store if the server opened it (idempotent)."""
         if self._stopped:
             return
         self._stopped = True
+        if grace_s > 0 and self._thread is not None:
+            time.sleep(grace_s)
         if self._thread is not None:
             self.httpd.shutdown()
             self._thread.join(timeout=10)
@@ -321,7 +331,7 @@ class LabelServer:
 
 def make_server(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
                 instructions: str | None = None, *, store: PreferenceStore | None = None,
-                clips_dir: str | os.PathLike | None = None, lease_s: float = 600.0) -> LabelServer:
+                clips_dir: str | os.PathLike | None = None, lease_s: float = 30.0) -> LabelServer:
     """Open the run's store and bind the port, without serving yet (errors come before anything runs).
 
     Raises ValueError for a host beyond loopback without a token or a port that cannot be bound,
@@ -349,7 +359,7 @@ def make_server(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int =
 
 def start_server(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
                  instructions: str | None = None, *, store: PreferenceStore | None = None,
-                 clips_dir: str | os.PathLike | None = None, lease_s: float = 600.0) -> LabelServer:
+                 clips_dir: str | os.PathLike | None = None, lease_s: float = 30.0) -> LabelServer:
     """Serve the labelling app from a background thread (e.g. while training); ``port=0`` picks a free
     port. Pass the trainer's ``store`` to share it (it is then not closed by ``stop()``)."""
     return make_server(run_dir, host, port, token, instructions, store=store, clips_dir=clips_dir,
@@ -357,7 +367,7 @@ def start_server(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int 
 
 
 def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-          instructions: str | None = None, *, clips_dir: str | os.PathLike | None = None, lease_s: float = 600.0,
+          instructions: str | None = None, *, clips_dir: str | os.PathLike | None = None, lease_s: float = 30.0,
           out: TextIO | None = None) -> None:
     """Serve the labelling app until Ctrl-C (blocking). Prints the page URL on ``out`` (stdout)."""
     server = make_server(run_dir, host, port, token, instructions, clips_dir=clips_dir, lease_s=lease_s)
