@@ -98,17 +98,21 @@ def parse_flag(text: str | None, name: str) -> bool:
     raise ApiError(400, f"{name}={text[:40]!r} is not allowed; use 1 or 0")
 
 
-def _config_budget(run_dir: Path) -> int | None:
-    """The run's label budget from its config.toml ([run] labels, else [task] label_budget)."""
+def _config_numbers(run_dir: Path) -> tuple[int | None, float | None]:
+    """The run's label budget ([run] labels, else [task] label_budget) and clip frame rate ([task] fps)
+    from its config.toml; None for what is missing."""
     try:
         doc = read_config_doc(run_dir)
     except (OSError, RunDirError):
-        return None
-    for section, key in (("run", "labels"), ("task", "label_budget")):
+        return None, None
+
+    def get(section: str, key: str, kind: type) -> Any:
         value = doc.get(section, {}).get(key) if isinstance(doc.get(section), dict) else None
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+        return value if isinstance(value, kind) and not isinstance(value, bool) and value > 0 else None
+
+    budget = get("run", "labels", int) or get("task", "label_budget", int)
+    fps = get("task", "fps", (int, float))
+    return budget, (float(fps) if fps else None)
 
 
 def _read_config_instructions(run_dir: Path) -> tuple[str | None, str | None]:
@@ -147,7 +151,8 @@ class LabelApp:
         self._noclip: set[int] = set()
         self._scanned_at = -math.inf
         # What the run is doing; without a trainer (``rlhf-control label``) the run is stopped.
-        self._run: dict[str, Any] = {"state": "stopped", "budget": _config_budget(self.run_dir)}
+        budget, self.fps = _config_numbers(self.run_dir)
+        self._run: dict[str, Any] = {"state": "stopped", "budget": budget}
 
     def set_run(self, **info: Any) -> None:
         """Update what the page shows of the run: ``state`` (one of RUN_STATES), ``step``, ``steps``,
@@ -184,7 +189,7 @@ class LabelApp:
         if first is None or second is None:
             return None
         return {"query_id": rec.query_id, "first": first, "second": second, "pair": self.clip_url(rec.clip_pair),
-                "created_step": rec.created_step, "lease_until": rec.lease_until, "lease_s": self.lease_s}
+                "created_step": rec.created_step, "lease_until": rec.lease_until, "lease_s": self.lease_s, "fps": self.fps}
 
     def _without_clips(self) -> set[int]:
         """Pending queries known to lack servable clips (rescanned at most every scan_every_s)."""

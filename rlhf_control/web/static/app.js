@@ -1,11 +1,25 @@
 // Labelling page of rlhf-control: shows two clips side by side, looping in step, and stores the
 // answer. Label convention: 1 = left (first) better, -1 = right (second) better, 0 = equal,
 // null = can't tell. Two "slots" of two <video>s each: one is shown, the other preloads the next
-// pair (claimed with exclude=<shown id>), so moving on after an answer has no wait.
+// pair (claimed with exclude=<shown id>&reserve=1, which the server grants only while another pair
+// stays free for other labellers), so moving on after an answer has no wait. The page renews its
+// holds with a heartbeat and gives them back when it is hidden or closed; an answer the server could
+// not take stays in this page (localStorage) and is sent again until the server answers.
 "use strict";
 
 (() => {
   const NAME_KEY = "rlhf-control.labeller";
+  const OUTBOX_KEY = "rlhf-control.outbox";
+  const SPEED_KEY = "rlhf-control.speed";
+  const SPEEDS = [0.5, 0.75, 1, 1.5, 2];
+  const HEARTBEAT_MS = 5000;
+  const clampSpeed = (x) => (SPEEDS.includes(Number(x)) ? Number(x) : 1);
+  function loadOutbox() {
+    try {
+      const v = JSON.parse(localStorage.getItem(OUTBOX_KEY) || "[]");
+      return Array.isArray(v) ? v.filter((e) => e && Number.isInteger(e.query_id)).slice(0, 500) : [];
+    } catch (_) { return []; }
+  }
   const $ = (id) => document.getElementById(id);
   const LABEL_TEXT = { "1": "left is better", "-1": "right is better", "0": "equally good", "null": "can't tell" };
   const BUTTON_OF = { "1": "btn-first", "-1": "btn-second", "0": "btn-equal", "null": "btn-skip" };
@@ -29,6 +43,13 @@
     loops: 0,
     watchedMs: 0,
     visibleSince: null,
+    outbox: loadOutbox(), // answers the server could not take yet
+    flushing: false,
+    online: true,
+    run: null,
+    speed: clampSpeed(localStorage.getItem(SPEED_KEY)),
+    paused: false,
+    fps: 20,
   };
 
   // The token (if any) came as ?token=; the server has set a cookie, so drop it from the address bar.
@@ -87,11 +108,40 @@
   }
   function playBoth(slot) {
     const vs = [slot.a, slot.b];
-    for (const v of vs) { v.pause(); v.currentTime = 0; }
+    for (const v of vs) { v.pause(); v.currentTime = 0; v.playbackRate = st.speed; }
     Promise.all(vs.map(whenReady)).then(() => {
-      if (slot !== st.cur) return;
-      for (const v of vs) { v.currentTime = 0; v.play().catch(() => {}); }
+      if (slot !== st.cur || st.paused) return;
+      for (const v of vs) { v.currentTime = 0; v.playbackRate = st.speed; v.play().catch(() => {}); }
     });
+    flashLoop();
+  }
+  function flashLoop() {
+    const f = $("loop-flash");
+    f.classList.add("on");
+    setTimeout(() => f.classList.remove("on"), 400);
+  }
+  function setPaused(paused) {
+    st.paused = paused;
+    $("btn-pause").textContent = paused ? "▶ Play" : "⏸ Pause";
+    if (!st.cur) return;
+    for (const v of [st.cur.a, st.cur.b]) {
+      if (paused) v.pause();
+      else { v.playbackRate = st.speed; v.play().catch(() => {}); }
+    }
+  }
+  function stepFrames(n) {
+    if (!st.cur) return;
+    setPaused(true);
+    const vs = [st.cur.a, st.cur.b];
+    const dur = Math.min(...vs.map((v) => v.duration || 0));
+    const t = Math.min(Math.max(0, vs[0].currentTime + n / st.fps), Math.max(0, dur - 1e-3));
+    for (const v of vs) v.currentTime = t;
+  }
+  function setSpeed(x) {
+    st.speed = clampSpeed(x);
+    localStorage.setItem(SPEED_KEY, String(st.speed));
+    $("speed").value = String(st.speed);
+    if (st.cur) for (const v of [st.cur.a, st.cur.b]) v.playbackRate = st.speed;
   }
   for (const slot of slots) {
     for (const v of [slot.a, slot.b]) {
@@ -99,10 +149,14 @@
       // When either clip ends, both start again, so they stay in step.
       v.addEventListener("ended", () => {
         const now = performance.now();
-        if (slot !== st.cur || now - slot.lastRestart < 250) return;
+        if (slot !== st.cur || st.paused || now - slot.lastRestart < 250) return;
         slot.lastRestart = now;
         st.loops += 1;
         playBoth(slot);
+      });
+      v.addEventListener("timeupdate", () => {
+        if (slot !== st.cur || v !== slot.a || !v.duration) return;
+        $("scrub-fill").style.width = `${Math.min(100, (100 * v.currentTime) / v.duration)}%`;
       });
       v.addEventListener("error", () => {
         if (slot === st.cur && v.getAttribute("src")) toast("A clip failed to load; answer 'can't tell' to skip it", "error");
@@ -125,7 +179,9 @@
     slot.el.classList.remove("off");
     st.cur = slot;
     $("empty").hidden = true;
-    $("qinfo").textContent = `pair #${slot.q.query_id}`;
+    const from = Number.isInteger(slot.q.created_step) ? ` · clips from agent step ${slot.q.created_step.toLocaleString("en")}` : "";
+    $("qinfo").textContent = `pair #${slot.q.query_id}${from}`;
+    if (Number(slot.q.fps) > 0) st.fps = Number(slot.q.fps);
     $("stage").dataset.queryId = String(slot.q.query_id);
     st.watchedMs = 0;
     st.visibleSince = document.hidden ? null : performance.now();
@@ -140,9 +196,10 @@
   }
 
   // ---------------------------------------------------------------- claiming pairs
-  async function claim(exclude) {
+  async function claim(exclude, reserve = false) {
     const qs = new URLSearchParams({ labeller: st.name });
     if (exclude.length) qs.set("exclude", exclude.join(","));
+    if (reserve) qs.set("reserve", "1");
     const r = await api("GET", `/api/next?${qs}`);
     if (r.status === 204) return null;
     if (!r.ok) throw new Error(errText(r));
@@ -168,7 +225,7 @@
     if (st.preloading || !st.cur || st.next) return st.preloading;
     const curId = st.cur.q.query_id;
     st.preloading = (async () => {
-      const q = await claim([curId]);
+      const q = await claim([curId], true);
       if (!q || !st.cur || st.cur.q.query_id !== curId || q.query_id === curId || st.next) return;
       const slot = other(st.cur);
       load(slot, q);
@@ -210,11 +267,16 @@
       } else if ([404, 409, 410].includes(r.status)) {
         toast(`${errText(r)} (moving on)`, "warn");
         await advance();
+      } else if (r.status >= 500) {
+        keep({ query_id: q.query_id, label, labeller: st.name, seconds: watchedSeconds() });
+        await advance();
       } else {
         toast(`Not saved: ${errText(r)}`, "error");
       }
     } catch (_) {
-      toast("Not saved: the server cannot be reached; try again", "error");
+      keep({ query_id: q.query_id, label, labeller: st.name, seconds: watchedSeconds() });
+      setOnline(false);
+      await advance();
     } finally {
       st.busy = false;
       document.body.classList.remove("busy");
@@ -256,15 +318,112 @@
     }
   }
 
-  // ---------------------------------------------------------------- stats, task, name
-  async function refreshStats() {
+  // ---------------------------------------------------------------- answers kept in the page
+  function saveOutbox() {
+    localStorage.setItem(OUTBOX_KEY, JSON.stringify(st.outbox));
+    $("stat-unsent").textContent = String(st.outbox.length);
+    $("unsent-box").hidden = st.outbox.length === 0;
+  }
+  function keep(entry) {
+    st.outbox.push(entry);
+    saveOutbox();
+    st.mine += 1;
+    $("stat-mine").textContent = String(st.mine);
+    toast(`Pair #${entry.query_id} kept in this page: it is sent when the server answers again`, "warn");
+  }
+  async function flushOutbox() {
+    if (st.flushing || !st.outbox.length) return;
+    st.flushing = true;
     try {
-      const r = await api("GET", "/api/stats");
-      if (!r.ok) return;
-      $("stat-answered").textContent = String(r.data.answered);
-      $("stat-pending").textContent = String(r.data.pending);
-      $("stat-rate").textContent = Number(r.data.answers_per_minute).toFixed(1);
-    } catch (_) { /* next poll */ }
+      while (st.outbox.length) {
+        const e = st.outbox[0];
+        let r;
+        try { r = await api("POST", "/api/answer", e); } catch (_) { setOnline(false); return; }
+        if (r.status >= 500) return; // the store is not there yet: keep it
+        st.outbox.shift();
+        saveOutbox();
+        if (r.ok) toast(`✓ Sent pair #${e.query_id}, kept while the server was away`);
+        else toast(`Pair #${e.query_id} was not stored: ${errText(r)}`, "warn");
+      }
+    } finally {
+      st.flushing = false;
+    }
+  }
+
+  // ---------------------------------------------------------------- leases: heartbeat, hide, close
+  const heldIds = () => [st.cur, st.next].filter((s) => s && s.q).map((s) => s.q.query_id);
+  async function heartbeat() {
+    const ids = heldIds();
+    if (!st.name || !ids.length || st.busy || document.hidden) return;
+    let r;
+    try { r = await api("POST", "/api/heartbeat", { labeller: st.name, query_ids: ids }); } catch (_) { return; }
+    if (!r.ok || st.busy) return;
+    const held = new Set(r.data.held);
+    if (st.next && st.next.q && ids.includes(st.next.q.query_id) && !held.has(st.next.q.query_id)) {
+      unload(st.next);
+      st.next = null;
+    }
+    if (st.cur && st.cur.q && ids.includes(st.cur.q.query_id) && !held.has(st.cur.q.query_id)) {
+      toast(`Pair #${st.cur.q.query_id} is no longer yours (answered, retired or taken); next pair`, "warn");
+      await advance();
+    }
+  }
+  function releaseAll() {
+    for (const id of heldIds()) {
+      fetch("/api/release", {
+        method: "POST", keepalive: true, credentials: "same-origin",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ query_id: id, labeller: st.name }),
+      }).catch(() => {});
+    }
+  }
+
+  // ---------------------------------------------------------------- stats, run state, task, name
+  const RUN_TEXT = {
+    waiting: (r) => `The agent is waiting for your labels (it wants ${r.wanted ?? "more"} by now).`,
+    pretraining: () => "The agent waits for the first labels (on clips of its untrained policy) before it starts.",
+    finished: () => "The run has finished: thank you! Pairs still pending can be labelled later with 'rlhf-control label RUN_DIR'.",
+    stopped: () => "The run is not training now: your labels are stored and learned when it is resumed (train --resume).",
+  };
+  function setOnline(online) {
+    st.online = online;
+    showBanner();
+  }
+  function showBanner() {
+    const b = $("banner");
+    let text = "";
+    let kind = "";
+    if (!st.online) {
+      kind = "offline";
+      text = "Cannot reach the labelling server (the run may have ended or be restarting)."
+        + (st.outbox.length ? ` ${st.outbox.length} answer(s) are kept in this page and sent when it is back.` : "");
+    } else if (st.run && RUN_TEXT[st.run.state]) {
+      kind = st.run.state;
+      text = RUN_TEXT[st.run.state](st.run);
+    }
+    b.hidden = !text;
+    b.textContent = text;
+    b.className = `banner ${kind}`;
+    document.body.dataset.run = st.online ? (st.run ? st.run.state : "") : "offline";
+  }
+  async function refreshStats() {
+    let r;
+    try {
+      r = await api("GET", `/api/stats${st.name ? `?labeller=${encodeURIComponent(st.name)}` : ""}`);
+    } catch (_) {
+      setOnline(false);
+      return;
+    }
+    if (!r.ok) return;
+    const d = r.data;
+    st.run = d.run || null;
+    setOnline(true);
+    flushOutbox();
+    $("stat-labels").textContent = d.budget ? `${d.labels} of ${d.budget}` : String(d.labels);
+    $("stat-answered").textContent = String(d.answered);
+    $("stat-pending").textContent = String(d.pending);
+    $("pending-split").textContent = `pending: ${d.ready} ready · ${d.rendering} rendering · ${d.held_by_others} held by others`;
+    $("stat-rate").textContent = Number(d.answers_per_minute).toFixed(1);
   }
   async function loadTask() {
     try {
@@ -321,9 +480,15 @@
   document.addEventListener("keydown", (ev) => {
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
     const t = ev.target;
-    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
+    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable)) return;
     if ($("name-dialog").open) return;
-    if (ev.key in KEYS) {
+    if (ev.key === " " || ev.key === "p" || ev.key === "P") {
+      ev.preventDefault();
+      if (!ev.repeat) setPaused(!st.paused);
+    } else if (ev.key === "," || ev.key === ".") {
+      ev.preventDefault();
+      stepFrames(ev.key === "," ? -1 : 1);
+    } else if (ev.key in KEYS) {
       ev.preventDefault();
       if (!ev.repeat) answer(KEYS[ev.key]);
     } else if (ev.key === "u" || ev.key === "U" || ev.key === "Backspace") {
@@ -339,25 +504,23 @@
     });
   }
   $("btn-undo").addEventListener("click", (ev) => { if (ev.detail > 0) $("btn-undo").blur(); undo(); });
-  // Leaving the page hands its held pairs back, so other labellers need not wait for the lease to end.
-  window.addEventListener("pagehide", () => {
-    for (const s of [st.cur, st.next]) {
-      if (!s || !s.q || !st.name) continue;
-      fetch("/api/release", {
-        method: "POST", keepalive: true, credentials: "same-origin",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ query_id: s.q.query_id, labeller: st.name }),
-      }).catch(() => {});
-    }
-  });
+  $("btn-pause").addEventListener("click", (ev) => { if (ev.detail > 0) $("btn-pause").blur(); setPaused(!st.paused); });
+  $("btn-back").addEventListener("click", (ev) => { if (ev.detail > 0) $("btn-back").blur(); stepFrames(-1); });
+  $("btn-fwd").addEventListener("click", (ev) => { if (ev.detail > 0) $("btn-fwd").blur(); stepFrames(1); });
+  $("speed").addEventListener("change", () => { setSpeed($("speed").value); $("speed").blur(); });
+  // Leaving or hiding the page hands its held pairs back, so other labellers need not wait for the
+  // lease to end; coming back takes them again if nobody else has (the heartbeat).
+  window.addEventListener("pagehide", () => { if (st.name) releaseAll(); });
   document.addEventListener("visibilitychange", () => {
     if (document.hidden) {
       if (st.visibleSince !== null) st.watchedMs += performance.now() - st.visibleSince;
       st.visibleSince = null;
       if (st.cur) { st.cur.a.pause(); st.cur.b.pause(); }
+      if (st.name) releaseAll();
     } else {
       st.visibleSince = performance.now();
       if (st.cur) playBoth(st.cur);
+      heartbeat();
     }
   });
 
@@ -368,14 +531,22 @@
     get loops() { return st.loops; },
     get idle() { return !st.busy && !st.filling && !st.preloading; },
     get name() { return st.name; },
+    get outbox() { return st.outbox.map((e) => e.query_id); },
+    get run() { return st.run; },
+    get online() { return st.online; },
+    get paused() { return st.paused; },
+    get speed() { return st.speed; },
     videos() { return st.cur ? [st.cur.a, st.cur.b] : []; },
   };
 
   // ---------------------------------------------------------------- start
   $("who-name").textContent = st.name || "?";
   loadTask();
+  setSpeed(st.speed);
+  saveOutbox();
   refreshStats();
-  setInterval(refreshStats, 4000);
+  setInterval(refreshStats, 2000);
+  setInterval(heartbeat, HEARTBEAT_MS);
   // New pairs arrive while the trainer runs: look for one when the screen is empty, and keep one preloaded.
   setInterval(() => {
     if (!st.name || st.busy) return;
