@@ -175,6 +175,13 @@ BAD_REQUESTS = [
     ("json list", "POST", "/api/answer", b"[1, 1]", None, 400),
     ("not json", "POST", "/api/answer", b"query_id=1&label=1", {"Content-Type": "text/plain"}, 415),
     ("body too large", "POST", "/api/answer", b"x" * 70_000, None, 413),
+    ("negative length", "POST", "/api/answer", b"", {"Content-Length": "-5"}, 400),
+    ("heartbeat ids not a list", "POST", "/api/heartbeat", {"labeller": "carl", "query_ids": 1}, None, 400),
+    ("heartbeat bad id", "POST", "/api/heartbeat", {"labeller": "carl", "query_ids": [1, "2"]}, None, 400),
+    ("heartbeat too many", "POST", "/api/heartbeat", {"labeller": "carl", "query_ids": list(range(11))}, None, 400),
+    ("heartbeat no labeller", "POST", "/api/heartbeat", {"query_ids": [1]}, None, 400),
+    ("next bad reserve", "GET", "/api/next?labeller=ann&reserve=maybe", None, None, 400),
+    ("stats bad labeller", "GET", "/api/stats?labeller=%20", None, None, 400),
     ("undo no labeller", "POST", "/api/undo", {}, None, 400),
     ("release bad id", "POST", "/api/release", {"query_id": "x", "labeller": "ann"}, None, 400),
     ("next no labeller", "GET", "/api/next", None, None, 400),
@@ -269,7 +276,8 @@ def test_token_is_enforced_on_every_request(run_dir):
 
 
 def test_loopback_without_token_refuses_foreign_host_names(server):
-    assert call(server, "GET", "/api/stats", headers={"Host": "evil.example:80"})[0] == 403
+    status, _, data = call(server, "GET", "/api/stats", headers={"Host": "evil.example:80"})
+    assert status == 403 and f"http://127.0.0.1:{server.port}/" in json.loads(data)["error"]
     assert call(server, "GET", "/api/stats", headers={"Host": f"localhost:{server.port}"})[0] == 200
 
 
