@@ -1,0 +1,118 @@
+"""Clean stops and restarts: SIGTERM stops `train` within seconds after a checkpoint, with its reward
+worker and labelling server stopped and no half-written clip left; a run checkpoints right after
+pretraining, so a kill never makes it redo pretraining; on resume the metrics are cut back to the
+checkpoint it continues from (no step logged twice)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rlhf_control.loop.checkpoint import latest_checkpoint, load_checkpoint_state
+
+ROOT = Path(__file__).parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "train", *args, "--no-progress"], text=True,
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _steps(run: Path) -> list[int]:
+    if not (run / "metrics.csv").exists():
+        return []
+    with open(run / "metrics.csv", newline="") as f:
+        return [int(r["step"]) for r in csv.DictReader(f)]
+
+
+def _wait_rows(proc: subprocess.Popen, run: Path, n: int, timeout: float = 120) -> None:
+    t0 = time.time()
+    while len(_steps(run)) < n:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() - t0 < timeout, "the run logged too few rows"
+        time.sleep(0.2)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_checkpoints_and_stops_worker_server_and_renderer(tmp_path):
+    run = tmp_path / "run"
+    proc = _start(["--oracle", "human", "--run-ahead", "--steps", "40000", "--labels", "20", "--pretrain-labels", "4",
+                   "--n-envs", "2", "--iteration-steps", "2048", "--checkpoint-every", "100",
+                   "--checkpoint-minutes", "0", "--label-port", "0", "--run-dir", str(run)])
+    try:
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1))
+        _wait_rows(proc, run, 2)
+        workers = _children(proc.pid)
+        assert workers  # the reward worker
+        logged = _steps(run)[-1]
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+        took = time.time() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 130, proc.stderr.read()
+    assert took < 10, f"stopping took {took:.1f} s"
+    ckpt = latest_checkpoint(run)
+    assert load_checkpoint_state(ckpt)["step"] >= logged > 0  # the stop's checkpoint, not pretraining's
+    time.sleep(0.5)
+    assert not any(_alive(p) for p in workers)
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # the labelling server is gone
+    assert not list((run / "clips").glob(".*.tmp"))
+    assert list((run / "clips").glob("*.mp4"))
+
+
+def test_a_kill_never_redoes_pretraining_and_resume_cuts_the_metrics_back(tmp_path):
+    run = tmp_path / "run"
+    args = ["--steps", "10240", "--labels", "40", "--pretrain-labels", "10", "--n-envs", "2",
+            "--iteration-steps", "2048", "--checkpoint-every", "100", "--checkpoint-minutes", "0",
+            "--eval-episodes", "0"]
+    proc = _start([*args, "--run-dir", str(run)])
+    try:
+        _wait_rows(proc, run, 2)
+        proc.kill()  # SIGKILL: no chance to checkpoint; only the one after pretraining exists
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert load_checkpoint_state(latest_checkpoint(run))["step"] == 0
+    with sqlite3.connect(run / "preferences.sqlite") as con:
+        pretrain_queries = con.execute("SELECT COUNT(*) FROM queries WHERE created_step = 0").fetchone()[0]
+    assert pretrain_queries == 10 and len(_steps(run)) >= 2
+    resumed = subprocess.run([sys.executable, "-m", "rlhf_control.cli", "train", "--resume", str(run), "--no-progress"],
+                             env=ENV, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    steps = _steps(run)
+    assert steps == sorted(set(steps)) and steps[-1] == 10240  # no step logged twice
+    with sqlite3.connect(run / "preferences.sqlite") as con:
+        assert con.execute("SELECT COUNT(*) FROM queries WHERE created_step = 0").fetchone()[0] == pretrain_queries
+        assert con.execute("SELECT COUNT(*) FROM answers WHERE skipped = 0").fetchone()[0] == 40
