@@ -548,11 +548,13 @@
   setInterval(refreshStats, 2000);
   setInterval(heartbeat, HEARTBEAT_MS);
   // New pairs arrive while the trainer runs: look for one when the screen is empty, and keep one preloaded.
+  let polls = 0;
   setInterval(() => {
     if (!st.name || st.busy) return;
-    if (!st.cur) fillCurrent().then(preload);
-    else if (!st.next) preload();
-  }, 2500);
+    polls += 1;
+    if (!st.cur) fillCurrent().then(preload); // an empty screen looks every second
+    else if (!st.next && polls % 3 === 0) preload();
+  }, 1000);
   if (!st.name) askName();
   else fillCurrent().then(preload);
 })();
