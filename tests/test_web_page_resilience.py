@@ -1,0 +1,161 @@
+"""No answer lost by the page: one the server could not take (it was gone) is kept in the page and
+sent when the server is back; a closed tab gives its held pairs back at once; a hidden page gives
+them back and takes them again when shown; the page shows the run's state and the progress."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from rlhf_control.rundir import STORE_FILE
+from rlhf_control.store.store import PreferenceStore
+from rlhf_control.web.demo import make_demo_run
+from rlhf_control.web.server import start_server
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+WAIT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def run_dir(tmp_path_factory, tmp_path) -> Path:
+    run = tmp_path / "run"
+    make_demo_run(run, n_segments=8, n_queries=6, seed=7)
+    return run
+
+
+def open_page(browser, url: str, name: str):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
+    ctx.add_init_script(f"localStorage.setItem('rlhf-control.labeller', {name!r})")
+    page = ctx.new_page()
+    page.goto(url)
+    page.wait_for_function("window.labelApp && window.labelApp.current !== null && window.labelApp.idle",
+                           timeout=WAIT_MS)
+    return ctx, page
+
+
+def held(store: PreferenceStore) -> dict[int, str]:
+    return {qid: holder for qid, _, _, holder in store.pending_overview() if holder is not None}
+
+
+def test_an_answer_the_server_could_not_take_is_kept_and_sent_when_it_is_back(browser, run_dir):
+    srv = start_server(run_dir, port=0)
+    port = srv.port
+    ctx, page = open_page(browser, srv.url, "ann")
+    try:
+        qid = page.evaluate("window.labelApp.current")
+        srv.stop()  # the run ended (or the server went away) while ann watched the pair
+        page.keyboard.press("1")
+        page.wait_for_function("window.labelApp.outbox.length === 1", timeout=WAIT_MS)
+        assert page.evaluate("window.labelApp.outbox") == [qid]
+        page.wait_for_selector("#banner.offline", timeout=WAIT_MS)
+        with PreferenceStore.open(run_dir / STORE_FILE) as store:
+            assert store.count_answers() == 0
+        # `rlhf-control label` (or the resumed run) serves the run again on the same port
+        with start_server(run_dir, port=port):
+            page.wait_for_function("window.labelApp.outbox.length === 0 && window.labelApp.online", timeout=WAIT_MS)
+            with PreferenceStore.open(run_dir / STORE_FILE) as store:
+                answers = [a for _, a in store.answers_since(0)]
+            assert [(a.query_id, a.label, a.labeller) for a in answers] == [(qid, 1, "ann")]
+            # stored in localStorage: a reload finds nothing left to send
+            page.reload()
+            page.wait_for_function("window.labelApp && window.labelApp.online", timeout=WAIT_MS)
+            assert page.evaluate("window.labelApp.outbox") == []
+    finally:
+        ctx.close()
+
+
+def test_closing_or_hiding_the_tab_gives_its_pairs_back(browser, run_dir):
+    with start_server(run_dir, port=0) as srv, PreferenceStore.open(run_dir / STORE_FILE) as store:
+        ctx, page = open_page(browser, srv.url, "bob")
+        shown = page.evaluate("window.labelApp.current")
+        page.wait_for_function("window.labelApp.upcoming !== null", timeout=WAIT_MS)
+        assert set(held(store)) == {shown, page.evaluate("window.labelApp.upcoming")}
+        # hidden: both go back at once; shown again: the heartbeat takes the one on screen back
+        page.evaluate("""() => {
+            Object.defineProperty(document, 'hidden', { configurable: true, get: () => true });
+            document.dispatchEvent(new Event('visibilitychange'));
+        }""")
+        t0 = time.time()
+        while held(store) and time.time() - t0 < 10:
+            time.sleep(0.1)
+        assert held(store) == {}
+        page.evaluate("""() => {
+            Object.defineProperty(document, 'hidden', { configurable: true, get: () => false });
+            document.dispatchEvent(new Event('visibilitychange'));
+        }""")
+        t0 = time.time()
+        while held(store).get(shown) != "bob" and time.time() - t0 < 10:
+            time.sleep(0.1)
+        assert held(store).get(shown) == "bob" and page.evaluate("window.labelApp.current") == shown
+        page.close(run_before_unload=True)
+        t0 = time.time()
+        while held(store) and time.time() - t0 < 10:
+            time.sleep(0.1)
+        assert held(store) == {}  # not after the 30-s lease: at once
+        ctx.close()
+
+
+def test_the_page_shows_progress_and_that_the_agent_waits(browser, run_dir):
+    with start_server(run_dir, port=0) as srv:
+        srv.app.set_run(state="waiting", step=2048, wanted=5, budget=40)
+        ctx, page = open_page(browser, srv.url, "cat")
+        try:
+            page.wait_for_selector("#banner.waiting", timeout=WAIT_MS)
+            assert "waiting for your labels" in page.inner_text("#banner")
+            page.keyboard.press("2")
+            page.wait_for_function("document.getElementById('stat-labels').textContent === '1 of 40'",
+                                   timeout=WAIT_MS)
+            assert "ready" in page.inner_text("#pending-split")
+            assert "agent step" in page.inner_text("#qinfo")
+            srv.app.set_run(state="finished")
+            page.wait_for_selector("#banner.finished", timeout=WAIT_MS)
+            # playback: speed clamped to the allowed values, pause, frame steps
+            page.evaluate("localStorage.setItem('rlhf-control.speed', '7')")
+            page.reload()
+            page.wait_for_function("window.labelApp && window.labelApp.current !== null", timeout=WAIT_MS)
+            assert page.evaluate("window.labelApp.speed") == 1
+            page.select_option("#speed", "2")
+            assert page.evaluate("window.labelApp.videos().map(v => v.playbackRate)") == [2, 2]
+            page.keyboard.press("p")
+            assert page.evaluate("window.labelApp.paused") is True
+            t = page.evaluate("window.labelApp.videos()[0].currentTime")
+            page.keyboard.press(".")
+            page.wait_for_function(f"window.labelApp.videos()[0].currentTime > {t}", timeout=WAIT_MS)
+        finally:
+            ctx.close()
+
+
+def test_phone_layout_stacks_the_clips_and_hides_key_hints(browser, run_dir):
+    with start_server(run_dir, port=0) as srv:
+        ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                                  bypass_csp=True)
+        ctx.add_init_script("localStorage.setItem('rlhf-control.labeller', 'dee')")
+        page = ctx.new_page()
+        try:
+            page.goto(srv.url)
+            page.wait_for_function("window.labelApp && window.labelApp.current !== null", timeout=WAIT_MS)
+            boxes = page.evaluate("""() => [...document.querySelectorAll('.slot:not(.off) .clip')]
+                .map(c => c.getBoundingClientRect()).map(r => [r.left, r.top, r.width, r.bottom])""")
+            (l1, t1, w1, b1), (l2, t2, w2, _) = boxes
+            assert t2 >= b1 - 1 and w1 > 300 and w2 > 300  # one above the other, full width
+            assert not page.is_visible(".answer .keys") and not page.is_visible(".clip .hint")
+            assert page.evaluate("document.getElementById('btn-first').getBoundingClientRect().height") >= 48
+        finally:
+            ctx.close()
