@@ -5,7 +5,6 @@ them back and takes them again when shown; the page shows the run's state and th
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
