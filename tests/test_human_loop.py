@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -120,3 +121,41 @@ def test_task_without_true_reward(tmp_path, capsys):
     q = store.pending_queries()[0]
     assert store.load_query(q.query_id).pair.first.true_rewards is None
     store.close()
+
+
+def test_label_renders_the_clips_a_stopped_run_still_needs(tmp_path):
+    run = tmp_path / "stopped"
+    assert main(["train", "--oracle", "human", "--run-ahead", "--steps", "2048", "--labels", "4",
+                 "--pretrain-labels", "4", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run),
+                 "--no-progress"]) == 0
+    # As if the run had been stopped before its clips were rendered.
+    for clip in (run / "clips").glob("*.mp4"):
+        clip.unlink()
+    con = sqlite3.connect(run / "preferences.sqlite")
+    con.execute("UPDATE queries SET clip_first = NULL, clip_second = NULL, clip_pair = NULL")
+    con.commit()
+    pending = con.execute("SELECT COUNT(*) FROM queries WHERE status = 'pending'").fetchone()[0]
+    con.close()
+    assert pending == 4
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "label", str(run), "--port", "0"], text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = re.search(r"(http://127\.0\.0\.1:\d+)", proc.stdout.readline())
+        assert url, proc.stderr.read()
+        import time
+
+        t0, stats = time.time(), {}
+        while time.time() - t0 < 60:
+            stats = _get(f"{url.group(1)}/api/stats")[1]
+            if stats["ready"] == pending:
+                break
+            time.sleep(0.3)
+        assert stats["ready"] == pending and stats["run"]["state"] == "stopped" and stats["budget"] == 4
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(list((run / "clips").glob("*.mp4"))) == 2 * pending
+    assert not list((run / "clips").glob(".*.tmp"))
