@@ -3,11 +3,17 @@
 Usage: ``python scripts/bench_reward.py`` (paper sizes: 3,000 pairs; MuJoCo-like 50-step segments with
 obs 17 / act 6, and Atari 25-step segments of 84x84x4 uint8 held as StackedFrames). Atari is slow on a
 CPU: ``--atari-pairs N`` trains on N pairs and extrapolates linearly to ``--pairs`` (the output says so).
+
+The Atari CNN is timed on both of its paths in one run, alternately (``--atari-repeats`` rounds, the
+best time of each kept, as the machine may be shared): the plain ``CNNReward.forward`` and the faster
+path of ``reward/fast_cnn.py`` (the default), each from the same weights, labels and seeds; the ratio
+is printed. A "pair-epoch" is one labelled pair through one epoch of all members, evaluation included.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import resource
 import sys
 import time
@@ -60,6 +66,28 @@ def saved_activation_mb(ens: RewardEnsemble, ds: PreferenceDataset, batch_size: 
     return total / 2**20
 
 
+def bench_cnn_paths(ds: PreferenceDataset, members: int, cfg: RewardTrainerConfig, epochs: int, repeats: int,
+                    scale: float, device: torch.device) -> None:
+    """The plain and the fast CNN path, alternately, from the same start; the best time of each."""
+    best = {False: math.inf, True: math.inf}
+    losses = {}
+    for _ in range(repeats):
+        for fast in (False, True):
+            ens = RewardEnsemble(EnsembleConfig.atari(n_members=members), (84, 84, 4), (), n_actions=6, device=device)
+            ens.fast_cnn = fast
+            trainer = RewardTrainer(ens, cfg, np.random.default_rng(0))
+            rep = trainer.train(ds, epochs=epochs)
+            best[fast] = min(best[fast], rep.seconds / epochs)
+            losses[fast] = (rep.mean_train_loss, rep.mean_val_loss)
+    note = f" (measured on {len(ds)} pairs, x{scale:g} extrapolated)" if scale != 1 else ""
+    print(f"[atari-cnn] {len(ds) * scale:.0f} pairs, batch {cfg.batch_size}, {members} members, device {device}, "
+          f"{torch.get_num_threads()} threads; best of {repeats} alternating rounds of {epochs} epoch(s) in one call")
+    for fast, name in ((False, "plain (CNNReward.forward)"), (True, "fast (reward/fast_cnn.py)")):
+        print(f"  {name:27s} per epoch {best[fast] * scale:8.2f} s{note} = {best[fast] / len(ds):.4f} s per pair-epoch; "
+              f"train/val loss {losses[fast][0]:.4f}/{losses[fast][1]:.4f}")
+    print(f"  speed-up fast/plain: {best[False] / best[True]:.2f}x")
+
+
 def bench(name: str, ens: RewardEnsemble, ds: PreferenceDataset, cfg: RewardTrainerConfig, epochs: int,
           scale: float, device: torch.device) -> None:
     trainer = RewardTrainer(ens, cfg, np.random.default_rng(0))
@@ -93,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--atari-steps", type=int, default=25)
     p.add_argument("--atari-batch-size", type=int, default=RewardTrainerConfig.batch_size)
     p.add_argument("--atari-epochs", type=int, default=1)
+    p.add_argument("--atari-repeats", type=int, default=2, help="alternating plain/fast rounds (best kept)")
     p.add_argument("--skip-mujoco", action="store_true")
     p.add_argument("--skip-atari", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
@@ -125,9 +154,11 @@ def main(argv: list[str] | None = None) -> None:
         mb = sum(s.obs.nbytes for lb in ds.labels for s in (lb.pair.first, lb.pair.second)) / 2**20
         print(f"[atari-cnn] window frames held as StackedFrames: {mb:.0f} MiB for {n} pairs "
               f"(full 84x84x4 stacks would be {mb * 4 * args.atari_steps / (args.atari_steps + 3):.0f} MiB)")
-        ens = RewardEnsemble(EnsembleConfig.atari(n_members=args.members), (84, 84, 4), (), n_actions=6, device=device)
         cfg = RewardTrainerConfig(batch_size=args.atari_batch_size)
-        bench("atari-cnn", ens, ds, cfg, args.atari_epochs, args.pairs / n, device)
+        bench_cnn_paths(ds, args.members, cfg, args.atari_epochs, args.atari_repeats, args.pairs / n, device)
+        ens = RewardEnsemble(EnsembleConfig.atari(n_members=args.members), (84, 84, 4), (), n_actions=6, device=device)
+        print(f"  peak RSS so far (ru_maxrss): {rss_mb():.0f} MiB; torch saved-for-backward per batch: "
+              f"{saved_activation_mb(ens, ds, cfg.batch_size):.0f} MiB")
     sys.stdout.flush()
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from rlhf_control.errors import UserError
+from rlhf_control.reward.fast_cnn import ensemble_forward, member_forward
 from rlhf_control.reward.fast_mlp import FastMLP
 from rlhf_control.reward.nets import CNNReward, MLPReward, _check_dropout, _check_sizes
 from rlhf_control.rundir import atomic_path
@@ -135,6 +136,7 @@ class RewardEnsemble:
         self.in_mean: np.ndarray | None = None
         self.in_inv_std: np.ndarray | None = None
         self._fast: FastMLP | None = None  # what reward() runs small batches on; see weights_changed()
+        self.fast_cnn = True  # the CNN's faster path (reward/fast_cnn.py); False: its plain forward
 
     def weights_changed(self) -> None:
         """Drop the NumPy copy of the weights that :meth:`reward` uses for small batches. This class's
@@ -230,10 +232,14 @@ class RewardEnsemble:
 
     def member_forward_t(self, k: int, x: Encoded) -> torch.Tensor:
         """Raw output ``(N,)`` of member ``k`` on encoded input (grad and train/eval mode as set)."""
-        return self.members[k](*x) if isinstance(x, tuple) else self.members[k](x)
+        net = member_forward if self.fast_cnn and self.config.net == "cnn" else self.members[k]
+        args = (self.members[k],) if net is member_forward else ()
+        return net(*args, *x) if isinstance(x, tuple) else net(*args, x)
 
     def raw_member_outputs_t(self, x: Encoded) -> torch.Tensor:
-        """Raw outputs ``(K, N)`` of all members on encoded input."""
+        """Raw outputs ``(K, N)`` of all members on encoded input (a CNN's pixels made float once)."""
+        if self.fast_cnn and self.config.net == "cnn":
+            return ensemble_forward(self.members, *x) if isinstance(x, tuple) else ensemble_forward(self.members, x)
         return torch.stack([self.member_forward_t(k, x) for k in range(self.n_members)])
 
     def normalize_t(self, raw: torch.Tensor) -> torch.Tensor:
