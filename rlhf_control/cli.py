@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = ex.add_mutually_exclusive_group(required=True)
     group.add_argument("--export", type=Path, metavar="FILE", help="write FILE (.jsonl or .csv)")
     group.add_argument("--import", dest="import_", type=Path, metavar="FILE", help="read answers from FILE (.jsonl)")
+    ex.add_argument("--history", action="store_true", help="export undone answers too, with when and by whom")
 
     sub.add_parser("tasks", help="list the task catalogue")
 
@@ -241,9 +242,11 @@ def _labels(args: argparse.Namespace) -> int:
             suffix = args.export.suffix.lower()
             if suffix not in (".jsonl", ".csv"):
                 raise UserError(f"export file {str(args.export)!r} must end in .jsonl or .csv")
-            n = export_jsonl(store, args.export) if suffix == ".jsonl" else export_csv(store, args.export)
-            print(f"exported {n} answers to {args.export}")
+            n = (export_jsonl if suffix == ".jsonl" else export_csv)(store, args.export, history=args.history)
+            print(f"exported {n} answers{' (with the undone ones)' if args.history else ''} to {args.export}")
         else:
+            if args.history:
+                raise UserError("--history goes with --export")
             if not args.import_.is_file():
                 raise UserError(f"import file {str(args.import_)!r} does not exist")
             n = import_jsonl(store, args.import_)

@@ -73,18 +73,15 @@ class RLHFTrainer:
         self._train_on_resume = False
         self._last_checkpoint = time.monotonic()
         self._stopping = False
+        self._undone = self.store.undone_answer_ids()  # (the window rebuilt on resume holds live answers only)
         self._status = p.label_server.app.set_run if p.label_server is not None else (lambda **_: None)
         self._status(state="starting", budget=self.r.labels, steps=self.r.steps)
-        # A person's pace: a few pairs at a time, and the agent pauses for them (unless --run-ahead).
-        self.pacer = LabelPacer(self, self._status) if isinstance(self.oracle, PacedOracle) \
-            and not self.cfg.run_ahead else None
+        paced = isinstance(self.oracle, PacedOracle) and not self.cfg.run_ahead  # a person's pace (pacing.py)
+        self.pacer = LabelPacer(self, self._status) if paced else None
         purge = self._restore(p.checkpoint) if resume else None
         self.metrics = MetricsLogger(self.run_dir, purge_step=purge)
 
-    @property
-    def worker(self) -> Any:
-        """The reward worker process, while one runs."""
-        return self.updater.worker
+    worker = property(lambda self: self.updater.worker, doc="The reward worker process, while one runs.")
 
     @property
     def trained_answer_id(self) -> int:
@@ -120,7 +117,7 @@ class RLHFTrainer:
         return len(queries)
 
     def _collect(self) -> int:
-        """Move arrived answers into the store, then new labels from the store into the window."""
+        """Arrived answers into the store, new labels from it into the window, undone ones out of it."""
         for answer in self.oracle.collect():
             self.store.record_answer(answer)
         new = 0
@@ -132,11 +129,13 @@ class RLHFTrainer:
             pair = pair or self.store.load_query(answer.query_id).pair
             self.dataset.add(Label(pair, answer.label), seq=answer_id)
             new += 1
+        undone = self.store.undone_answer_ids()
+        self.dataset.remove(undone - self._undone)
+        self._undone = undone
         return new
 
     def _wait_answers(self) -> int:
-        """With ``wait_for_labels`` and an oracle that is not paced: wait until every asked query is
-        answered; the number of new labels that came in meanwhile."""
+        """``wait_for_labels``, an oracle not paced: wait for every pending answer; the new labels."""
         new = 0
         while self.cfg.wait_for_labels and self.store.count_pending() > 0:
             time.sleep(0.5)
@@ -145,9 +144,8 @@ class RLHFTrainer:
 
     # ----------------------------------------------------------------- phases
     def pretrain(self) -> None:
-        """The paper's pretraining: labels on clips of a random policy, then extra reward epochs. The
-        policy is the agent's own untrained one (the paper's "randomly initialized policy network"),
-        or uniformly random actions with ``pretrain_policy = "uniform"``."""
+        """The paper's pretraining: labels on clips of a random policy (the agent's untrained one, the paper's
+        "randomly initialized policy network", or uniform actions), then extra reward epochs."""
         n = self.r.pretrain_labels
         if n > 0:
             want = min(self.pool.capacity, max(2 * n, 20))

@@ -39,6 +39,7 @@ class PreferenceDataset:
         self._seqs: deque[int] = deque()
         self._next_seq = 0
         self._shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self.removals = 0  # how many times labels were taken out (undone answers): copies must resync
 
     def add(self, label: Label, seq: int | None = None) -> int:
         """Append ``label`` (dropping the oldest past ``max_size``); returns its seq.
@@ -67,6 +68,18 @@ class PreferenceDataset:
             self._labels.popleft()
             self._seqs.popleft()
         return seq
+
+    def remove(self, seqs: Iterable[int]) -> int:
+        """Take the labels with these seqs out of the window (answers undone after they were added);
+        returns how many were there. Later seqs keep increasing as before."""
+        drop = {int(s) for s in seqs}
+        keep = [(lb, s) for lb, s in zip(self._labels, self._seqs, strict=True) if s not in drop]
+        removed = len(self._labels) - len(keep)
+        if removed:
+            self._labels = deque(lb for lb, _ in keep)
+            self._seqs = deque(s for _, s in keep)
+            self.removals += 1
+        return removed
 
     def extend(self, labels: Iterable[Label]) -> None:
         for label in labels:

@@ -73,6 +73,7 @@ class RewardWorker:
         self._send_conn = Connection(p_write, readable=False)
         self._recv_conn = Connection(p_read, writable=False)
         self.sent_seq = -1  # highest label seq the child's window holds
+        self.sent_removals = 0  # the dataset's removals the child's window has seen
         self._sent_uids: set[int] = set()  # pool segments the child keeps for the output normalisation
         self.busy = False
         self.continuous = bool(continuous)
@@ -92,19 +93,24 @@ class RewardWorker:
         if self.busy:
             raise RewardWorkerError("a reward job is already running; take its result first")
         seqs = dataset.seqs
-        new = [(int(s), _strip_label(lb)) for lb, s in zip(dataset.labels, seqs, strict=True) if s > self.sent_seq]
+        # Labels taken out of the window (undone answers) since the last job: send the whole window again.
+        reset = getattr(dataset, "removals", 0) != self.sent_removals
+        since = -1 if reset else self.sent_seq
+        new = [(int(s), _strip_label(lb)) for lb, s in zip(dataset.labels, seqs, strict=True) if s > since]
         self._send({
             "job": {
                 "ensemble": ensemble.blob(),
                 "trainer": trainer.state_dict(),
                 "rng": trainer.rng.bit_generator.state,
                 "labels": new,
+                "reset": reset,
                 "epochs": int(epochs),
                 "norm": self._norm_message(norm_segments),
             }
         })
         if len(seqs):
             self.sent_seq = int(seqs[-1])
+        self.sent_removals = getattr(dataset, "removals", 0)
         self.busy = True
 
     def _norm_message(self, segments: Sequence[Segment]) -> dict[str, Any]:
@@ -179,6 +185,8 @@ def _run_job(state: dict[str, Any], job: dict[str, Any], recv: Connection | None
     trainer.load_state_dict(job["trainer"])
     trainer.rng.bit_generator.state = job["rng"]
     dataset = state["dataset"]
+    if job.get("reset"):
+        dataset = state["dataset"] = type(dataset)(dataset.max_size)
     for seq, label in job["labels"]:
         dataset.add(label, seq=seq)
     norm = job["norm"]

@@ -1,7 +1,9 @@
 """The rules an answer must pass to enter a preference store, applied inside one write transaction.
 
-One answer per query: the same answer again (same label and labeller) is a no-op, a different one
-is refused (AlreadyAnsweredError), and a retired query takes none (QueryRetiredError). Imported rows
+One live answer per query: the same answer again (same label and labeller) is a no-op, a different
+one is refused (AlreadyAnsweredError), and a retired query takes none (QueryRetiredError). An undone
+answer stays in the table, marked (``undone_at``, ``undone_by``): the history; only live answers
+count, train and export (unless an export asks for the history). Imported rows
 (shaped like :data:`EXPORT_FIELDS`) pass the same rules, and may bring a missing query whose
 segments are stored. Label convention: +1 first better, -1 second better, 0 equal, None = skipped.
 """
@@ -16,12 +18,14 @@ from typing import Any
 from rlhf_control.store.errors import AlreadyAnsweredError, QueryRetiredError, UnknownQueryError
 from rlhf_control.types import Answer, check_label
 
-__all__ = ["EXPORT_FIELDS", "check_answer", "export_rows", "import_row", "insert_answer"]
+__all__ = ["EXPORT_FIELDS", "HISTORY_FIELDS", "check_answer", "export_rows", "import_row", "insert_answer"]
 
 # One row per answer in exports (rlhf_control.store.io) and imports.
 EXPORT_FIELDS = ("answer_id", "query_id", "first_id", "second_id", "first_episode", "second_episode",
                  "first_start", "second_start", "length", "created_step", "label", "skipped",
                  "labeller", "answered_at", "seconds")
+# An export with the history: every answer, undone ones too, with when and by whom.
+HISTORY_FIELDS = (*EXPORT_FIELDS, "undone_at", "undone_by")
 
 
 def check_answer(answer: Answer) -> tuple[int | None, str, float]:
@@ -41,7 +45,8 @@ def insert_answer(conn: sqlite3.Connection, query_id: int, label: int | None, la
     row = conn.execute("SELECT status FROM queries WHERE id = ?", (query_id,)).fetchone()
     if row is None:
         raise UnknownQueryError(f"query {query_id} is not in the store")
-    old = conn.execute("SELECT label, labeller FROM answers WHERE query_id = ?", (query_id,)).fetchone()
+    old = conn.execute("SELECT label, labeller FROM answers WHERE query_id = ? AND undone_at IS NULL",
+                       (query_id,)).fetchone()
     if old is not None:
         if old == (label, labeller):
             return False
@@ -57,14 +62,18 @@ def insert_answer(conn: sqlite3.Connection, query_id: int, label: int | None, la
     return True
 
 
-def export_rows(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Every answer with its query's segments, as dicts keyed by ``EXPORT_FIELDS``, oldest first."""
+def export_rows(conn: sqlite3.Connection, history: bool = False) -> list[dict[str, Any]]:
+    """Every live answer with its query's segments, as dicts keyed by ``EXPORT_FIELDS``, oldest first;
+    with ``history``, undone answers too, keyed by ``HISTORY_FIELDS``."""
+    fields = HISTORY_FIELDS if history else EXPORT_FIELDS
     rows = conn.execute(
         "SELECT a.id, a.query_id, q.first_id, q.second_id, f.episode_id, s.episode_id, f.start_step,"
         " s.start_step, f.length, q.created_step, a.label, a.skipped, a.labeller, a.answered_at, a.seconds"
+        + (", a.undone_at, a.undone_by" if history else "") +
         " FROM answers a JOIN queries q ON q.id = a.query_id JOIN segments f ON f.id = q.first_id"
-        " JOIN segments s ON s.id = q.second_id ORDER BY a.id").fetchall()
-    return [dict(zip(EXPORT_FIELDS, r, strict=True)) | {"skipped": bool(r[11])} for r in rows]
+        " JOIN segments s ON s.id = q.second_id" + ("" if history else " WHERE a.undone_at IS NULL") +
+        " ORDER BY a.id").fetchall()
+    return [dict(zip(fields, r, strict=True)) | {"skipped": bool(r[11])} for r in rows]
 
 
 def import_row(conn: sqlite3.Connection, row: Any, clock: Callable[[], float]) -> int:
@@ -72,6 +81,8 @@ def import_row(conn: sqlite3.Connection, row: Any, clock: Callable[[], float]) -
     was new, else 0. ``clock`` (unix seconds) dates a row without ``answered_at``."""
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    if row.get("undone_at") is not None:
+        return 0  # an undone answer of an exported history: not a label
     qid = row["query_id"]
     if not isinstance(qid, int) or isinstance(qid, bool):
         raise ValueError(f"query_id {qid!r} must be an integer")

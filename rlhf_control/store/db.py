@@ -21,10 +21,15 @@ from rlhf_control.store.errors import StoreError
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "Database", "new_store_file"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: answers are marked undone (undone_at, undone_by), not deleted
 APPLICATION_ID = 0x524C4846  # "RLHF" in the SQLite header, so a foreign SQLite file is refused
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
+_ANSWER_INDEXES = """
+CREATE INDEX answers_labeller ON answers(labeller, id);
+CREATE INDEX answers_time ON answers(answered_at);
+CREATE UNIQUE INDEX answers_live ON answers(query_id) WHERE undone_at IS NULL;
+"""
 _SCHEMA = """
 CREATE TABLE segments(
   id INTEGER PRIMARY KEY, episode_id INTEGER NOT NULL, start_step INTEGER NOT NULL,
@@ -39,14 +44,26 @@ CREATE TABLE queries(
   assigned_to TEXT, assigned_at REAL, lease_until REAL);
 CREATE INDEX queries_status ON queries(status, id);
 CREATE TABLE answers(
-  id INTEGER PRIMARY KEY AUTOINCREMENT, query_id INTEGER NOT NULL UNIQUE REFERENCES queries(id),
+  id INTEGER PRIMARY KEY AUTOINCREMENT, query_id INTEGER NOT NULL REFERENCES queries(id),
   label INTEGER CHECK(label IN (-1, 0, 1)), skipped INTEGER NOT NULL CHECK(skipped IN (0, 1)),
   labeller TEXT NOT NULL, answered_at REAL NOT NULL, seconds REAL NOT NULL,
-  CHECK((skipped = 1) = (label IS NULL)));
-CREATE INDEX answers_labeller ON answers(labeller, id);
-CREATE INDEX answers_time ON answers(answered_at);
-"""
+  undone_at REAL, undone_by TEXT,
+  CHECK((skipped = 1) = (label IS NULL)), CHECK((undone_at IS NULL) = (undone_by IS NULL)));
+""" + _ANSWER_INDEXES
 _TABLES = {"segments", "queries", "answers"}
+# Version 1 had UNIQUE(query_id) and deleted undone answers; version 2 keeps them, marked.
+_MIGRATE_1_TO_2 = """
+CREATE TABLE answers_v2(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, query_id INTEGER NOT NULL REFERENCES queries(id),
+  label INTEGER CHECK(label IN (-1, 0, 1)), skipped INTEGER NOT NULL CHECK(skipped IN (0, 1)),
+  labeller TEXT NOT NULL, answered_at REAL NOT NULL, seconds REAL NOT NULL,
+  undone_at REAL, undone_by TEXT,
+  CHECK((skipped = 1) = (label IS NULL)), CHECK((undone_at IS NULL) = (undone_by IS NULL)));
+INSERT INTO answers_v2(id, query_id, label, skipped, labeller, answered_at, seconds)
+  SELECT id, query_id, label, skipped, labeller, answered_at, seconds FROM answers;
+DROP TABLE answers;
+ALTER TABLE answers_v2 RENAME TO answers;
+"""
 
 
 @contextmanager
@@ -116,8 +133,29 @@ class Database:
             raise StoreError(f"{self.path} has schema version {version}; this code reads up to {SCHEMA_VERSION}")
         if version < 1 or not _TABLES <= tables:
             raise StoreError(f"{self.path} is not a rlhf-control preference store (schema missing)")
+        if version == 1:
+            self._migrate_1_to_2(conn)
         if mode.lower() != "wal":
             conn.execute("PRAGMA journal_mode = WAL")
+
+    def _migrate_1_to_2(self, conn: sqlite3.Connection) -> None:
+        """Rebuild the answers table of a version-1 store in one transaction (all of it or nothing),
+        keeping every answer id and the id counter (ids of answers undone under version 1 are not reused)."""
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("PRAGMA user_version").fetchone()[0] == 1:  # (another process may have done it)
+                    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'answers'").fetchone()
+                    for stmt in (_MIGRATE_1_TO_2 + _ANSWER_INDEXES).split(";"):
+                        if stmt.strip():
+                            conn.execute(stmt)
+                    if seq is not None:
+                        conn.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'answers'", seq)
+                    conn.execute("PRAGMA user_version = 2")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def _connect(self) -> sqlite3.Connection:
         # mode=rw: never create a file here (new_store_file is the only place that does)

@@ -11,25 +11,27 @@ import os
 
 from rlhf_control.errors import UserError
 from rlhf_control.rundir import write_atomic
-from rlhf_control.store.answers import EXPORT_FIELDS
+from rlhf_control.store.answers import EXPORT_FIELDS, HISTORY_FIELDS
 from rlhf_control.store.errors import AlreadyAnsweredError, QueryRetiredError, UnknownQueryError
 from rlhf_control.store.store import PreferenceStore
 
 __all__ = ["EXPORT_FIELDS", "export_csv", "export_jsonl", "import_jsonl"]
 
 
-def export_jsonl(store: PreferenceStore, path: str | os.PathLike) -> int:
-    """One JSON object per answer (fields EXPORT_FIELDS; label null when skipped); returns the count."""
-    rows = store.answer_rows()
+def export_jsonl(store: PreferenceStore, path: str | os.PathLike, history: bool = False) -> int:
+    """One JSON object per live answer (fields EXPORT_FIELDS; label null when skipped); with ``history``
+    undone answers too (HISTORY_FIELDS: when and by whom); returns the count."""
+    rows = store.answer_rows(history)
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return len(rows)
 
 
-def export_csv(store: PreferenceStore, path: str | os.PathLike) -> int:
-    """One CSV row per answer (header EXPORT_FIELDS; label empty when skipped); returns the count."""
-    rows = store.answer_rows()
+def export_csv(store: PreferenceStore, path: str | os.PathLike, history: bool = False) -> int:
+    """One CSV row per live answer (header EXPORT_FIELDS; label empty when skipped); with ``history``
+    undone answers too (HISTORY_FIELDS); returns the count."""
+    rows = store.answer_rows(history)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS if history else EXPORT_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, buf.getvalue())

@@ -283,28 +283,31 @@ class PreferenceStore:
             return insert_answer(conn, int(answer.query_id), label, labeller, seconds, self._clock())
 
     def undo_last(self, labeller: str, lease_s: float = 120.0) -> int | None:
-        """Delete ``labeller``'s most recent answer; its query goes back to pending, held by them.
-
-        Returns that query id, or None if they have no answer. Labels already collected from
-        :meth:`answers_since` are not recalled; the training window comes from :meth:`labels`.
-        """
+        """Mark ``labeller``'s most recent live answer undone (by them, now); its query goes back to
+        pending, held by them. Returns that query id, or None if they have no live answer. The row
+        stays (the history); a trainer that collected it drops it (:meth:`undone_answer_ids`)."""
         with self._db.write() as conn:
-            row = conn.execute("SELECT id, query_id FROM answers WHERE labeller = ? ORDER BY id DESC LIMIT 1",
-                               (labeller,)).fetchone()
+            row = conn.execute("SELECT id, query_id FROM answers WHERE labeller = ? AND undone_at IS NULL"
+                               " ORDER BY id DESC LIMIT 1", (labeller,)).fetchone()
             if row is None:
                 return None
             now = self._clock()
-            conn.execute("DELETE FROM answers WHERE id = ?", (row[0],))
+            conn.execute("UPDATE answers SET undone_at = ?, undone_by = ? WHERE id = ?", (now, labeller, row[0]))
             conn.execute("UPDATE queries SET status = 'pending', assigned_to = ?, assigned_at = ?, lease_until = ?"
                          " WHERE id = ?", (labeller, now, now + lease_s, row[1]))
         return int(row[1])
 
     def answers_since(self, answer_id: int = 0) -> list[tuple[int, Answer]]:
-        """Answers with id > ``answer_id``, oldest first, as (answer_id, Answer)."""
+        """Live answers with id > ``answer_id``, oldest first, as (answer_id, Answer)."""
         with self._db.read() as conn:
             rows = conn.execute("SELECT id, query_id, label, labeller, seconds FROM answers WHERE id > ?"
-                                " ORDER BY id", (int(answer_id),)).fetchall()
+                                " AND undone_at IS NULL ORDER BY id", (int(answer_id),)).fetchall()
         return [(r[0], Answer(r[1], r[2], r[3], r[4])) for r in rows]
+
+    def undone_answer_ids(self) -> set[int]:
+        """Ids of the answers marked undone."""
+        with self._db.read() as conn:
+            return {r[0] for r in conn.execute("SELECT id FROM answers WHERE undone_at IS NOT NULL")}
 
     def _scalar(self, sql: str, args: Sequence = ()) -> Any:
         with self._db.read() as conn:
@@ -312,15 +315,15 @@ class PreferenceStore:
 
     def count_labels(self) -> int:
         """Answers that are labels (not skipped)."""
-        return self._scalar("SELECT COUNT(*) FROM answers WHERE skipped = 0")
+        return self._scalar("SELECT COUNT(*) FROM answers WHERE skipped = 0 AND undone_at IS NULL")
 
     def count_answers(self) -> int:
         """All answers, skipped ones included."""
-        return self._scalar("SELECT COUNT(*) FROM answers")
+        return self._scalar("SELECT COUNT(*) FROM answers WHERE undone_at IS NULL")
 
     def answered_query_ids(self) -> set[int]:
         with self._db.read() as conn:
-            return {r[0] for r in conn.execute("SELECT query_id FROM answers")}
+            return {r[0] for r in conn.execute("SELECT query_id FROM answers WHERE undone_at IS NULL")}
 
     def labels(self, limit: int | None = None) -> list[Label]:
         """The most recent ``limit`` (all if None) non-skipped answers as Labels, oldest first."""
@@ -330,7 +333,7 @@ class PreferenceStore:
         """Like :meth:`labels`, each with its answer id: ``(answer_id, Label)``, oldest first."""
         with self._db.read() as conn:
             rows = conn.execute("SELECT a.id, a.label, q.first_id, q.second_id FROM answers a JOIN queries q"
-                                " ON q.id = a.query_id WHERE a.skipped = 0 ORDER BY a.id DESC LIMIT ?",
+                                " ON q.id = a.query_id WHERE a.skipped = 0 AND a.undone_at IS NULL ORDER BY a.id DESC LIMIT ?",
                                 (-1 if limit is None else int(limit),)).fetchall()[::-1]
         ids = sorted({i for r in rows for i in r[2:]})
         segs = dict(zip(ids, self.get_segments(ids), strict=True))
@@ -349,19 +352,20 @@ class PreferenceStore:
         with self._db.read() as conn:
             status = dict(conn.execute("SELECT status, COUNT(*) FROM queries GROUP BY status").fetchall())
             labels, skipped = conn.execute("SELECT COUNT(*) - COALESCE(SUM(skipped), 0), COALESCE(SUM(skipped), 0)"
-                                           " FROM answers").fetchone()
-            recent = conn.execute("SELECT COUNT(*) FROM answers WHERE answered_at >= ?",
+                                           " FROM answers WHERE undone_at IS NULL").fetchone()
+            undone = conn.execute("SELECT COUNT(*) FROM answers WHERE undone_at IS NOT NULL").fetchone()[0]
+            recent = conn.execute("SELECT COUNT(*) FROM answers WHERE answered_at >= ? AND undone_at IS NULL",
                                   (self._clock() - 300.0,)).fetchone()[0]
-        return {"answered": labels + skipped, "labels": labels, "skipped": skipped,
+        return {"answered": labels + skipped, "labels": labels, "skipped": skipped, "undone": undone,
                 "pending": status.get("pending", 0), "retired": status.get("retired", 0),
                 "answers_per_minute": recent / 5.0}
 
     # ---- export / import (the file formats are rlhf_control.store.io's) ----------------------------
-    def answer_rows(self) -> list[dict[str, Any]]:
-        """Every answer with its query's segments, as dicts keyed by ``EXPORT_FIELDS``
-        (:mod:`rlhf_control.store.answers`), oldest first."""
+    def answer_rows(self, history: bool = False) -> list[dict[str, Any]]:
+        """Every live answer with its query's segments, as dicts keyed by ``EXPORT_FIELDS``
+        (:mod:`rlhf_control.store.answers`), oldest first; ``history``: undone ones too (``HISTORY_FIELDS``)."""
         with self._db.read() as conn:
-            return export_rows(conn)
+            return export_rows(conn, history)
 
     @contextmanager
     def import_batch(self) -> Iterator[Callable[[Any], int]]:
