@@ -9,6 +9,7 @@ Layout of a run directory (``rlhf-control train`` and the RL baseline)::
     preferences.sqlite   every query and answer, committed as it arrives (RLHF runs)
     checkpoints/         see rlhf_control.loop.checkpoint
     clips/               mp4 clips shown to a person (human oracle)
+    reward_frames.u8     the label window's Atari frames, written once, read by both processes (+ .idx)
     instructions.md      the labelling page's instructions, when edited there
     baseline.json        a baseline run's random-policy return
     DONE                 written last, when the run has finished
@@ -34,6 +35,7 @@ TB_DIR = "tb"
 STORE_FILE = "preferences.sqlite"
 CHECKPOINTS_DIR = "checkpoints"
 CLIPS_DIR = "clips"
+FRAMES_FILE = "reward_frames.u8"
 INSTRUCTIONS_FILE = "instructions.md"
 BASELINE_FILE = "baseline.json"
 DONE_FILE = "DONE"

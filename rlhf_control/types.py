@@ -7,6 +7,7 @@ and is never a :class:`Label`. The training target is P(first > second) = (label
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,18 +17,59 @@ import numpy as np
 VALID_LABELS = (-1, 0, 1)
 
 
+class FrameRef:
+    """Frames ``(n, H, W)`` stored at ``offset`` of a file, read when used (``np.asarray``): how the
+    label window's Atari frames are held once, on disk, by both the main process and the reward
+    worker (:mod:`rlhf_control.reward.frame_file`). Pickles as the reference, not the frames."""
+
+    __slots__ = ("path", "offset", "shape", "dtype")
+
+    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: Any = np.uint8) -> None:
+        self.path, self.offset = str(path), int(offset)
+        self.shape, self.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+
+    def __getstate__(self) -> tuple[str, int, tuple[int, ...], str]:
+        return self.path, self.offset, self.shape, self.dtype.str
+
+    def __setstate__(self, state: tuple[str, int, tuple[int, ...], str]) -> None:
+        self.path, self.offset, self.shape, self.dtype = state[0], state[1], tuple(state[2]), np.dtype(state[3])
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self) -> np.ndarray:
+        """The frames, read from the file now (a fresh array; nothing stays mapped)."""
+        with open(self.path, "rb", buffering=0) as f:
+            data = os.pread(f.fileno(), self.nbytes, self.offset)
+        if len(data) != self.nbytes:
+            raise ValueError(f"frame file {self.path!r} ends before the {self.nbytes} bytes at offset {self.offset}")
+        return np.frombuffer(data, dtype=self.dtype).reshape(self.shape)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        arr = self.read()
+        return arr if dtype is None else arr.astype(dtype)
+
+
 class StackedFrames:
     """Frame-stacked observations kept as single frames, so each frame is stored once.
 
-    ``frames: (T + k - 1, H, W)`` (any dtype, uint8 for Atari); behaves like an array of
-    shape ``(T, H, W, k)`` whose step ``t`` holds frames ``t .. t + k - 1`` (oldest first), which
-    matches SB3's ``VecFrameStack`` with channels last.
+    ``frames: (T + k - 1, H, W)`` (any dtype, uint8 for Atari; an array, or a :class:`FrameRef` to
+    frames in a file); behaves like an array of shape ``(T, H, W, k)`` whose step ``t`` holds frames
+    ``t .. t + k - 1`` (oldest first), which matches SB3's ``VecFrameStack`` with channels last.
     """
 
     __slots__ = ("frames", "k")
 
-    def __init__(self, frames: np.ndarray, k: int) -> None:
-        frames = np.asarray(frames)
+    def __init__(self, frames: np.ndarray | FrameRef, k: int) -> None:
+        frames = frames if isinstance(frames, FrameRef) else np.asarray(frames)
         if k < 1:
             raise ValueError(f"frame stack k={k} must be >= 1")
         if frames.ndim != 3:
@@ -54,7 +96,7 @@ class StackedFrames:
 
     def to_array(self) -> np.ndarray:
         """The full ``(T, H, W, k)`` array (a fresh copy)."""
-        windows = np.lib.stride_tricks.sliding_window_view(self.frames, self.k, axis=0)
+        windows = np.lib.stride_tricks.sliding_window_view(np.asarray(self.frames), self.k, axis=0)
         return np.ascontiguousarray(windows)  # (T, H, W, k)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -220,7 +262,7 @@ def segment_steps(segments: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
             )
         n = seg.length
         if isinstance(seg.obs, StackedFrames):
-            obs[t : t + n] = np.lib.stride_tricks.sliding_window_view(seg.obs.frames, seg.obs.k, axis=0)
+            obs[t : t + n] = np.lib.stride_tricks.sliding_window_view(np.asarray(seg.obs.frames), seg.obs.k, axis=0)
         else:
             obs[t : t + n] = seg.obs
         acts[t : t + n] = seg.acts

@@ -19,6 +19,7 @@ Usage::
 
     python scripts/bench_atari.py                         # 100k frames
     python scripts/bench_atari.py --frames 20000          # a quicker look
+    python scripts/bench_atari.py --window                # peak memory of main + worker at the 3,000-label window
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -137,6 +139,89 @@ def child_rlhf(args: argparse.Namespace) -> dict[str, Any]:
             "pool_segments": pool_segments, "env_in_pretrain_s": env_in_pretrain.get("s", 0.0)}
 
 
+def _proc_mb(pid: int, key: str) -> float:
+    """``VmRSS`` / ``VmHWM`` (peak) of a process from /proc, in MiB (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def child_window(args: argparse.Namespace) -> dict[str, Any]:
+    """The loop's parts at the paper's label window: main process (agent, envs, pool, window) and the
+    reward worker running one retraining (1 epoch) over the full window, memory sampled meanwhile."""
+    import threading
+
+    from rlhf_control.config import RunConfig
+    from rlhf_control.loop.build import build_run
+    from rlhf_control.types import Label, Segment, SegmentPair, StackedFrames
+
+    cfg = RunConfig(task=TASK, seed=args.seed, n_envs=args.n_envs, torch_threads=1, device="cpu",
+                    label_window=args.window_labels, eval_episodes=0)
+    parts = build_run(cfg, args.run_dir)
+    if args.frames_in_memory:
+        parts.dataset.frame_file = None  # the way before: the window's frames in both processes
+    rng = np.random.default_rng(args.seed)
+    uid = [0]
+
+    def clip() -> Segment:  # random 84x84 frames: the same bytes as Pong's (nothing is compressed)
+        uid[0] += 1
+        return Segment(StackedFrames(rng.integers(0, 256, (28, 84, 84), dtype=np.uint8), 4),
+                       rng.integers(0, 6, 25), rng.normal(size=25), uid=uid[0])
+
+    for _ in range(args.window_labels):
+        parts.dataset.add(Label(SegmentPair(clip(), clip()), int(rng.choice([-1, 0, 1]))))
+    for _ in range(args.pool_clips):  # the newest clips, which the queries and the normalisation use
+        parts.pool.add(clip())
+    updater = parts.updater
+    updater.start()
+    pids = {"main": os.getpid(), "worker": updater.worker.proc.pid}
+    peak = {"sum": 0.0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak["sum"] = max(peak["sum"], sum(_proc_mb(p, "VmRSS") for p in pids.values()))
+            time.sleep(0.2)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    w0 = time.perf_counter()
+    updater.submit(1)
+    updater.take()
+    seconds = time.perf_counter() - w0
+    hwm = {k: _proc_mb(p, "VmHWM") for k, p in pids.items()}
+    done.set()
+    t.join()
+    ff = parts.dataset.frame_file
+    res = {"run": "window", "labels": len(parts.dataset), "pool_clips": len(parts.pool),
+           "pool_mb": sum(s.obs.nbytes for s in parts.pool.segments()) / 2**20,
+           "pool_capacity": parts.pool.capacity, "frames_in_memory": args.frames_in_memory,
+           "frame_file_mb": (ff.size / 2**20) if ff is not None else 0.0, "job_s": seconds,
+           "main_peak_mb": hwm["main"], "worker_peak_mb": hwm["worker"], "sampled_sum_peak_mb": peak["sum"],
+           "train_loss": updater.last_report.mean_train_loss}
+    updater.close()
+    parts.agent_env.close()
+    parts.store.close()
+    return res
+
+
+def report_window(w: dict[str, Any]) -> None:
+    how = "in both processes' memory (as before)" if w["frames_in_memory"] else \
+        f"in the run's frame file ({w['frame_file_mb']:.0f} MiB, read a batch at a time)"
+    print(f"\n=== {TASK}: memory at the label window, {w['labels']} labels ({2 * w['labels']} clips of 25 steps), "
+          f"frames {how}")
+    print(f"one retraining (1 epoch over the window) in the worker: {w['job_s']:.0f} s; train loss {w['train_loss']:.3f}")
+    print(f"peak RSS: main {w['main_peak_mb']:.0f} MiB + worker {w['worker_peak_mb']:.0f} MiB = "
+          f"{w['main_peak_mb'] + w['worker_peak_mb']:.0f} MiB (largest sampled sum at one moment "
+          f"{w['sampled_sum_peak_mb']:.0f} MiB)")
+    print(f"main holds a pool of {w['pool_clips']} clips ({w['pool_mb']:.0f} MiB); a run's pool can grow to "
+          f"{w['pool_capacity']} clips ({w['pool_mb'] / max(w['pool_clips'], 1) * w['pool_capacity'] / 1024:.1f} GiB)")
+
+
 # ----------------------------------------------------------------------------- parent
 def run_child(kind: str, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", kind, "--frames", str(args.frames), "--n-envs", str(args.n_envs),
@@ -239,7 +324,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="directory for the RLHF run dir and results.json")
     p.add_argument("--only", choices=("a2c", "rlhf"), default=None, help="run one side only")
     p.add_argument("--sync-reward", action="store_true", help="retrain the reward in the main process (no worker)")
-    p.add_argument("--child", choices=("a2c", "rlhf"), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--window", action="store_true",
+                   help="instead: peak memory of main + worker at the label window (--window-labels)")
+    p.add_argument("--window-labels", type=int, default=3000, help="labels in the window (paper: 3,000)")
+    p.add_argument("--pool-clips", type=int, default=2000, help="clips in main's pool for --window (its floor)")
+    p.add_argument("--frames-in-memory", action="store_true", help="--window without the frame file (as before)")
+    p.add_argument("--child", choices=("a2c", "rlhf", "window"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.frames < FRAME_SKIP:
@@ -252,13 +342,20 @@ def main() -> None:
     if args.online_labels is None:
         args.online_labels = online_labels(args.steps)
     if args.child is not None:
-        res = child_a2c(args) if args.child == "a2c" else child_rlhf(args)
+        res = {"a2c": child_a2c, "rlhf": child_rlhf, "window": child_window}[args.child](args)
         print(json.dumps(res))
         return
     args.out = args.out or Path(f"/tmp/bench_atari-{time.strftime('%Y%m%d-%H%M%S')}")
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"bench_atari: {args.frames} frames = {args.steps} agent steps, n_envs {args.n_envs}, out {args.out}")
     results: dict[str, Any] = {}
+    if args.window:
+        extra = ["--window-labels", str(args.window_labels), "--pool-clips", str(args.pool_clips),
+                 "--run-dir", str(args.out / "window-run"), *(["--frames-in-memory"] if args.frames_in_memory else [])]
+        results["window"] = run_child("window", args, extra)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        report_window(results["window"])
+        return
     if args.only in (None, "a2c"):
         results["a2c"] = run_child("a2c", args, [])
         print(f"  a2c: {results['a2c']['wall_s']:.1f} s, peak {results['a2c']['peak_mb']:.0f} MiB", flush=True)

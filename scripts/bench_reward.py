@@ -28,9 +28,8 @@ from rlhf_control.reward import (
     RewardTrainer,
     RewardTrainerConfig,
     preference_loss,
-    segment_steps,
 )
-from rlhf_control.types import Label, Segment, SegmentPair, StackedFrames
+from rlhf_control.types import Label, Segment, SegmentPair, StackedFrames, segment_steps
 
 
 def rss_mb() -> float:

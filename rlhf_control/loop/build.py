@@ -37,9 +37,10 @@ from rlhf_control.recording.recorder import TrajectoryRecorder
 from rlhf_control.reward.dataset import PreferenceDataset
 from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble
 from rlhf_control.reward.fitting import FITTERS, RewardFitter, make_fitter
+from rlhf_control.reward.frame_file import FrameFile
 from rlhf_control.reward.training import RewardTrainerConfig
 from rlhf_control.reward.updater import RewardUpdater
-from rlhf_control.rundir import CLIPS_DIR, CONFIG_FILE, STORE_FILE
+from rlhf_control.rundir import CLIPS_DIR, CONFIG_FILE, FRAMES_FILE, STORE_FILE
 from rlhf_control.store.store import PreferenceStore
 from rlhf_control.tasks.spec import TaskSpec
 from rlhf_control.types import Segment
@@ -119,7 +120,9 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
             load_obs_normalization(agent_env, ckpt_dir / OBS_NORM_FILE)
     else:
         agent = make_agent(r.algo, agent_env, r.agent_params, seed=cfg.seed, device=device, policy=task.policy)
-    dataset = PreferenceDataset(max_size=r.label_window)
+    # Image frames of the label window go to a file read by both processes (a resumed run's is checked here).
+    frames = FrameFile(run_dir / FRAMES_FILE, resume=resume) if task.frame_stack else None
+    dataset = PreferenceDataset(max_size=r.label_window, frame_file=frames)
 
     def recent_clips() -> list[Segment]:
         return pool.recent(min(len(pool), NORM_CLIPS))

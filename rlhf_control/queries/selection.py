@@ -183,7 +183,7 @@ def segment_features(seg: Segment, max_dim: int = 2048, image_side: int = 8) -> 
     most ``image_side`` x ``image_side``; stacked frames use each frame once. A vector longer
     than ``max_dim`` is averaged over ``max_dim`` contiguous bins.
     """
-    obs = seg.obs.frames if isinstance(seg.obs, StackedFrames) else seg.obs_array()
+    obs = np.asarray(seg.obs.frames) if isinstance(seg.obs, StackedFrames) else seg.obs_array()
     obs = obs.astype(np.float32, copy=False)
     if obs.ndim >= 3:
         obs = _block_mean(_block_mean(obs, 1, image_side), 2, image_side)

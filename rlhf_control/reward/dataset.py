@@ -29,12 +29,17 @@ def _jsonable(value: Any) -> Any:
 
 
 class PreferenceDataset:
-    """FIFO window of :class:`Label` s. ``max_size=None`` keeps every label (paper's Atari window: 3,000)."""
+    """FIFO window of :class:`Label` s. ``max_size=None`` keeps every label (paper's Atari window: 3,000).
 
-    def __init__(self, max_size: int | None = 3000) -> None:
+    With a ``frame_file`` (a :class:`~rlhf_control.reward.frame_file.FrameFile`), each added label's
+    uint8 frame stacks are written there once and the window keeps references to them.
+    """
+
+    def __init__(self, max_size: int | None = 3000, frame_file: Any = None) -> None:
         if max_size is not None and (isinstance(max_size, bool) or int(max_size) != max_size or max_size < 1):
             raise ValueError(f"max_size={max_size!r} is not allowed; use an int >= 1 or None (unbounded)")
         self.max_size = None if max_size is None else int(max_size)
+        self.frame_file = frame_file
         self._labels: deque[Label] = deque()
         self._seqs: deque[int] = deque()
         self._next_seq = 0
@@ -60,6 +65,8 @@ class PreferenceDataset:
         elif isinstance(seq, bool) or int(seq) != seq or seq < self._next_seq:
             raise ValueError(f"seq={seq!r} is not allowed; use an int >= {self._next_seq} (seqs only increase)")
         seq = int(seq)
+        if self.frame_file is not None:
+            label = self.frame_file.put_label(label)
         self._shapes = shapes
         self._next_seq = seq + 1
         self._labels.append(label)
@@ -141,7 +148,7 @@ class PreferenceDataset:
         if plain:
             arrays["obs_plain"] = np.concatenate([s.obs for s in plain])
         if stacked:
-            arrays["obs_frames"] = np.concatenate([s.obs.frames for s in stacked])
+            arrays["obs_frames"] = np.concatenate([np.asarray(s.obs.frames) for s in stacked])
         for name, arr in arrays.items():
             if arr.dtype == object:
                 raise ValueError(f"cannot save {name} with dtype=object; segments must hold numeric arrays")

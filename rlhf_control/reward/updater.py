@@ -110,3 +110,5 @@ class RewardUpdater:
         if self.worker is not None:
             self.worker.close()
             self.worker = None
+        if self.dataset.frame_file is not None:
+            self.dataset.frame_file.close()

@@ -31,7 +31,7 @@ def _json_default(obj: Any) -> Any:
 
 def encode_segment(seg: Segment) -> tuple[int, bytes, str | None]:
     """-> (stack_k (0 = plain obs array), zlib-compressed npy arrays, render_ref JSON or None)."""
-    obs, k = (seg.obs.frames, seg.obs.k) if isinstance(seg.obs, StackedFrames) else (seg.obs, 0)
+    obs, k = (np.asarray(seg.obs.frames), seg.obs.k) if isinstance(seg.obs, StackedFrames) else (seg.obs, 0)
     buf = io.BytesIO()
     for arr in (obs, seg.acts) if seg.true_rewards is None else (obs, seg.acts, seg.true_rewards):
         if arr.dtype.hasobject:
