@@ -98,3 +98,14 @@ def test_heartbeat_reserve_and_pending_split_over_http(run_dir):
         assert stats["run"] == {"state": "waiting", "budget": 40, "step": 4096, "wanted": 12} and stats["budget"] == 40
         with pytest.raises(ValueError):
             srv.app.set_run(state="dancing")
+
+
+def test_progress_curve_from_the_metrics(run_dir):
+    with start_server(run_dir, port=0) as srv:
+        assert jcall(srv, "GET", "/api/progress") == (200, {"rows": []})  # no metrics yet
+        lines = ["step,iteration,labels,learned_return"] + \
+            [f"{2048 * i},{i},{3 * i},{'' if i == 0 else -100.0 + i}" for i in range(300)] + ["oops,,x,"]
+        (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+        rows = jcall(srv, "GET", "/api/progress")[1]["rows"]
+        assert len(rows) == 200 and rows[0] == [0, 0, None] and rows[-1] == [2048 * 299, 897, -100.0 + 299]
+        assert [r[0] for r in rows] == sorted(r[0] for r in rows)

@@ -96,7 +96,7 @@ def test_closing_or_hiding_the_tab_gives_its_pairs_back(browser, run_dir):
             time.sleep(0.1)
         assert held(store) == {}
         page.evaluate("""() => {
-            Object.defineProperty(document, 'hidden', { configurable: true, get: () => false });
+            delete document.hidden;  // the browser's own (visible) again
             document.dispatchEvent(new Event('visibilitychange'));
         }""")
         t0 = time.time()
@@ -123,6 +123,11 @@ def test_the_page_shows_progress_and_that_the_agent_waits(browser, run_dir):
                                    timeout=WAIT_MS)
             assert "ready" in page.inner_text("#pending-split")
             assert "agent step" in page.inner_text("#qinfo")
+            (run_dir / "metrics.csv").write_text("step,labels,learned_return\n0,0,\n2048,1,-3.5\n4096,2,-1.0\n")
+            page.evaluate("location.reload()")
+            page.wait_for_function("document.getElementById('curve-labels').getAttribute('points').split(' ').length"
+                                   " === 3", timeout=WAIT_MS)
+            assert len(page.get_attribute("#curve-return", "points").split()) == 2  # (step 0 has no return)
             srv.app.set_run(state="finished")
             page.wait_for_selector("#banner.finished", timeout=WAIT_MS)
             # playback: speed clamped to the allowed values, pause, frame steps

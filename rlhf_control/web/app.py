@@ -16,6 +16,7 @@ gives back, with ``release``, any claim that turns out to have none (a query add
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import threading
@@ -29,6 +30,7 @@ from rlhf_control.rundir import (
     CLIPS_DIR,
     CONFIG_FILE,
     INSTRUCTIONS_FILE,
+    METRICS_FILE,
     RunDirError,
     read_config_doc,
     write_atomic,
@@ -42,6 +44,7 @@ MAX_INSTRUCTIONS = 20_000
 MAX_EXCLUDE = 100
 MAX_NAME = 64
 MAX_HELD = 10  # ids a heartbeat may name
+MAX_CURVE = 200  # points of the progress curve
 RUN_STATES = ("starting", "pretraining", "training", "waiting", "finished", "stopped")
 DEFAULT_INSTRUCTIONS = (
     "Watch both clips. Pick the one where the agent does the task better. "
@@ -302,6 +305,27 @@ class LabelApp:
             out["run"] = dict(self._run)
         out["budget"] = out["run"].get("budget")
         return out
+
+    def progress(self) -> dict[str, Any]:
+        """The run's curve so far, from metrics.csv: ``rows`` of ``[step, labels, learned_return]`` (the
+        return null where not measured), at most ``MAX_CURVE`` of them, evenly spread."""
+        rows: list[list[Any]] = []
+        try:
+            with open(self.run_dir / METRICS_FILE, newline="") as f:
+                for r in csv.DictReader(f):
+                    try:
+                        ret = float(r["learned_return"]) if r.get("learned_return") else None
+                        rows.append([int(float(r["step"])), int(float(r["labels"])),
+                                     ret if ret is not None and math.isfinite(ret) else None])
+                    except (KeyError, TypeError, ValueError):
+                        continue  # a row being written, or another version's
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ApiError(500, f"cannot read {METRICS_FILE}: {exc}") from None
+        if len(rows) > MAX_CURVE:
+            rows = [rows[round(i * (len(rows) - 1) / (MAX_CURVE - 1))] for i in range(MAX_CURVE)]
+        return {"rows": rows}
 
     def task(self) -> dict[str, Any]:
         """The instructions shown to labellers and where they came from."""

@@ -5,7 +5,7 @@
     POST /api/answer  {query_id, label: 1|-1|0|null, labeller, seconds}
     POST /api/undo    {labeller}      POST /api/release {query_id, labeller}
     POST /api/heartbeat {labeller, query_ids}   renew the holds of the pairs a page shows
-    GET  /api/stats[?labeller=NAME]   GET|PUT /api/task {instructions}
+    GET  /api/stats[?labeller=NAME]   GET|PUT /api/task {instructions}   GET /api/progress (the run's curve)
     GET  /clips/<file>                clips from the run's clips/ folder, with HTTP Range support
 
 Errors are JSON ``{"error": "one line"}`` with a 4xx status (5xx for server faults) and leave the
@@ -209,6 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("GET", "/api/stats"): lambda: app.stats((query.get("labeller") or [None])[0]),
             ("POST", "/api/heartbeat"): lambda: app.heartbeat(body),
             ("GET", "/api/task"): app.task,
+            ("GET", "/api/progress"): app.progress,
             ("PUT", "/api/task"): lambda: app.set_task(body),
             ("POST", "/api/answer"): lambda: app.answer(body),
             ("POST", "/api/undo"): lambda: app.undo(body),

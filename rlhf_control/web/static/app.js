@@ -425,6 +425,22 @@
     $("pending-split").textContent = `pending: ${d.ready} ready · ${d.rendering} rendering · ${d.held_by_others} held by others`;
     $("stat-rate").textContent = Number(d.answers_per_minute).toFixed(1);
   }
+  async function refreshCurve() {
+    let r;
+    try { r = await api("GET", "/api/progress"); } catch (_) { return; }
+    if (!r.ok || !r.data.rows.length) return;
+    const rows = r.data.rows;
+    const maxStep = Math.max(1, ...rows.map((x) => x[0]));
+    const line = (values) => {
+      const pts = rows.map((x, i) => [x[0], values[i]]).filter((p) => p[1] !== null);
+      if (!pts.length) return "";
+      const lo = Math.min(...pts.map((p) => p[1]));
+      const hi = Math.max(...pts.map((p) => p[1]));
+      return pts.map(([x, y]) => `${(160 * x / maxStep).toFixed(1)},${(38 - 36 * (hi > lo ? (y - lo) / (hi - lo) : 0.5)).toFixed(1)}`).join(" ");
+    };
+    $("curve-labels").setAttribute("points", line(rows.map((x) => x[1])));
+    $("curve-return").setAttribute("points", line(rows.map((x) => x[2])));
+  }
   async function loadTask() {
     try {
       const r = await api("GET", "/api/task");
@@ -547,6 +563,8 @@
   refreshStats();
   setInterval(refreshStats, 2000);
   setInterval(heartbeat, HEARTBEAT_MS);
+  refreshCurve();
+  setInterval(refreshCurve, 10000);
   // New pairs arrive while the trainer runs: look for one when the screen is empty, and keep one preloaded.
   let polls = 0;
   setInterval(() => {
