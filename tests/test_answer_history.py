@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from rlhf_control.cli import main
-from rlhf_control.reward import EnsembleConfig, PreferenceDataset, RewardEnsemble, RewardTrainer, RewardTrainerConfig
+from rlhf_control.reward import (
+    EnsembleConfig,
+    PreferenceDataset,
+    RewardEnsemble,
+    RewardTrainer,
+    RewardTrainerConfig,
+)
 from rlhf_control.reward.worker import RewardWorker
 from rlhf_control.store.db import SCHEMA_VERSION
 from rlhf_control.store.io import export_csv, export_jsonl, import_jsonl
