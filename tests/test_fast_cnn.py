@@ -91,6 +91,54 @@ def test_train_step_same_losses_gradients_and_batchnorm_statistics_given_the_sam
         close(a.float(), b.float())  # batch norm's running mean/var and its batch counter
 
 
+class _BitDrop(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * bit_dropout_mask(x)
+
+
+def test_the_default_path_fusing_leaky_relu_and_dropout_matches_the_plain_network_with_the_same_bits():
+    # The default training path keeps uint8 pixels and (output, random bytes) for backward. The plain
+    # network gets the same random bytes: its nn.Dropout layers become x * bit_dropout_mask(x), and
+    # both draw them in the same order from the same seed (the head's nn.Dropout draws last on both).
+    torch.manual_seed(2)
+    plain = CNNReward(act_dim=0, dropout=0.5, batch_norm=True).train()
+    fast = copy.deepcopy(plain)
+    for i, layer in enumerate(plain.conv):
+        if isinstance(layer, torch.nn.Dropout):
+            plain.conv[i] = _BitDrop()
+    obs = batch(3)
+    torch.manual_seed(11)
+    loss_fast = pair_losses(member_forward(fast, obs))
+    torch.manual_seed(11)
+    loss_plain = pair_losses(plain(obs))
+    close(loss_fast, loss_plain)
+    loss_fast.mean().backward()
+    loss_plain.mean().backward()
+    g_fast, g_plain = grads(fast), grads(plain)
+    for name in g_fast:
+        weight = float(g_plain[name.replace("bias", "weight")].abs().max())
+        close(g_fast[name], g_plain[name], scale=max(weight, float(g_plain[name].abs().max())))
+    assert float(g_fast["conv.0.weight"].abs().max()) > 0
+
+
+def test_the_default_path_keeps_less_for_backward():
+    def saved_mb(fn) -> float:
+        kept: dict[int, int] = {}  # storage -> bytes: a tensor kept by two layers counts once
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return sum(kept.values()) / 2**20
+
+    net = CNNReward(act_dim=0, dropout=0.5, batch_norm=True).train()
+    obs = batch(4)
+    plain, fast = saved_mb(lambda: net(obs)), saved_mb(lambda: member_forward(net, obs))
+    assert fast < 0.5 * plain, (fast, plain)
+
+
 def test_a_missing_pixel_scale_would_fail_the_comparison():
     # The tolerance is tight enough to catch a real mistake: weights scaled twice differ far beyond it.
     torch.manual_seed(1)

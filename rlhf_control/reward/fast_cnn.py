@@ -13,6 +13,9 @@ same parameters (and updates the same batch-norm statistics) with three changes,
   1/(1-p), from torch's generator, so training stays seeded; other rates use ``F.dropout``.
 - In evaluation (no grad), a batch of pixels is converted to float once for all members
   (:func:`ensemble_forward`) rather than once per member.
+- Less is kept for backward (1,071 MB per 64-pair batch before): the uint8 pixels instead of their
+  float copy (converted again for the first layer's weight gradient), and each leaky ReLU + dropout
+  pair keeps its output and its random bytes, not the leaky output and a float mask.
 
 Layouts stay channels-last (the input ``(N, H, W, C)`` permuted), the fastest convolution path here.
 """
@@ -56,6 +59,55 @@ def bit_dropout_mask(like: torch.Tensor) -> torch.Tensor:
     return _memory_order_view(flat.to(like.dtype), like)
 
 
+class _LeakyBitDropout(torch.autograd.Function):
+    """``leaky_relu(x, slope) * mask`` with the p=0.5 bit mask, keeping for backward only the output
+    (the next convolution keeps it anyway) and the random bytes: not the leaky output and the float
+    mask (2 x 138 MB per 64-pair batch on the first layer). Where the mask is 0 the gradient is 0;
+    elsewhere ``out > 0`` exactly where ``x > 0``, so the output gives the leaky ReLU's slope."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:  # noqa: ANN001
+        n = x.numel()
+        random_bytes = torch.empty((n + 7) // 8, dtype=torch.uint8, device=x.device).random_()
+        out = F.leaky_relu(x, slope) * _mask_from_bytes(random_bytes, x)
+        ctx.slope = slope
+        ctx.save_for_backward(out, random_bytes)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        out, random_bytes = ctx.saved_tensors
+        g = grad * _mask_from_bytes(random_bytes, out)
+        return torch.where(out > 0, g, g * ctx.slope), None
+
+
+def _mask_from_bytes(random_bytes: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    flat = _bit_table(like.device).index_select(0, random_bytes.int()).view(-1)[: like.numel()]
+    return _memory_order_view(flat.to(like.dtype), like)
+
+
+class _PixelConv(torch.autograd.Function):
+    """The first convolution on uint8 pixels ``(N, H, W, C)``: converts them to float for the forward
+    and again for the weights' gradient, keeping the uint8 batch (90 MB per 64-pair batch) rather
+    than its float copy (361 MB) for backward. No gradient flows to the pixels."""
+
+    @staticmethod
+    def forward(ctx, obs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # noqa: ANN001
+                conv: nn.Conv2d) -> torch.Tensor:
+        ctx.conv, ctx.has_bias = conv, bias is not None
+        ctx.save_for_backward(obs, weight)
+        return F.conv2d(pixels_to_float(obs), weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:  # noqa: ANN001
+        obs, weight = ctx.saved_tensors
+        c = ctx.conv
+        _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad, pixels_to_float(obs), weight, [weight.shape[0]] if ctx.has_bias else None, list(c.stride),
+            list(c.padding), list(c.dilation), False, [0, 0], c.groups, [False, True, ctx.has_bias])
+        return None, grad_w, grad_b, None
+
+
 def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """``F.dropout(x, p, training)`` in distribution; p = 0.5 takes :func:`bit_dropout_mask`."""
     if not training or p == 0.0:
@@ -68,19 +120,31 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 Dropout = Callable[[torch.Tensor, float, bool], torch.Tensor]
 
 
-def _features(net: CNNReward, x: torch.Tensor, dropout: Dropout) -> torch.Tensor:
-    """Conv stack on unscaled float pixels ``x: (N, C, H, W)`` (0..255) -> flat features ``(N, F)``."""
-    first = True
-    for layer in net.conv:
-        if first and isinstance(layer, nn.Conv2d):
+def _features(net: CNNReward, x: torch.Tensor, dropout: Dropout | None) -> torch.Tensor:
+    """Conv stack on pixels -> flat features ``(N, F)``. ``x``: unscaled float ``(N, C, H, W)`` (0..255),
+    or the uint8 ``(N, H, W, C)`` batch itself when training (kept as uint8 for backward).
+    ``dropout`` None: the p=0.5 bit masks, fused with the leaky ReLU before them when training."""
+    layers = list(net.conv)
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if i == 0 and isinstance(layer, nn.Conv2d):
             # conv(x / 255, W) + b == conv(x, W / 255) + b: the scale costs 784 multiplications here.
-            x = F.conv2d(x, layer.weight * (1.0 / 255.0), layer.bias, layer.stride, layer.padding,
-                         layer.dilation, layer.groups)
-            first = False
+            w = layer.weight * (1.0 / 255.0)
+            if x.dtype == torch.uint8:
+                x = _PixelConv.apply(x, w, layer.bias, layer)
+            else:
+                x = F.conv2d(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        elif (dropout is None and isinstance(layer, nn.LeakyReLU) and isinstance(nxt, nn.Dropout) and nxt.p == 0.5
+              and nxt.training and torch.is_grad_enabled()):
+            x = _LeakyBitDropout.apply(x, layer.negative_slope)
+            i += 1  # the dropout is done
         elif isinstance(layer, nn.Dropout):
-            x = dropout(x, layer.p, layer.training)
+            x = (dropout or fast_dropout)(x, layer.p, layer.training)
         else:
             x = layer(x)
+        i += 1
     return x.flatten(1)
 
 
@@ -101,11 +165,13 @@ def pixels_to_float(obs: torch.Tensor) -> torch.Tensor:
 
 
 def member_forward(net: CNNReward, obs: torch.Tensor, acts: torch.Tensor | None = None,
-                   dropout: Dropout = fast_dropout) -> torch.Tensor:
-    """What ``net(obs, acts)`` computes (train or eval mode as set), by the faster path: ``(N,)``."""
-    if tuple(obs.shape[1:]) != net.obs_shape:
+                   dropout: Dropout | None = None) -> torch.Tensor:
+    """What ``net(obs, acts)`` computes (train or eval mode as set), by the faster path: ``(N,)``.
+    ``dropout``: the conv layers' dropout, ``(x, p, training) -> x`` (default: the bit masks)."""
+    if obs.ndim != 4 or tuple(obs.shape[1:]) != net.obs_shape:
         raise ValueError(f"CNNReward obs shape {tuple(obs.shape)} not allowed; expected (N, *{net.obs_shape})")
-    return _head(net, _features(net, pixels_to_float(obs), dropout), acts)
+    keep_uint8 = obs.dtype == torch.uint8 and torch.is_grad_enabled() and net.conv[0].weight.requires_grad
+    return _head(net, _features(net, obs if keep_uint8 else pixels_to_float(obs), dropout), acts)
 
 
 def ensemble_forward(nets: nn.ModuleList, obs: torch.Tensor, acts: torch.Tensor | None = None) -> torch.Tensor:
