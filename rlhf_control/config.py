@@ -87,6 +87,9 @@ class RunConfig:
     reward_continuous: bool = False
     """keep training the reward in the worker, one pass over the window at a time, until the next
     iteration takes its weights (the paper's predictor trains without pause); runs then depend on timing"""
+    reward_return_norm: bool = False
+    """divide the learned reward the agent trains on by the running std of its discounted return, as the
+    RL baseline does with the true reward (SB3's VecNormalize); the reward model is unchanged"""
     reward_fitter: str = "comparisons"
     """how the reward is fitted: comparisons (the paper's) or true-return-regression (an ablation)"""
     clip_length: int | None = None

@@ -231,3 +231,50 @@ def test_deferred_rewards_out_of_step_with_the_rollout_are_refused():
         model.learn(total_timesteps=64, reset_num_timesteps=False)
     with pytest.raises(ValueError, match="deferred=True"):
         relabel_rollouts(model, LearnedReward(DummyVecEnv([lambda: gym.make("Pendulum-v1")]), lambda o, a: o[:, 0]))
+
+
+def test_return_scale_gives_ppo_the_rollout_vecnormalize_gives_the_true_reward_path():
+    """ReturnScale inside the deferred batch path scales each step exactly as SB3's VecNormalize
+    (norm_reward=True, the RL baseline's setting) scales per-step rewards: same buffer rewards,
+    advantages and returns, over two rollouts and Pendulum's time-limit cuts; a saved and loaded
+    scale carries on where it stopped; unscaled episode returns are still counted."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from rlhf_control.agent.learned_reward import ReturnScale, relabel_rollouts
+
+    def reward_fn(obs, acts):
+        return (3.0 * obs[:, 0] - 0.1 * acts[:, 0] ** 2 + 5.0).astype(np.float32)
+
+    def run(batched: bool):
+        base = DummyVecEnv([lambda: gym.make("Pendulum-v1")] * 2)
+        if batched:
+            env = LearnedReward(base, reward_fn, deferred=True, scale=ReturnScale(2, gamma=0.95))
+        else:
+            env = VecNormalize(LearnedReward(base, reward_fn), norm_obs=False, norm_reward=True, gamma=0.95)
+        env.seed(5)
+        model = PPO("MlpPolicy", env, n_steps=256, batch_size=512, n_epochs=1, gamma=0.95, seed=0, device="cpu")
+        if batched:
+            relabel_rollouts(model, env)
+        model.learn(total_timesteps=512)
+        first = model.rollout_buffer.rewards.copy()
+        model.learn(total_timesteps=512, reset_num_timesteps=False)
+        return model.rollout_buffer, first, env
+
+    ref, ref_first, ref_env = run(False)
+    got, got_first, got_env = run(True)
+    assert np.ptp(got.rewards) > 0.1 and np.abs(got.rewards).max() < 10.0
+    np.testing.assert_allclose(got_first, ref_first, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.rewards, ref.rewards, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.advantages, ref.advantages, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got.returns, ref.returns, rtol=1e-4, atol=1e-4)
+    # The counted returns are the ensemble's own (unscaled): 200 steps of a reward near 5 + 3 cos.
+    learned, _ = got_env.recent_returns()
+    assert len(learned) == 4 and min(learned) > 200.0
+    # State round trip: a fresh scale loaded from the state scales the next step as the old one does.
+    state = got_env.scale.state_dict()
+    fresh = ReturnScale(2, gamma=0.95)
+    fresh.load_state_dict(state)
+    r, d = np.array([1.5, -0.5]), np.array([False, True])
+    np.testing.assert_array_equal(fresh(r, d), got_env.scale(r, d))
+    with pytest.raises(ValueError, match="state for 2 envs does not fit a run with 3 envs"):
+        ReturnScale(3, gamma=0.95).load_state_dict(state)

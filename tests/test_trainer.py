@@ -325,3 +325,31 @@ def test_a_run_with_continuous_reward_training_finishes_with_every_label_trained
     trainer.run()
     assert reports and all(r.epochs >= 1 for r in reports)
     assert trainer.trained_answer_id == _sql(tmp_path / "run", "SELECT MAX(id) FROM answers WHERE skipped = 0")[0][0]
+
+
+def test_return_scaled_reward_statistics_survive_a_checkpoint(tmp_path):
+    """With reward_return_norm the agent's reward scale is part of the run's state: the checkpoint
+    holds the scale's statistics and a resumed trainer continues from them, not from scratch."""
+    import json
+    from dataclasses import replace
+
+    cfg = replace(_tiny(reward_return_norm=True), steps=1024, checkpoint_every=2)
+    run = tmp_path / "run"
+    trainer = RLHFTrainer(cfg, run)
+    trainer.run()
+    saved = trainer.learned.scale.state_dict()
+    trainer.close()
+    assert saved["count"] > 100 and saved["var"] > 0
+    latest = (run / "checkpoints" / "LATEST").read_text().strip()
+    state = json.loads((run / "checkpoints" / latest / "state.json").read_text())
+    assert state["return_scale"]["count"] == saved["count"]
+    resumed = RLHFTrainer(cfg, run, resume=True)
+    try:
+        assert resumed.learned.scale.state_dict() == saved
+    finally:
+        resumed.close()
+    plain = RLHFTrainer(_tiny(), tmp_path / "plain")
+    try:
+        assert plain.learned.scale is None
+    finally:
+        plain.close()

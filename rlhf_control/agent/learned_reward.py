@@ -7,12 +7,47 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvStepReturn, VecEnvWrapper
 
 from rlhf_control.tasks.wrappers import GYM_RETURN_KEY
 
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 ObsFn = Callable[[np.ndarray], np.ndarray]
+
+
+class ReturnScale:
+    """Divide rewards by the running std of the discounted return, as SB3's ``VecNormalize`` does
+    with ``norm_reward=True`` (the RL baseline's setting): per vector step the running return
+    ``G = gamma * G + r`` updates the statistics, the step's rewards are divided by their std and
+    clipped to ``+-clip``, and ``G`` restarts where an episode ended. The mean is not subtracted."""
+
+    def __init__(self, n_envs: int, gamma: float, clip: float = 10.0, epsilon: float = 1e-8) -> None:
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma={gamma!r} is not allowed; use a number in [0, 1]")
+        self.gamma, self.clip, self.epsilon = float(gamma), float(clip), float(epsilon)
+        self.rms = RunningMeanStd(shape=())
+        self.returns = np.zeros(int(n_envs), dtype=np.float64)
+
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        """Scaled rewards of one vector step ``(n_envs,)`` (float32)."""
+        self.returns = self.returns * self.gamma + rewards
+        self.rms.update(self.returns)
+        out = np.clip(rewards / np.sqrt(self.rms.var + self.epsilon), -self.clip, self.clip)
+        self.returns[np.asarray(dones, dtype=bool)] = 0.0
+        return out.astype(np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": float(self.rms.mean), "var": float(self.rms.var), "count": float(self.rms.count),
+                "returns": self.returns.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        returns = np.asarray(state["returns"], dtype=np.float64)
+        if returns.shape != self.returns.shape:
+            raise ValueError(f"return scale state for {returns.shape[0]} envs does not fit a run with {len(self.returns)} envs")
+        self.rms.mean, self.rms.var = np.float64(state["mean"]), np.float64(state["var"])
+        self.rms.count = float(state["count"])
+        self.returns = returns
 
 
 class LearnedReward(VecEnvWrapper):
@@ -33,6 +68,9 @@ class LearnedReward(VecEnvWrapper):
     does at the end of each SB3 rollout, so that the agent trains on exactly the per-step rewards at a
     fraction of the per-call cost). Episode returns (``recent_returns``) are counted at the flush and
     the ``info["episode_*_return"]`` keys are not set.
+
+    ``scale``: a :class:`ReturnScale` applied to the rewards the agent gets; the episode returns
+    counted here stay on the ensemble's scale.
     """
 
     def __init__(
@@ -42,6 +80,7 @@ class LearnedReward(VecEnvWrapper):
         obs_fn: ObsFn | None = None,
         history: int = 100,
         deferred: bool = False,
+        scale: ReturnScale | None = None,
     ) -> None:
         super().__init__(venv)
         if not callable(reward_fn):
@@ -62,6 +101,7 @@ class LearnedReward(VecEnvWrapper):
         self.deferred = bool(deferred)
         self._batch: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # obs, acts, true, dones
         self._pending_acts: np.ndarray | None = None
+        self.scale = scale
 
     @property
     def reward_fn(self) -> RewardFn:
@@ -125,6 +165,8 @@ class LearnedReward(VecEnvWrapper):
             for i, ret_learned, ret_true in self._count_step(learned, true, dones):
                 infos[i]["episode_learned_return"] = ret_learned
                 infos[i]["episode_true_return"] = ret_true
+            if self.scale is not None:
+                learned = self.scale(learned, dones)
         # After an auto-reset this is the new episode's first obs, which the next action is taken from.
         self._last_obs = self._transform(obs)
         return obs, learned, dones, infos
@@ -144,13 +186,23 @@ class LearnedReward(VecEnvWrapper):
             ended.append((int(i), ret_learned, ret_true))
         return ended
 
+    def scale_state(self) -> dict[str, Any] | None:
+        """The :class:`ReturnScale`'s statistics for a checkpoint (None without a scale)."""
+        return self.scale.state_dict() if self.scale is not None else None
+
+    def load_scale_state(self, state: dict[str, Any] | None) -> None:
+        """Restore :meth:`scale_state`; a checkpoint without one (older, or written unscaled) leaves the
+        statistics to start afresh."""
+        if state and self.scale is not None:
+            self.scale.load_state_dict(state)
+
     def pending_steps(self) -> int:
         """Vector steps waiting for :meth:`flush` (always 0 unless ``deferred``)."""
         return len(self._batch)
 
     def flush(self) -> np.ndarray:
         """Learned rewards ``(T, n_envs)`` float32 of the T vector steps since the last flush (or reset),
-        from one ``reward_fn`` call; counts the episodes that ended in them."""
+        from one ``reward_fn`` call (then ``scale``d, step by step); counts the episodes that ended in them."""
         n = self.num_envs
         if not self._batch:
             return np.zeros((0, n), dtype=np.float32)
@@ -160,6 +212,8 @@ class LearnedReward(VecEnvWrapper):
         learned = self._checked(self._reward_fn(obs, acts), len(obs)).reshape(len(batch), n)
         for t, (_, _, true, dones) in enumerate(batch):
             self._count_step(learned[t], true, dones)
+        if self.scale is not None:
+            learned = np.stack([self.scale(learned[t], batch[t][3]) for t in range(len(batch))])
         return learned
 
     def _transform(self, obs: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from rlhf_control import __version__
 from rlhf_control.agent.factory import load_agent, load_obs_normalization, make_agent
-from rlhf_control.agent.learned_reward import LearnedReward
+from rlhf_control.agent.learned_reward import LearnedReward, ReturnScale
 from rlhf_control.config import Resolved, RunConfig, resolve, resolve_device, write_config_file
 from rlhf_control.errors import UserError
 from rlhf_control.loop.checkpoint import (
@@ -107,7 +107,8 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     ensemble = (RewardEnsemble.load(ckpt_dir / ENSEMBLE_FILE, device=device) if ckpt_dir is not None
                 else _new_ensemble(cfg, task, venv, device))
     # Rewards are computed once per rollout, in one batch (relabel_rollouts), not once per step.
-    learned = LearnedReward(recorder, ensemble.reward, obs_fn=task.reward_obs_fn, deferred=True)
+    scale = ReturnScale(recorder.num_envs, float(r.agent_params.get("gamma", 0.99))) if cfg.reward_return_norm else None
+    learned = LearnedReward(recorder, ensemble.reward, obs_fn=task.reward_obs_fn, deferred=True, scale=scale)
     # The agent may see normalised observations (RL Zoo's `normalize`); the reward model never does.
     agent_env: VecEnv = VecNormalize(learned, norm_obs=True, norm_reward=False) if task.normalize else learned
     trainer_config = RewardTrainerConfig(lr=cfg.reward_lr, noise=cfg.reward_noise, adaptive_l2=cfg.reward_l2,

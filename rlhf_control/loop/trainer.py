@@ -1,11 +1,8 @@
-"""RLHFTrainer: the loop of DESIGN.md, and nothing else.
-
-One SB3 ``learn`` call drives the agent; at the end of each rollout that completes an iteration the
-trainer takes the reward weights retrained during that rollout, asks the schedule how many queries
-are due, selects them from the segment pool, hands them to the oracle, moves whatever answers have
-arrived into the store and the label window, starts retraining the reward ensemble, logs a metrics
-row and, every few iterations, checkpoints. The parts come from :func:`rlhf_control.loop.build.build_run`.
-"""
+"""RLHFTrainer: the loop of DESIGN.md, and nothing else. One SB3 ``learn`` call drives the agent; at
+the end of each rollout that completes an iteration the trainer takes the reward weights retrained
+during that rollout, asks the schedule how many queries are due, selects them from the segment pool,
+hands them to the oracle, moves the answers into the store and the label window, starts retraining
+the reward, logs a metrics row and, every few iterations, checkpoints (parts: ``loop/build.py``)."""
 
 from __future__ import annotations
 
@@ -291,6 +288,7 @@ class RLHFTrainer:
             "pool": self.pool.state_dict(),
             "recorder": self.recorder.state_dict(),
             "oracle": self.oracle.state_dict() if isinstance(self.oracle, StatefulOracle) else None,
+            "return_scale": self.learned.scale_state(),
             "algo": self.r.algo,
         }
         writers = {
@@ -320,6 +318,7 @@ class RLHFTrainer:
             self.recorder.load_state_dict(state["recorder"])
             if state.get("oracle") and isinstance(self.oracle, StatefulOracle):
                 self.oracle.load_state_dict(state["oracle"])
+            self.learned.load_scale_state(state.get("return_scale"))
         resume_step = int(state["step"]) if state is not None else -1
         truncate_metrics(self.run_dir / METRICS_FILE, resume_step)
         # The store is the source of truth for labels, including those answered after the checkpoint.
