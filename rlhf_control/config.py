@@ -21,7 +21,7 @@ from rlhf_control.errors import UserError
 from rlhf_control.queries.schedule import SCHEDULES
 from rlhf_control.rundir import read_toml, write_atomic
 from rlhf_control.tasks.catalogue import get_task
-from rlhf_control.tasks.spec import ALGOS, TaskSpec, algo_class
+from rlhf_control.tasks.spec import ALGOS, OFF_POLICY, TaskSpec, algo_class
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -67,7 +67,10 @@ class RunConfig:
     n_envs: int | None = None
     """parallel envs (default: the task's)"""
     schedule: str | None = None
-    """label schedule: paper, constant or offline (default: the task's)"""
+    """label schedule: paper, constant, offline or bpref (B-Pref's rounds) (default: the task's)"""
+    label_batch: int | None = None
+    """bpref schedule: labels per round, one round every iteration (B-Pref's reward_batch; default a tenth
+    of the budget)"""
     label_window: int | None = None
     """newest labels the reward is trained on (default: the task's)"""
     reward_members: int = 3
@@ -115,6 +118,13 @@ class RunConfig:
     """cap on queries waiting for an answer"""
     stale_after_steps: int | None = field(default=None, metadata={"flag": "--stale-after", "resumable": True})
     """retire queries not answered within this many agent steps (default: a quarter of the run)"""
+    unsup_steps: int | None = None
+    """sac: PEBBLE's unsupervised pre-training, agent steps trained on the state entropy of the replay
+    buffer after the agent's random steps (learning_starts) and before the first labels; 0 turns it off
+    (default: the task's, 9,000)"""
+    relabel: bool = field(default=True, metadata={"flag": "--no-relabel", "invert": True})
+    """sac: after each reward update recompute the reward of every transition in the replay buffer (off:
+    stored transitions keep the reward they were stored with, an ablation)"""
     eval_episodes: int | None = None
     """episodes of each deterministic evaluation of the policy on the true reward (fixed seeds, its own
     env) that fills eval_true_return; 0 turns evaluation off (default: the task's, 10; 2 for Atari)"""
@@ -131,11 +141,11 @@ class RunConfig:
     """the agent's hyperparameters over the task's (a config file's [run.agent] table)"""
 
     def __post_init__(self) -> None:
-        for name in ("labels", "steps", "n_envs", "label_window", "clip_length", "iteration_steps"):
+        for name in ("labels", "steps", "n_envs", "label_window", "clip_length", "iteration_steps", "label_batch"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserError(f"{name.replace('_', '-')} {value!r} must be a positive integer")
-        for name in ("pretrain_labels", "pretrain_epochs"):
+        for name in ("pretrain_labels", "pretrain_epochs", "unsup_steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise UserError(f"{name.replace('_', '-')} {value!r} must be a non-negative integer")
@@ -259,6 +269,7 @@ class Resolved:
     schedule_horizon: float  # the paper's schedule constant in agent steps (the task's counts frames)
     eval_episodes: int
     eval_every: int
+    rl_start: int = 0  # off-policy agents: the step of the first labels (random + unsupervised steps)
 
 
 def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
@@ -266,6 +277,11 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
     task = task or get_task(cfg.task)
     if cfg.clip_length is not None:
         task = task.with_overrides(clip_length=cfg.clip_length)
+    algo = cfg.algo or task.algo
+    if algo != task.algo:
+        # The task's hyperparameters belong to its own algorithm: another one starts from SB3's
+        # defaults, keeping the task's discount and the user's own overrides.
+        task = dataclasses.replace(task, algo=algo, agent={"gamma": task.agent.get("gamma", 0.99)})
     if cfg.agent:
         task = task.with_overrides(agent=dict(cfg.agent))
     labels = cfg.labels or task.label_budget
@@ -279,15 +295,13 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
     if pretrain > labels:
         raise UserError(f"pretrain-labels {pretrain} must not exceed labels {labels}")
     agent_params = task.agent_kwargs()
-    algo = cfg.algo or task.algo
-    if algo != task.algo:
-        # The task's hyperparameters belong to its own algorithm: another one starts from SB3's
-        # defaults, keeping the task's discount and the user's own overrides.
-        agent_params = {"gamma": task.agent.get("gamma", 0.99), **cfg.agent}
     schedule = cfg.schedule or task.schedule
     SCHEDULES.get(schedule)  # an unknown name (the flag's or the task's) fails here, naming the known ones
     steps = cfg.steps or task.total_steps
     n_envs = cfg.n_envs or task.n_envs
+    if cfg.label_batch is not None and schedule != "bpref":
+        raise UserError(f"label-batch {cfg.label_batch} is for the bpref schedule; this run's schedule is {schedule!r}")
+    rl_start = _off_policy_start(cfg, task, algo, agent_params, steps, n_envs)
     return Resolved(
         cfg=cfg,
         task=task,
@@ -301,11 +315,36 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         schedule=schedule,
         label_window=cfg.label_window or task.label_window,
         agent_params=agent_params,
-        iteration_steps=cfg.iteration_steps or _default_iteration_steps(algo, agent_params, n_envs, steps),
+        iteration_steps=(cfg.iteration_steps or task.iteration_steps
+                         or _default_iteration_steps(algo, agent_params, n_envs, steps)),
         schedule_horizon=task.schedule_horizon / task.frames_per_step,
         eval_episodes=task.eval_episodes if cfg.eval_episodes is None else cfg.eval_episodes,
         eval_every=cfg.eval_every or task.eval_every,
+        rl_start=rl_start,
     )
+
+
+def _off_policy_start(cfg: RunConfig, task: TaskSpec, algo: str, agent_params: dict[str, Any], steps: int,
+                      n_envs: int) -> int:
+    """The step of an off-policy run's first labels: its random steps (``learning_starts``) plus PEBBLE's
+    unsupervised ones; 0 for on-policy agents. Refuses pre-training that does not end before the run
+    does, and a replay buffer smaller than one segment."""
+    if algo not in OFF_POLICY:
+        if cfg.unsup_steps:
+            raise UserError(f"unsup-steps {cfg.unsup_steps} is for off-policy agents (sac); algo {algo!r} has "
+                            "no replay buffer (give 0 or leave it out)")
+        return 0
+    params = inspect.signature(algo_class(algo)).parameters
+    random_steps = int(agent_params.get("learning_starts", params["learning_starts"].default))
+    unsup = task.unsup_steps if cfg.unsup_steps is None else cfg.unsup_steps
+    if random_steps + unsup >= steps:
+        raise UserError(f"unsup-steps {unsup} after {random_steps} random steps (learning_starts) must end before "
+                        f"the run's {steps} steps; allowed: 0 to {max(steps - random_steps - 1, 0)}")
+    buffer = int(agent_params.get("buffer_size", params["buffer_size"].default))
+    if buffer // n_envs < task.clip_length:
+        raise UserError(f"replay buffer_size {buffer} ({buffer // n_envs} per env) is smaller than one segment of "
+                        f"{task.clip_length} steps; allowed: at least {task.clip_length * n_envs}")
+    return random_steps + unsup
 
 
 def _default_n_steps(algo: str) -> int:
@@ -317,6 +356,8 @@ def _default_iteration_steps(algo: str, agent_params: dict[str, Any], n_envs: in
     """One rollout, but at least 2,048 steps: A2C's rollouts (80 steps for Atari) are far too short to
     retrain the reward, log and checkpoint after each. A run shorter than 16,384 steps still gets
     about eight iterations."""
+    if algo in OFF_POLICY:  # SB3 ends a "rollout" every train_freq steps: B-Pref's 20,000 (num_interact)
+        return max(1, min(20_000, total_steps // 8))
     rollout = int(agent_params.get("n_steps", _default_n_steps(algo))) * n_envs
     return max(rollout, min(2048, total_steps // 8))
 

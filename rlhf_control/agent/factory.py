@@ -1,4 +1,5 @@
-"""Builds the RL agent (PPO, A2C from stable-baselines3; TRPO from sb3-contrib) from a config."""
+"""Builds the RL agent (PPO, A2C, SAC from stable-baselines3; TRPO from sb3-contrib) from a config, and
+the policy that acts for the pretraining clips."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -73,3 +75,31 @@ class OnRolloutEnd(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         self.fn(int(self.model.num_timesteps))
+
+
+def pretrain_actor(agent: BaseAlgorithm, agent_env: VecEnv, recorder: VecEnv, how: str, seed: int
+                   ) -> Callable[[np.ndarray], np.ndarray]:
+    """``obs -> actions`` for ``recorder``'s envs of the pretraining policy: the agent's untrained one
+    (``how = "untrained"``, sampled as in its rollouts) or uniformly random actions (``"uniform"``), with
+    its own seeded randomness (the run's random streams stay as they are)."""
+    rng = np.random.default_rng(seed + 7)
+    if how == "uniform":
+        space = recorder.action_space
+        space.seed(int(rng.integers(2**31)))
+        return lambda obs: np.stack([space.sample() for _ in range(recorder.num_envs)])
+    policy, n_envs = agent.policy, recorder.num_envs
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    norm = agent_env.normalize_obs if isinstance(agent_env, VecNormalize) else (lambda o: o)
+    # gSDE policies draw their exploration noise every sde_sample_freq steps, as in SB3's rollouts.
+    resample = getattr(agent, "sde_sample_freq", -1) if getattr(agent, "use_sde", False) else 0
+    calls = [0]
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
+            if resample and (calls[0] == 0 or (resample > 0 and calls[0] % resample == 0)):
+                policy.reset_noise(n_envs)
+            calls[0] += 1
+            return policy.predict(norm(obs), deterministic=False)[0]
+
+    return act

@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from rlhf_control import __version__
 from rlhf_control.agent.factory import load_agent, load_obs_normalization, make_agent
 from rlhf_control.agent.learned_reward import LearnedReward, ReturnScale
+from rlhf_control.agent.replay import REPLAY_FILE, load_replay
 from rlhf_control.config import Resolved, RunConfig, resolve, resolve_device, write_config_file
 from rlhf_control.errors import UserError
 from rlhf_control.loop.checkpoint import (
@@ -30,7 +32,7 @@ from rlhf_control.loop.checkpoint import (
     load_run_checkpoint,
 )
 from rlhf_control.oracles import OracleContext, check_spec
-from rlhf_control.queries.schedule import LabelSchedule, make_schedule
+from rlhf_control.queries.schedule import LabelSchedule, ShiftedSchedule, make_schedule
 from rlhf_control.queries.selection import QuerySelector, make_selector
 from rlhf_control.recording.pool import SegmentPool
 from rlhf_control.recording.recorder import TrajectoryRecorder
@@ -42,7 +44,7 @@ from rlhf_control.reward.training import RewardTrainerConfig
 from rlhf_control.reward.updater import RewardUpdater
 from rlhf_control.rundir import CLIPS_DIR, CONFIG_FILE, FRAMES_FILE, STORE_FILE
 from rlhf_control.store.store import PreferenceStore
-from rlhf_control.tasks.spec import TaskSpec
+from rlhf_control.tasks.spec import OFF_POLICY, TaskSpec
 from rlhf_control.types import Segment
 
 # The clips that set the reward's output normalisation after each retraining: the newest of the pool.
@@ -89,13 +91,20 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
         raise UserError(f"task {task.name!r} has no true reward; only the human oracle can label it "
                          f"(got oracle {cfg.oracle!r})")
     rng = np.random.default_rng(cfg.seed)
-    schedule = make_schedule(r.schedule, r.labels, r.pretrain_labels, r.steps, r.schedule_horizon)
+    schedule = make_schedule(r.schedule, r.labels, r.pretrain_labels, r.steps - r.rl_start, r.schedule_horizon,
+                             batch=cfg.label_batch, interval=r.iteration_steps)
+    if r.rl_start:  # off-policy: the first labels come after the random and unsupervised steps
+        schedule = ShiftedSchedule(schedule, r.rl_start)
     selector = make_selector(cfg.selector)
     # A damaged checkpoint is reported before the run directory is touched.
     ckpt_dir, ckpt = load_run_checkpoint(run_dir) if resume else (None, None)
 
     pool = SegmentPool(capacity=max(4 * r.labels, 2000), rng=rng)
     venv = task.make_vec_env(r.n_envs, seed=cfg.seed)
+    if r.algo in OFF_POLICY and not isinstance(venv.action_space, spaces.Box):
+        venv.close()
+        raise UserError(f"algo {r.algo!r} needs continuous (Box) actions; task {task.name!r} has "
+                        f"{venv.action_space}: use ppo, a2c or trpo")
     render_fn = None
     if oracle_factory.shows_clips:
         from rlhf_control.recording.render_states import render_state_fn
@@ -107,8 +116,10 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     ensemble = (RewardEnsemble.load(ckpt_dir / ENSEMBLE_FILE, device=device) if ckpt_dir is not None
                 else _new_ensemble(cfg, task, venv, device))
     # Rewards are computed once per rollout, in one batch (relabel_rollouts), not once per step.
+    # (SAC stores each step's reward in its replay buffer as it goes: one call per vector step.)
     scale = ReturnScale(recorder.num_envs, float(r.agent_params.get("gamma", 0.99))) if cfg.reward_return_norm else None
-    learned = LearnedReward(recorder, ensemble.reward, obs_fn=task.reward_obs_fn, deferred=True, scale=scale)
+    learned = LearnedReward(recorder, ensemble.reward, obs_fn=task.reward_obs_fn, deferred=r.algo not in OFF_POLICY,
+                            scale=scale)
     # The agent may see normalised observations (RL Zoo's `normalize`); the reward model never does.
     agent_env: VecEnv = VecNormalize(learned, norm_obs=True, norm_reward=False) if task.normalize else learned
     trainer_config = RewardTrainerConfig(lr=cfg.reward_lr, noise=cfg.reward_noise, adaptive_l2=cfg.reward_l2,
@@ -117,6 +128,8 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     if ckpt_dir is not None:
         fitter.load_state_dict(torch.load(ckpt_dir / FITTER_FILE, weights_only=True))
         agent = load_agent(r.algo, str(ckpt_dir / AGENT_FILE), agent_env, device=device)
+        if (ckpt_dir / REPLAY_FILE).is_file():  # an off-policy run continues with its transitions
+            load_replay(agent, ckpt_dir / REPLAY_FILE)
         if isinstance(agent_env, VecNormalize):
             load_obs_normalization(agent_env, ckpt_dir / OBS_NORM_FILE)
     else:

@@ -16,7 +16,7 @@ import torch
 from stable_baselines3.common.vec_env import VecNormalize
 
 from rlhf_control.agent.evaluation import evaluate_agent
-from rlhf_control.agent.factory import OnRolloutEnd, save_obs_normalization
+from rlhf_control.agent.factory import OnRolloutEnd, pretrain_actor, save_obs_normalization
 from rlhf_control.agent.learned_reward import relabel_rollouts
 from rlhf_control.config import RunConfig
 from rlhf_control.loop.build import build_run
@@ -29,11 +29,12 @@ from rlhf_control.loop.checkpoint import (
     save_checkpoint,
 )
 from rlhf_control.loop.metrics import MetricsLogger, reward_correlations, truncate_metrics
+from rlhf_control.loop.offpolicy import OffPolicyPhases
 from rlhf_control.loop.pacing import LabelPacer
 from rlhf_control.oracles import ClosableOracle, PacedOracle, ResumableOracle, StatefulOracle
 from rlhf_control.queries.selection import make_selector
 from rlhf_control.rundir import METRICS_FILE, mark_done
-from rlhf_control.tasks.spec import TaskSpec
+from rlhf_control.tasks.spec import OFF_POLICY, TaskSpec
 from rlhf_control.types import Label, Segment, SegmentPair
 
 
@@ -75,6 +76,7 @@ class RLHFTrainer:
         self._status(state="starting", budget=self.r.labels, steps=self.r.steps)
         paced = isinstance(self.oracle, PacedOracle) and not self.cfg.run_ahead  # a person's pace (pacing.py)
         self.pacer = LabelPacer(self, self._status) if paced else None
+        self.offpolicy = OffPolicyPhases(self) if self.r.algo in OFF_POLICY else None
         purge = self._restore(p.checkpoint) if resume else None
         self.metrics = MetricsLogger(self.run_dir, purge_step=purge)
 
@@ -171,29 +173,11 @@ class RLHFTrainer:
 
     def _pretrain_actor(self):
         """``obs -> actions`` of the pretraining policy (its own seeded randomness: the run's streams stay as they are)."""
-        rng = np.random.default_rng(self.cfg.seed + 7)
-        if self.cfg.pretrain_policy == "uniform":
-            space = self.recorder.action_space
-            space.seed(int(rng.integers(2**31)))
-            return lambda obs: np.stack([space.sample() for _ in range(self.recorder.num_envs)])
-        agent, policy, n_envs = self.agent, self.agent.policy, self.recorder.num_envs
-        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        norm = self.agent_env.normalize_obs if isinstance(self.agent_env, VecNormalize) else (lambda o: o)
-        # gSDE policies draw their exploration noise every sde_sample_freq steps, as in SB3's rollouts.
-        resample = getattr(agent, "sde_sample_freq", -1) if getattr(agent, "use_sde", False) else 0
-        calls = [0]
-
-        def act(obs: np.ndarray) -> np.ndarray:
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
-                if resample and (calls[0] == 0 or (resample > 0 and calls[0] % resample == 0)):
-                    policy.reset_noise(n_envs)
-                calls[0] += 1
-                return policy.predict(norm(obs), deterministic=False)[0]
-
-        return act
+        return pretrain_actor(self.agent, self.agent_env, self.recorder, self.cfg.pretrain_policy, self.cfg.seed)
 
     def _rollout_end(self, step: int) -> None:
+        if self.offpolicy is not None:  # SAC: PEBBLE's phases, relabelling (loop/offpolicy.py)
+            return self.offpolicy.rollout_end(step)
         # The last rollout always ends an iteration, so that the schedule's whole budget is asked for.
         if step - self.last_iteration_step >= self.r.iteration_steps or step >= self.r.steps:
             self.iteration(step)
@@ -204,6 +188,8 @@ class RLHFTrainer:
         self.last_iteration_step = step
         # The reward trained during the last rollout takes over (what the agent trains on next).
         self.updater.take()
+        if self.offpolicy is not None:
+            self.offpolicy.sync()  # its replay buffer relabelled with the new reward
         # Clips from a much older policy are retired rather than shown (a quarter of the run by default);
         # never a pair a labeller holds.
         stale_after = self.cfg.stale_after_steps or max(self.r.steps // 4, 1)
@@ -296,6 +282,7 @@ class RLHFTrainer:
             ENSEMBLE_FILE: lambda p: self.ensemble.save(p),
             FITTER_FILE: lambda p: torch.save(self.updater.fitter.state_dict(), p),
         }
+        writers.update(self.offpolicy.writers() if self.offpolicy is not None else {})
         if isinstance(self.agent_env, VecNormalize):
             writers[OBS_NORM_FILE] = lambda p: save_obs_normalization(self.agent_env, p)
         save_checkpoint(self.run_dir, step, writers, jsonable(state))
@@ -352,13 +339,16 @@ class RLHFTrainer:
             remaining = self.r.steps - done
             if remaining > 0:
                 self.updater.start()  # now, so that the worker boots while pretraining runs
-            if not self.pretrain_done:
+            if not self.pretrain_done and self.offpolicy is None:  # (off-policy: inside learn)
                 self.pretrain()
                 self.checkpoint(int(self.agent.num_timesteps))  # a kill must never make the run redo it
             elif self._train_on_resume:
                 self.updater.train_now(self.r.reward_epochs)
             if remaining > 0:
-                relabel_rollouts(self.agent, self.learned)
+                if self.offpolicy is None:
+                    relabel_rollouts(self.agent, self.learned)
+                else:
+                    self.offpolicy.start()
                 self.agent.learn(total_timesteps=remaining, callback=OnRolloutEnd(self._rollout_end),
                                  reset_num_timesteps=False)
             final = int(self.agent.num_timesteps)
@@ -368,6 +358,8 @@ class RLHFTrainer:
                 self.updater.train_now(self.r.reward_epochs)
             if new or self._last_logged != final:
                 self._log(final, evaluate=True)
+            if self.offpolicy is not None:
+                self.offpolicy.sync()  # the saved buffer holds the saved reward's values
             self.checkpoint(final)
             mark_done(self.run_dir, final)
             self._status(state="finished", step=final)

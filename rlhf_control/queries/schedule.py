@@ -85,9 +85,63 @@ class OfflineSchedule(LabelSchedule):
         return 1.0
 
 
-def make_schedule(name: str, budget: int, pretrain: int, total_steps: int, horizon: float = 2e6) -> LabelSchedule:
-    """Build a schedule by name (``paper``, ``constant``, ``offline``)."""
+@SCHEDULES.register("bpref")
+@dataclass(frozen=True)
+class BPrefSchedule(LabelSchedule):
+    """B-Pref's (and PEBBLE's): ``batch`` labels (its ``reward_batch``) at step 0 and every ``interval``
+    steps after (its ``num_interact``) until the budget (its ``max_feedback``) is spent; ``pretrain``
+    labels come on top of the first round. Runs whose rounds do not reach the budget by the last step
+    ask what is left at the last iteration (as every schedule's last iteration does)."""
+
+    horizon: float = 0.0
+    batch: int = 1
+    interval: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise UserError(f"label batch {self.batch!r} must be a positive integer")
+        if isinstance(self.interval, bool) or not isinstance(self.interval, int) or self.interval < 1:
+            raise UserError(f"label interval {self.interval!r} must be a positive number of steps")
+
+    def fraction(self, step: int) -> float:
+        return 1.0 if step >= self.total_steps else 0.0
+
+    def target(self, step: int) -> int:
+        if step >= self.total_steps:
+            return self.budget
+        return min(self.budget, self.pretrain + self.batch * (1 + max(step, 0) // self.interval))
+
+
+@dataclass(frozen=True)
+class ShiftedSchedule:
+    """``schedule`` with its step 0 at agent step ``start`` (nothing due before): for off-policy agents,
+    whose first labels come after the random and unsupervised pre-training steps."""
+
+    schedule: LabelSchedule
+    start: int
+
+    @property
+    def budget(self) -> int:
+        return self.schedule.budget
+
+    @property
+    def pretrain(self) -> int:
+        return self.schedule.pretrain
+
+    def target(self, step: int) -> int:
+        return 0 if step < self.start else self.schedule.target(step - self.start)
+
+
+def make_schedule(name: str, budget: int, pretrain: int, total_steps: int, horizon: float = 2e6,
+                  batch: int | None = None, interval: int | None = None) -> LabelSchedule:
+    """Build a schedule by name (``paper``, ``constant``, ``offline``, ``bpref``); ``batch`` (default a
+    tenth of the budget, B-Pref's ratio) and ``interval`` (agent steps) are the ``bpref`` schedule's."""
     cls = SCHEDULES.get(name)
     if horizon <= 0 and name == "paper":
         raise UserError(f"schedule horizon {horizon} must be positive")
-    return cls(budget=budget, pretrain=pretrain, total_steps=total_steps, horizon=horizon)
+    extra = {}
+    if cls is BPrefSchedule:
+        extra = {"batch": batch if batch is not None else max(1, -(-budget // 10)),
+                 "interval": interval if interval is not None else max(1, total_steps // 10)}
+    return cls(budget=budget, pretrain=pretrain, total_steps=total_steps, horizon=horizon, **extra)

@@ -85,6 +85,10 @@ class RewardUpdater:
             return
         self._job = (epochs, int(self.dataset.seqs[-1]))
 
+    def ready(self) -> bool:
+        """Whether a job runs in the worker and its result can be taken now without waiting."""
+        return self._job is not None and self.worker is not None and self.worker.ready()
+
     def take(self) -> bool:
         """Take the running job's weights (waiting for it); False when none was running."""
         if self._job is None:

@@ -124,6 +124,14 @@ class RewardWorker:
         self._sent_uids = set(uids)
         return {"uids": uids, "new": new}
 
+    def ready(self) -> bool:
+        """Whether the running job's result can be taken without waiting (never for a continuous job,
+        which trains until asked)."""
+        try:
+            return self.busy and not self.continuous and self._recv_conn.poll()
+        except (OSError, EOFError):
+            return True  # the child is gone: result() says so
+
     def result(self, ensemble: Any, trainer: Any) -> Any:
         """Wait for the running job; load its weights and trainer state into ``ensemble`` and
         ``trainer`` and return its :class:`TrainReport`. Raises :class:`RewardWorkerError`

@@ -25,17 +25,18 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
 from rlhf_control.errors import UserError
 from rlhf_control.registry import UnknownNameError, unknown_name_message
-from rlhf_control.tasks.suites import SUITES, register_ale
+from rlhf_control.tasks.suites import SUITES, register_ale, register_dmc
 from rlhf_control.tasks.wrappers import WRAPPERS, AtariFrames, GymReturn, ScoreMask, apply_wrappers
 
-ALGOS = ("ppo", "a2c", "trpo")  # the on-policy agents a task can name; agent/factory.py builds them
+ALGOS = ("ppo", "a2c", "trpo", "sac")  # the agents a task can name; agent/factory.py builds them
+OFF_POLICY = ("sac",)  # agents that learn from a replay buffer (continuous actions only)
 REWARD_NETS = ("mlp", "cnn")
 POLICIES = ("MlpPolicy", "CnnPolicy", "MultiInputPolicy")
 ACTIVATIONS = ("relu", "tanh", "elu", "leaky_relu", "gelu", "silu")
 DICT_FIELDS = ("agent", "env_kwargs", "reward_net_kwargs")
 # Arguments the run sets, not the task preset.
 _RUN_LEVEL_ARGS = {"self", "policy", "env", "seed", "device", "verbose", "tensorboard_log", "_init_setup_model",
-                   "rollout_buffer_class", "rollout_buffer_kwargs"}
+                   "rollout_buffer_class", "rollout_buffer_kwargs", "replay_buffer_class"}
 
 
 def algo_class(algo: str) -> type:
@@ -52,6 +53,10 @@ def algo_class(algo: str) -> type:
         from sb3_contrib import TRPO
 
         return TRPO
+    if algo == "sac":
+        from stable_baselines3 import SAC
+
+        return SAC
     raise UserError(f"unknown algorithm {algo!r}; allowed: {', '.join(ALGOS)}")
 
 
@@ -106,6 +111,8 @@ class TaskSpec:
     schedule: str = "paper"
     eval_episodes: int = 10  # episodes of each deterministic evaluation during a run
     eval_every: int = 5  # iterations between evaluations
+    iteration_steps: int | None = None  # agent steps per iteration (None: one rollout; see config.resolve)
+    unsup_steps: int = 9000  # off-policy agents: PEBBLE's unsupervised (state-entropy) steps after learning_starts
     schedule_horizon: float = 2e6  # c of the paper's rate c/(T+c), T in emulator frames (see frames_per_step)
     reward_net: str = "mlp"
     reward_net_kwargs: dict[str, Any] = field(default_factory=dict)  # EnsembleConfig fields
@@ -150,6 +157,9 @@ class TaskSpec:
             (self.label_window >= 1, f"label_window={self.label_window} must be >= 1"),
             (self.schedule_horizon > 0, f"schedule_horizon={self.schedule_horizon} must be > 0"),
             (self.frame_stack >= 0, f"frame_stack={self.frame_stack} must be >= 0"),
+            (self.iteration_steps is None or self.iteration_steps >= 1,
+             f"iteration_steps={self.iteration_steps} must be >= 1"),
+            (self.unsup_steps >= 0, f"unsup_steps={self.unsup_steps} must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -222,6 +232,8 @@ class TaskSpec:
         each step, ``info["gym_return"]`` at each episode's end: the contract in ``tasks/wrappers.py``)."""
         if self.suite == "atari" or self.env_id.startswith("ALE/"):
             register_ale()
+        elif self.suite == "dmc" or self.env_id.startswith("dm_control/"):
+            register_dmc()
         kwargs = dict(self.env_kwargs)
         if self.horizon is not None and self.suite != "atari":
             # Keep the inner time limit in line with the horizon (Atari's inner steps are frames).

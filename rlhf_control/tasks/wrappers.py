@@ -31,6 +31,7 @@ Names in :data:`WRAPPERS` (the ``wrappers`` list of a task entry):
 - ``drop_control_cost``: :class:`DropControlCost` (the reward without the control cost)
 - ``atari_frames``: :class:`AtariFrames` (frame skip with max-pooling, 84x84 grayscale)
 - ``noop_reset``: SB3's ``NoopResetEnv`` (random 1..noop_max no-ops after each reset)
+- ``flatten_obs``: a dict of arrays (DeepMind Control's observations) as one float32 vector
 
 :class:`ScoreMask` is not a wrapper: it is the function that blanks screen regions in what the reward
 model sees (``TaskSpec.reward_obs_fn``).
@@ -237,6 +238,15 @@ class AtariFrames(gym.Wrapper):
 @WRAPPERS.register("noop_reset")
 def _noop_reset(env: gym.Env, noop_max: int = 30) -> gym.Env:
     return NoopResetEnv(env, noop_max=noop_max)
+
+
+@WRAPPERS.register("flatten_obs")
+def _flatten_obs(env: gym.Env) -> gym.Env:
+    """A (dict) observation as one flat float32 vector, in the space's key order."""
+    flat = gym.wrappers.FlattenObservation(env)
+    space = flat.observation_space
+    box = gym.spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32), dtype=np.float32)
+    return gym.wrappers.TransformObservation(flat, lambda o: np.asarray(o, dtype=np.float32), box)
 
 
 class GymReturn(gym.Wrapper):

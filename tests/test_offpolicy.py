@@ -1,0 +1,209 @@
+"""Off-policy preference learning (SAC, PEBBLE): replay relabelling, state entropy, the B-Pref schedule,
+bad input, and the loop end to end with a SIGKILL and resume."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import SAC
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from rlhf_control.agent.replay import (
+    SampleRewards,
+    StateEntropy,
+    batch_rewards,
+    load_replay,
+    relabel_replay,
+    save_replay,
+)
+from rlhf_control.cli import main
+from rlhf_control.config import RunConfig, resolve
+from rlhf_control.errors import UserError
+from rlhf_control.loop.trainer import RLHFTrainer
+from rlhf_control.queries.schedule import ShiftedSchedule, make_schedule
+from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble
+from rlhf_control.reward.training import RewardTrainerConfig  # noqa: F401  (the worker's config type)
+
+ROOT = Path(__file__).parents[1]
+
+
+def _sac(buffer_size=500, steps=300, seed=0):
+    env = DummyVecEnv([lambda: gym.make("Pendulum-v1")])  # actions in [-2, 2]: scaled in the buffer
+    agent = SAC("MlpPolicy", env, buffer_size=buffer_size, learning_starts=steps, seed=seed)
+    agent.learn(steps)  # random actions only: fills the buffer
+    return agent
+
+
+def _ensemble(seed=0):
+    return RewardEnsemble(EnsembleConfig(n_members=3, hidden=(16, 16)), (3,), (1,), seed=seed)
+
+
+def test_relabelling_gives_every_transition_the_ensembles_reward_of_its_env_action():
+    agent, ens = _sac(), _ensemble()
+    buf = agent.replay_buffer
+    cost = relabel_replay(agent, ens, chunk=64)  # several chunks
+    assert cost.transitions == 300
+    obs, scaled = buf.observations[:300, 0], buf.actions[:300, 0]
+    env_actions = 2.0 * scaled  # Pendulum's bounds are +-2
+    expected = np.array([ens.reward(obs[i:i + 1], env_actions[i:i + 1])[0] for i in range(300)])
+    np.testing.assert_allclose(buf.rewards[:300, 0], expected, rtol=1e-5, atol=1e-5)
+    assert np.all(buf.rewards[300:] == 0)  # the empty part is left alone
+    # The buffer's scaled actions would give other rewards: the unscaling matters.
+    assert not np.allclose(ens.reward(obs, scaled), expected, atol=1e-3)
+    np.testing.assert_allclose(batch_rewards(ens, obs, env_actions, chunk=7), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_replay_buffer_round_trips_through_its_file(tmp_path):
+    agent = _sac()
+    relabel_replay(agent, _ensemble())
+    save_replay(agent, tmp_path / "replay.npz")
+    other = SAC("MlpPolicy", agent.get_env(), buffer_size=500, seed=1)
+    assert load_replay(other, tmp_path / "replay.npz") == 300
+    for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+        np.testing.assert_array_equal(getattr(other.replay_buffer, name), getattr(agent.replay_buffer, name))
+    assert other.replay_buffer.pos == 300 and not other.replay_buffer.full
+    small = SAC("MlpPolicy", agent.get_env(), buffer_size=100, seed=1)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_replay(small, tmp_path / "replay.npz")
+
+
+def test_state_entropy_is_the_kth_neighbour_distance_over_its_running_std():
+    agent = _sac()
+    buf = agent.replay_buffer
+    ent = StateEntropy(buf, k=5, chunk=70)  # several chunks of the buffer
+    states = buf.observations[:300, 0]
+    q = torch.as_tensor(states[[3, 50, 299]])
+    d = np.linalg.norm(states[[3, 50, 299]][:, None, :] - states[None, :, :], axis=2)
+    want = np.sort(d, axis=1)[:, 5]  # index 0 is the state itself
+    np.testing.assert_allclose(ent.knn_distance(q).numpy(), want, rtol=1e-4)
+    r = ent(q).numpy().ravel()
+    np.testing.assert_allclose(r, want / np.sqrt(ent.stats.var), rtol=1e-3)
+
+
+def test_sampled_batches_carry_the_intrinsic_reward_only_while_it_is_on():
+    agent = _sac()
+    relabel_replay(agent, _ensemble())
+    hook = SampleRewards(agent)
+    stored = set(np.round(agent.replay_buffer.rewards[:300, 0], 5))
+    hook.fn = lambda obs, env: torch.full((len(obs), 1), 7.0)
+    assert torch.all(agent.replay_buffer.sample(32).rewards == 7.0)
+    hook.fn = None
+    got = agent.replay_buffer.sample(32).rewards.numpy().ravel()
+    assert set(np.round(got, 5)) <= stored
+
+
+def test_bpref_schedule_asks_a_batch_every_interval_after_the_shift():
+    s = make_schedule("bpref", budget=100, pretrain=0, total_steps=490_000, batch=10, interval=20_000)
+    assert [s.target(t) for t in (0, 19_999, 20_000, 180_000, 200_000)] == [10, 10, 20, 100, 100]
+    shifted = ShiftedSchedule(s, 10_000)
+    assert shifted.target(9_999) == 0 and shifted.target(10_000) == 10 and shifted.target(30_000) == 20
+    assert make_schedule("bpref", budget=100, pretrain=0, total_steps=1000).batch == 10  # B-Pref's ratio
+    assert s.target(490_000) == 100
+    with pytest.raises(UserError, match="label batch 0"):
+        make_schedule("bpref", budget=10, pretrain=0, total_steps=100, batch=0)
+
+
+def test_dmc_tasks_resolve_to_pebbles_settings():
+    r = resolve(RunConfig(task="walker-walk"))
+    assert (r.algo, r.rl_start, r.iteration_steps, r.schedule, r.task.clip_length) == ("sac", 10_000, 20_000, "bpref", 50)
+    env = r.task.make_env(0)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (24,) and obs.dtype == np.float32 and env.action_space.shape == (6,)
+    rewards = [env.step(env.action_space.sample())[1] for _ in range(5)]
+    assert all(0.0 <= x <= 1.0 for x in rewards)
+    env.close()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--algo", "sac", "--task", "CartPole-v1"], "needs continuous (Box) actions"),
+    (["--algo", "sac", "--steps", "5000"], "unsup-steps 9000 after 100 random steps"),
+    (["--algo", "sac", "--steps", "20000", "--clip-length", "30", "--n-envs", "1"], None),
+    (["--unsup-steps", "100"], "is for off-policy agents"),
+])
+def test_bad_off_policy_input_is_refused_in_one_line_before_anything_is_written(tmp_path, capsys, flags, message):
+    run = tmp_path / "run"
+    if message is None:  # a replay buffer smaller than one segment, through a config file's agent table
+        cfg = tmp_path / "c.toml"
+        cfg.write_text('[run]\nagent = { buffer_size = 20 }\n')
+        flags, message = [*flags, "--config", str(cfg)], "replay buffer_size 20"
+    assert main(["train", *flags, "--run-dir", str(run), "--no-progress"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not run.exists()
+
+
+def _count(run: Path, query: str) -> int:
+    con = sqlite3.connect(run / "preferences.sqlite")
+    try:
+        return con.execute(query).fetchone()[0]
+    finally:
+        con.close()
+
+
+SAC_FLAGS = ["--task", "Pendulum-v1", "--algo", "sac", "--n-envs", "1", "--steps", "2400", "--labels", "12",
+             "--pretrain-labels", "0", "--schedule", "bpref", "--label-batch", "4", "--unsup-steps", "400",
+             "--iteration-steps", "400", "--eval-episodes", "1", "--checkpoint-every", "1", "--seed", "2"]
+
+
+def test_a_sac_run_killed_after_its_first_round_resumes_with_its_labels_and_buffer(tmp_path):
+    run = tmp_path / "run"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[run]\nagent = { learning_starts = 200, batch_size = 64 }\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "train", *SAC_FLAGS, "--config", str(cfg),
+                             "--run-dir", str(run), "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:  # the first round's checkpoint is at step 600, the next at 1000
+            latest = run / "checkpoints" / "LATEST"
+            if latest.exists() and latest.read_text().strip() >= "ckpt-000000001000":
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.1)
+        else:
+            pytest.fail("no checkpoint after the first round within the time limit")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (run / "DONE").exists()
+    before = _count(run, "SELECT COUNT(*) FROM answers WHERE skipped = 0")
+    assert 4 <= before < 12
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "LATEST").read_text().strip()
+    with np.load(ckpt / "replay.npz") as data:
+        assert len(data["rewards"]) == int(ckpt.name.split("-")[1])  # every transition up to the checkpoint
+
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert (run / "DONE").exists()
+    assert _count(run, "SELECT COUNT(*) FROM answers WHERE skipped = 0") == 12
+    answered = _count(run, "SELECT COUNT(*) FROM answers")
+    assert _count(run, "SELECT COUNT(*) FROM queries") == answered  # nothing asked twice
+    # The final checkpoint: every transition of the run (those before the kill came back from the
+    # buffer's file), holding the final reward's values (the buffer was relabelled).
+    final = run / "checkpoints" / (run / "checkpoints" / "LATEST").read_text().strip()
+    ens = RewardEnsemble.load(final / "ensemble.pt")
+    with np.load(final / "replay.npz") as data:
+        assert len(data["rewards"]) == 2400
+        obs, acts = data["observations"][:, 0], 2.0 * data["actions"][:, 0]  # Pendulum's actions: +-2
+        np.testing.assert_allclose(data["rewards"][:, 0], batch_rewards(ens, obs, acts), rtol=1e-4, atol=1e-4)
+
+
+def test_no_relabelling_leaves_stored_rewards_as_they_were_stored(tmp_path):
+    run = tmp_path / "run"
+    cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=1400, labels=8, pretrain_labels=0,
+                    schedule="bpref", label_batch=4, unsup_steps=0, iteration_steps=400, eval_episodes=0,
+                    relabel=False, reward_async=False, agent={"learning_starts": 200, "batch_size": 32})
+    trainer = RLHFTrainer(cfg, run)
+    trainer.run()
+    assert trainer.offpolicy.relabels == 0
+    buf, ens = trainer.agent.replay_buffer, trainer.ensemble
+    obs, acts = buf.observations[:buf.pos, 0], trainer.agent.policy.unscale_action(buf.actions[:buf.pos, 0])
+    assert not np.allclose(buf.rewards[:buf.pos, 0], batch_rewards(ens, obs, acts), atol=1e-3)
