@@ -22,6 +22,11 @@ fi
 PY=${PYTHON:-python3}
 # torch first, pinned: a range asked before torch is installed would pull a multi-GB CUDA build.
 $PY -c "import torch" 2>/dev/null || $PY -m pip install -q torch==2.13.0
+# MuJoCo 4 comes as three packages sharing the mujoco/ folder; dm-control needs MuJoCo 3 (pinned in
+# pyproject.toml), so a MuJoCo 4 install goes first, whole, rather than being overwritten piecemeal.
+if $PY -m pip show -q mujoco-core >/dev/null 2>&1; then
+  $PY -m pip uninstall -q -y mujoco mujoco-core mujoco-studio
+fi
 if [[ $DEV -eq 1 ]]; then
   $PY -m pip install -q -e ".[dev]"
 else

@@ -207,3 +207,23 @@ def test_no_relabelling_leaves_stored_rewards_as_they_were_stored(tmp_path):
     buf, ens = trainer.agent.replay_buffer, trainer.ensemble
     obs, acts = buf.observations[:buf.pos, 0], trainer.agent.policy.unscale_action(buf.actions[:buf.pos, 0])
     assert not np.allclose(buf.rewards[:buf.pos, 0], batch_rewards(ens, obs, acts), atol=1e-3)
+
+
+def test_dmc_clips_are_drawn_headless_from_their_recorded_physics_states():
+    from rlhf_control.recording.render_states import render_state_fn
+    from rlhf_control.tasks.catalogue import get_task
+    from rlhf_control.video.render import SegmentRenderer
+
+    task = get_task("walker-walk")
+    venv, record = task.make_vec_env(1, seed=0), render_state_fn(task)
+    venv.reset()
+    states = []
+    for _ in range(12):
+        venv.step(np.array([venv.action_space.sample()]))
+        states.append(record(venv)[0])
+    venv.close()
+    renderer = SegmentRenderer(task)
+    frames = renderer._draw_all(states)
+    assert frames.shape == (12, 240, 320, 3) and renderer.fps == 40.0
+    assert np.abs(frames[11].astype(int) - frames[0]).mean() > 1.0  # the walker moved
+    np.testing.assert_array_equal(renderer._draw_all(states[:1])[0], frames[0])  # a state draws one frame

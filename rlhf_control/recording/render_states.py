@@ -194,7 +194,11 @@ def _capture_atari(u: Any) -> str:
     return "ale:" + base64.b64encode(zlib.compress(u.ale.getScreen(), 1)).decode("ascii")
 
 
-_CAPTURE = {"mujoco": _capture_mujoco, "classic": _capture_classic, "atari": _capture_atari}
+def _capture_dmc(u: Any) -> str:
+    return _encode_floats("dm", np.asarray(u.physics.get_state()))
+
+
+_CAPTURE = {"mujoco": _capture_mujoco, "classic": _capture_classic, "atari": _capture_atari, "dmc": _capture_dmc}
 
 
 def capture_state(env: Any) -> str:
@@ -204,7 +208,8 @@ def capture_state(env: Any) -> str:
 
 
 def restore_state(env: Any, state: str) -> None:
-    """Put a classic-control or MuJoCo render state back into ``env`` (same task); Atari states are frames."""
+    """Put a classic-control, MuJoCo or DeepMind Control render state back into ``env`` (same task);
+    Atari states are frames."""
     u = env.unwrapped
     suite = suite_of_env(u)
     if suite == "mujoco":
@@ -213,6 +218,11 @@ def restore_state(env: Any, state: str) -> None:
         x = _decode_floats(state, "mj", u.model.nq + u.model.nv)
         u.data.qpos[:], u.data.qvel[:] = x[: u.model.nq], x[u.model.nq:]
         mujoco.mj_forward(u.model, u.data)
+    elif suite == "dmc":
+        physics = u.physics
+        x = _decode_floats(state, "dm", np.asarray(physics.get_state()).size)
+        with physics.reset_context():  # sets the state and recomputes positions for drawing
+            physics.set_state(x)
     elif suite == "classic":
         n = np.asarray(u.state).size
         x = _decode_floats(state, "cc", n + hasattr(u, "last_u"))

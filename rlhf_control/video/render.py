@@ -225,7 +225,7 @@ class SegmentRenderer:
 
     @property
     def suite(self) -> str:
-        """'classic', 'mujoco' or 'atari'."""
+        """'classic', 'mujoco', 'dmc' or 'atari'."""
         return self._target.suite
 
     @property
@@ -244,7 +244,7 @@ class SegmentRenderer:
                 except BaseException:
                     env.close()
                     raise
-            elif suite == "classic":
+            elif suite in ("classic", "dmc"):  # (DeepMind Control draws itself from its restored physics)
                 self._drawer = _ClassicDrawer(self._target.make_env("rgb_array"))
             else:
                 self._drawer = _AtariDrawer()

@@ -1,0 +1,107 @@
+"""PEBBLE against SAC on the true reward, per task and seed, in one process.
+
+For each task and seed: SAC on the task's true reward (the yardstick), then the RLHF loop with SAC
+(PEBBLE: random steps, unsupervised pre-training on the state entropy, labels in B-Pref's rounds,
+the replay buffer relabelled after every reward update) at each label budget, with the perfect
+oracle. Prints the final deterministic returns (``--eval-episodes`` episodes on separate seeded
+envs), the normalised score (PEBBLE - random) / (SAC - random), the wall time of each run and the
+relabelling cost (seconds and share of the run's wall time).
+
+    python scripts/bench_pebble.py                                       # the small scale (minutes)
+    python scripts/bench_pebble.py --tasks walker-walk --seeds 0 1 2 --labels 100 --steps 500000 \\
+        --unsup-steps 9000 --iteration-steps 20000                       # B-Pref's scale (days on a CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from rlhf_control.agent.evaluation import evaluate_agent
+from rlhf_control.agent.factory import make_agent
+from rlhf_control.config import RunConfig, resolve
+from rlhf_control.experiments.baseline import random_policy_return
+from rlhf_control.loop.trainer import RLHFTrainer
+from rlhf_control.tasks.catalogue import get_task
+
+
+def sac_true_reward(task_name: str, seed: int, steps: int, agent: dict, episodes: int) -> tuple[float, float]:
+    """SAC with the task's settings on the true reward: (deterministic return, wall seconds)."""
+    r = resolve(RunConfig(task=task_name, algo="sac", steps=steps, seed=seed, unsup_steps=0, agent=agent))
+    t0 = time.perf_counter()
+    venv = r.task.make_vec_env(r.n_envs, seed=seed)
+    model = make_agent("sac", venv, r.agent_params, seed=seed, policy=r.task.policy)
+    model.learn(total_timesteps=steps)
+    wall = time.perf_counter() - t0
+    ret = evaluate_agent(model, r.task, episodes).mean
+    venv.close()
+    return ret, wall
+
+
+def pebble(task_name: str, seed: int, steps: int, labels: int, args: argparse.Namespace, run_dir: Path
+           ) -> dict:
+    cfg = RunConfig(task=task_name, algo="sac", steps=steps, seed=seed, labels=labels, pretrain_labels=0,
+                    schedule="bpref", label_batch=max(1, labels // args.rounds), unsup_steps=args.unsup_steps,
+                    iteration_steps=args.iteration_steps, eval_episodes=args.eval_episodes, eval_every=10**6,
+                    relabel=not args.no_relabel, agent=agent_overrides(args))
+    t0 = time.perf_counter()
+    trainer = RLHFTrainer(cfg, run_dir)
+    trainer.run()
+    wall = time.perf_counter() - t0
+    ret = evaluate_agent(trainer.agent, trainer.task, args.eval_episodes).mean
+    op = trainer.offpolicy
+    return {"return": ret, "wall": wall, "relabel_s": op.relabel_seconds, "relabels": op.relabels,
+            "transitions": op.relabelled_transitions}
+
+
+def agent_overrides(args: argparse.Namespace) -> dict:
+    out = {"learning_starts": args.random_steps}
+    if args.net:
+        out["policy_kwargs"] = {"net_arch": [args.net, args.net]}
+    if args.batch_size:
+        out["batch_size"] = args.batch_size
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", nargs="+", default=["walker-walk"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--labels", nargs="+", type=int, default=[20, 50])
+    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--random-steps", type=int, default=1000, help="SAC's learning_starts (PEBBLE: 1,000)")
+    ap.add_argument("--unsup-steps", type=int, default=2000, help="PEBBLE: 9,000")
+    ap.add_argument("--iteration-steps", type=int, default=1000, help="B-Pref's num_interact (20,000)")
+    ap.add_argument("--rounds", type=int, default=5, help="label rounds the budget is split into (B-Pref: 10)")
+    ap.add_argument("--eval-episodes", type=int, default=5)
+    ap.add_argument("--net", type=int, default=0, help="SAC hidden width (default: the task's, 256)")
+    ap.add_argument("--batch-size", type=int, default=0, help="SAC batch size (default: the task's, 256)")
+    ap.add_argument("--no-relabel", action="store_true", help="the no-relabelling ablation")
+    ap.add_argument("--out", type=Path, default=None, help="keep the run directories here")
+    args = ap.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench-pebble-"))
+    print(f"steps {args.steps}: {args.random_steps} random, {args.unsup_steps} unsupervised, labels in "
+          f"{args.rounds} rounds every {args.iteration_steps} steps; {args.eval_episodes} evaluation episodes")
+    print("task | seed | random | SAC (true reward) | labels | PEBBLE | normalised | wall SAC / PEBBLE s | "
+          "relabel s (share of wall) | transitions relabelled")
+    for task_name in args.tasks:
+        task = get_task(task_name)
+        for seed in args.seeds:
+            rand, _ = random_policy_return(task, seed=seed + 1000, episodes=args.eval_episodes)
+            sac, sac_wall = sac_true_reward(task_name, seed, args.steps, agent_overrides(args), args.eval_episodes)
+            for labels in args.labels:
+                res = pebble(task_name, seed, args.steps, labels, args, out / f"{task_name}-L{labels}-s{seed}")
+                score = (res["return"] - rand) / (sac - rand) if sac != rand else float("nan")
+                print(f"{task_name} | {seed} | {rand:.1f} | {sac:.1f} | {labels} | {res['return']:.1f} | {score:.2f} | "
+                      f"{sac_wall:.0f} / {res['wall']:.0f} | {res['relabel_s']:.2f} "
+                      f"({100 * res['relabel_s'] / res['wall']:.2f}%) | {res['transitions']:,} in {res['relabels']}",
+                      flush=True)
+    if args.out is None:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
