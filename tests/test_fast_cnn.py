@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from rlhf_control.reward import EnsembleConfig, PreferenceDataset, RewardEnsemble, RewardTrainer, RewardTrainerConfig
+from rlhf_control.reward import fast_cnn
 from rlhf_control.reward.fast_cnn import bit_dropout_mask, ensemble_forward, fast_dropout, member_forward
 from rlhf_control.reward.nets import CNNReward
 from rlhf_control.reward.training import preference_loss
@@ -96,10 +97,14 @@ class _BitDrop(torch.nn.Module):
         return x * bit_dropout_mask(x)
 
 
-def test_the_default_path_fusing_leaky_relu_and_dropout_matches_the_plain_network_with_the_same_bits():
+@pytest.mark.parametrize("chunk", [fast_cnn.PIXEL_CHUNK, 16])
+def test_the_default_path_fusing_leaky_relu_and_dropout_matches_the_plain_network_with_the_same_bits(
+        chunk, monkeypatch):
     # The default training path keeps uint8 pixels and (output, random bytes) for backward. The plain
     # network gets the same random bytes: its nn.Dropout layers become x * bit_dropout_mask(x), and
     # both draw them in the same order from the same seed (the head's nn.Dropout draws last on both).
+    # With chunk 16 the first convolution takes the 40 stacks in three pieces.
+    monkeypatch.setattr(fast_cnn, "PIXEL_CHUNK", chunk)
     torch.manual_seed(2)
     plain = CNNReward(act_dim=0, dropout=0.5, batch_norm=True).train()
     fast = copy.deepcopy(plain)

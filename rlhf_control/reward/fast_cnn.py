@@ -69,7 +69,7 @@ class _LeakyBitDropout(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:  # noqa: ANN001
         n = x.numel()
         random_bytes = torch.empty((n + 7) // 8, dtype=torch.uint8, device=x.device).random_()
-        out = F.leaky_relu(x, slope) * _mask_from_bytes(random_bytes, x)
+        out = F.leaky_relu(x, slope).mul_(_mask_from_bytes(random_bytes, x))
         ctx.slope = slope
         ctx.save_for_backward(out, random_bytes)
         return out
@@ -78,7 +78,8 @@ class _LeakyBitDropout(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
         out, random_bytes = ctx.saved_tensors
         g = grad * _mask_from_bytes(random_bytes, out)
-        return torch.where(out > 0, g, g * ctx.slope), None
+        # One pass: g where out > 0, else g * slope (the leaky ReLU's own backward, from its output).
+        return torch.ops.aten.leaky_relu_backward(g, out, ctx.slope, True), None
 
 
 def _mask_from_bytes(random_bytes: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -86,25 +87,44 @@ def _mask_from_bytes(random_bytes: torch.Tensor, like: torch.Tensor) -> torch.Te
     return _memory_order_view(flat.to(like.dtype), like)
 
 
+PIXEL_CHUNK = 800  # frame stacks made float at a time by the first convolution (90 MB of float32)
+
+
 class _PixelConv(torch.autograd.Function):
-    """The first convolution on uint8 pixels ``(N, H, W, C)``: converts them to float for the forward
-    and again for the weights' gradient, keeping the uint8 batch (90 MB per 64-pair batch) rather
-    than its float copy (361 MB) for backward. No gradient flows to the pixels."""
+    """The first convolution on uint8 pixels ``(N, H, W, C)``, ``PIXEL_CHUNK`` stacks at a time (each
+    image's output depends on that image only): converts them to float for the forward and again for
+    the weights' gradient, keeping the uint8 batch (90 MB per 64-pair batch) for backward rather than
+    its float copy (361 MB, which is never whole in memory). No gradient flows to the pixels."""
 
     @staticmethod
     def forward(ctx, obs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # noqa: ANN001
                 conv: nn.Conv2d) -> torch.Tensor:
         ctx.conv, ctx.has_bias = conv, bias is not None
         ctx.save_for_backward(obs, weight)
-        return F.conv2d(pixels_to_float(obs), weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        out = None
+        for a in range(0, len(obs), PIXEL_CHUNK):
+            part = F.conv2d(pixels_to_float(obs[a : a + PIXEL_CHUNK]), weight, bias, conv.stride, conv.padding,
+                            conv.dilation, conv.groups)
+            if len(obs) <= PIXEL_CHUNK:
+                return part
+            if out is None:
+                out = torch.empty((len(obs), *part.shape[1:]), dtype=part.dtype, device=obs.device,
+                                  memory_format=torch.channels_last)
+            out[a : a + len(part)] = part
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple:  # noqa: ANN001
         obs, weight = ctx.saved_tensors
         c = ctx.conv
-        _, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad, pixels_to_float(obs), weight, [weight.shape[0]] if ctx.has_bias else None, list(c.stride),
-            list(c.padding), list(c.dilation), False, [0, 0], c.groups, [False, True, ctx.has_bias])
+        grad_w = grad_b = None
+        for a in range(0, len(obs), PIXEL_CHUNK):
+            _, gw, gb = torch.ops.aten.convolution_backward(
+                grad[a : a + PIXEL_CHUNK], pixels_to_float(obs[a : a + PIXEL_CHUNK]), weight,
+                [weight.shape[0]] if ctx.has_bias else None, list(c.stride), list(c.padding), list(c.dilation),
+                False, [0, 0], c.groups, [False, True, ctx.has_bias])
+            grad_w = gw if grad_w is None else grad_w.add_(gw)
+            grad_b = gb if grad_b is None else grad_b.add_(gb)
         return None, grad_w, grad_b, None
 
 
