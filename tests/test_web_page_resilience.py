@@ -128,8 +128,6 @@ def test_the_page_shows_progress_and_that_the_agent_waits(browser, run_dir):
             page.wait_for_function("document.getElementById('curve-labels').getAttribute('points').split(' ').length"
                                    " === 3", timeout=WAIT_MS)
             assert len(page.get_attribute("#curve-return", "points").split()) == 2  # (step 0 has no return)
-            srv.app.set_run(state="finished")
-            page.wait_for_selector("#banner.finished", timeout=WAIT_MS)
             # playback: speed clamped to the allowed values, pause, frame steps
             page.evaluate("localStorage.setItem('rlhf-control.speed', '7')")
             page.reload()
@@ -142,6 +140,12 @@ def test_the_page_shows_progress_and_that_the_agent_waits(browser, run_dir):
             t = page.evaluate("window.labelApp.videos()[0].currentTime")
             page.keyboard.press(".")
             page.wait_for_function(f"window.labelApp.videos()[0].currentTime > {t}", timeout=WAIT_MS)
+            # the run ends: the page says so, and still says so once the server has gone
+            srv.app.set_run(state="finished")
+            page.wait_for_selector("#banner.finished", timeout=WAIT_MS)
+            srv.stop()
+            page.wait_for_selector("#banner.offline", timeout=WAIT_MS)
+            assert "The run has finished" in page.inner_text("#banner")
         finally:
             ctx.close()
 

@@ -179,7 +179,7 @@
     slot.el.classList.remove("off");
     st.cur = slot;
     $("empty").hidden = true;
-    const from = Number.isInteger(slot.q.created_step) ? ` · clips from agent step ${slot.q.created_step.toLocaleString("en")}` : "";
+    const from = Number.isInteger(slot.q.created_step) ? ` · asked at agent step ${slot.q.created_step.toLocaleString("en")} (clips of the agent just before)` : "";
     $("qinfo").textContent = `pair #${slot.q.query_id}${from}`;
     if (Number(slot.q.fps) > 0) st.fps = Number(slot.q.fps);
     $("stage").dataset.queryId = String(slot.q.query_id);
@@ -395,7 +395,9 @@
     let kind = "";
     if (!st.online) {
       kind = "offline";
-      text = "Cannot reach the labelling server (the run may have ended or be restarting)."
+      const ended = st.run && st.run.state === "finished";
+      text = (ended ? `${RUN_TEXT.finished()} The labelling server has stopped.`
+        : "Cannot reach the labelling server (the run may have ended or be restarting).")
         + (st.outbox.length ? ` ${st.outbox.length} answer(s) are kept in this page and sent when it is back.` : "");
     } else if (st.run && RUN_TEXT[st.run.state]) {
       kind = st.run.state;
