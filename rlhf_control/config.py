@@ -334,6 +334,9 @@ def _off_policy_start(cfg: RunConfig, task: TaskSpec, algo: str, agent_params: d
             raise UserError(f"unsup-steps {cfg.unsup_steps} is for off-policy agents (sac); algo {algo!r} has "
                             "no replay buffer (give 0 or leave it out)")
         return 0
+    if cfg.reward_return_norm:
+        raise UserError(f"reward-return-norm is for on-policy agents; algo {algo!r} keeps the ensemble's reward in "
+                        "its replay buffer, relabelled after each update (leave the flag out)")
     params = inspect.signature(algo_class(algo)).parameters
     random_steps = int(agent_params.get("learning_starts", params["learning_starts"].default))
     unsup = task.unsup_steps if cfg.unsup_steps is None else cfg.unsup_steps
