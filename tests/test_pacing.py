@@ -62,7 +62,12 @@ def test_the_buffer_follows_the_labellers_and_the_schedule(tmp_path):
     assert pacer.top_up(50) == 2 and t.store.count_pending() == 5
     t.store.claim_next("bob", exclude=[3])
     assert pacer.top_up(50) == 0  # 5 owed, 5 asked
+    # between iterations (a short rollout's end) at most one top-up a second
+    t.store.record_answer(Answer(3, 1, "ann"))
+    assert pacer.top_up(200, every_s=1000.0) == 0  # (the last top-up was just now)
+    assert pacer.top_up(200) == 1  # 7 wanted by step 200, 5 asked, one pair free of two
     # the next pairs avoid the clips of pending ones while fresh clips remain
+    t.store.claim_next("cat")
     used = {uid for p in t._pairs.values() for uid in (p.first.uid, p.second.uid)}
     assert pacer.top_up(900) > 0 and not (t.asked_from[-1] & used)
     t.store.close()

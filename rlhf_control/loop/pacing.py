@@ -33,15 +33,21 @@ class LabelPacer:
         self.t = trainer
         self.status = status or (lambda **_: None)
         self.waited_s = 0.0  # time the agent spent paused for the labeller
+        self._topped_up = -float("inf")
 
     def slack(self, final: bool = False) -> int:
         """Labels the answers may lag the schedule before the agent pauses."""
         return 0 if final or self.t.cfg.wait_for_labels else self.t.cfg.label_slack
 
     def top_up(self, step: int, target: int | None = None, selector: Any = None,
-               segments: list[Segment] | None = None) -> int:
+               segments: list[Segment] | None = None, every_s: float = 0.0) -> int:
         """Ask for pairs until ``label_buffer`` pending ones are free for a labeller, at most what the
-        schedule (or ``target``) still owes and ``max_pending`` allows; returns how many were asked."""
+        schedule (or ``target``) still owes and ``max_pending`` allows; returns how many were asked.
+        ``every_s``: do nothing if the last top-up was less than this many seconds ago."""
+        now = time.monotonic()
+        if now - self._topped_up < every_s:
+            return 0
+        self._topped_up = now
         t = self.t
         owed = (t.schedule.target(step) if target is None else target) - t._asked()
         room = min(t.cfg.label_buffer - t.oracle.unheld(), t.cfg.max_pending - t.store.count_pending())

@@ -181,6 +181,8 @@ class RLHFTrainer:
         # The last rollout always ends an iteration, so that the schedule's whole budget is asked for.
         if step - self.last_iteration_step >= self.r.iteration_steps or step >= self.r.steps:
             self.iteration(step)
+        elif self.pacer is not None:  # short rollouts (A2C): refill the labellers' buffer between iterations
+            self.pacer.top_up(step, every_s=1.0)
 
     def iteration(self, step: int) -> None:
         """One RLHF iteration at agent step ``step`` (called after each rollout)."""
