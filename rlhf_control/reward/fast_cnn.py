@@ -67,9 +67,11 @@ class _LeakyBitDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:  # noqa: ANN001
+        # In place, as nn.LeakyReLU(inplace=True) does: x is batch norm's output, which it does not keep.
         n = x.numel()
         random_bytes = torch.empty((n + 7) // 8, dtype=torch.uint8, device=x.device).random_()
-        out = F.leaky_relu(x, slope).mul_(_mask_from_bytes(random_bytes, x))
+        out = F.leaky_relu_(x, slope).mul_(_mask_from_bytes(random_bytes, x))
+        ctx.mark_dirty(out)
         ctx.slope = slope
         ctx.save_for_backward(out, random_bytes)
         return out
@@ -77,9 +79,9 @@ class _LeakyBitDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
         out, random_bytes = ctx.saved_tensors
-        g = grad * _mask_from_bytes(random_bytes, out)
-        # One pass: g where out > 0, else g * slope (the leaky ReLU's own backward, from its output).
-        return torch.ops.aten.leaky_relu_backward(g, out, ctx.slope, True), None
+        g = _mask_from_bytes(random_bytes, out).mul_(grad)
+        # One pass, in place: g where out > 0, else g * slope (the leaky ReLU's backward from its output).
+        return torch.ops.aten.leaky_relu_backward.grad_input(g, out, ctx.slope, True, grad_input=g), None
 
 
 def _mask_from_bytes(random_bytes: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
