@@ -20,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from rlhf_control.agent.evaluation import evaluate_agent
 from rlhf_control.agent.factory import make_agent
 from rlhf_control.config import RunConfig, resolve
@@ -28,9 +31,11 @@ from rlhf_control.loop.trainer import RLHFTrainer
 from rlhf_control.tasks.catalogue import get_task
 
 
-def sac_true_reward(task_name: str, seed: int, steps: int, agent: dict, episodes: int) -> tuple[float, float]:
+def sac_true_reward(task_name: str, seed: int, steps: int, agent: dict, episodes: int, n_envs: int
+                    ) -> tuple[float, float]:
     """SAC with the task's settings on the true reward: (deterministic return, wall seconds)."""
-    r = resolve(RunConfig(task=task_name, algo="sac", steps=steps, seed=seed, unsup_steps=0, agent=agent))
+    r = resolve(RunConfig(task=task_name, algo="sac", steps=steps, seed=seed, unsup_steps=0, agent=agent,
+                          n_envs=n_envs))
     t0 = time.perf_counter()
     venv = r.task.make_vec_env(r.n_envs, seed=seed)
     model = make_agent("sac", venv, r.agent_params, seed=seed, policy=r.task.policy)
@@ -44,6 +49,7 @@ def sac_true_reward(task_name: str, seed: int, steps: int, agent: dict, episodes
 def pebble(task_name: str, seed: int, steps: int, labels: int, args: argparse.Namespace, run_dir: Path
            ) -> dict:
     cfg = RunConfig(task=task_name, algo="sac", steps=steps, seed=seed, labels=labels, pretrain_labels=0,
+                    n_envs=args.n_envs,
                     schedule="bpref", label_batch=max(1, labels // args.rounds), unsup_steps=args.unsup_steps,
                     iteration_steps=args.iteration_steps, eval_episodes=args.eval_episodes, eval_every=10**6,
                     relabel=not args.no_relabel, agent=agent_overrides(args))
@@ -55,6 +61,25 @@ def pebble(task_name: str, seed: int, steps: int, labels: int, args: argparse.Na
     op = trainer.offpolicy
     return {"return": ret, "wall": wall, "relabel_s": op.relabel_seconds, "relabels": op.relabels,
             "transitions": op.relabelled_transitions}
+
+
+def relabel_million(task_name: str, transitions: int = 1_000_000) -> float:
+    """Seconds to relabel a full replay buffer of ``transitions`` of the task's shapes (random contents)
+    with a 3-member ensemble of the task's reward net."""
+    from rlhf_control.agent.replay import relabel_replay
+    from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble
+
+    task = get_task(task_name)
+    venv = task.make_vec_env(1, seed=0)
+    model = make_agent("sac", venv, {"buffer_size": transitions, "learning_starts": 0}, seed=0)
+    buf, rng = model.replay_buffer, np.random.default_rng(0)
+    buf.observations[:] = rng.normal(size=buf.observations.shape)
+    buf.actions[:] = rng.uniform(-1, 1, size=buf.actions.shape)
+    buf.full = True
+    ens = RewardEnsemble(EnsembleConfig(n_members=3, net=task.reward_net, **dict(task.reward_net_kwargs)),
+                         tuple(venv.observation_space.shape), tuple(venv.action_space.shape), seed=0)
+    venv.close()
+    return relabel_replay(model, ens).seconds
 
 
 def agent_overrides(args: argparse.Namespace) -> dict:
@@ -71,27 +96,33 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["walker-walk"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--labels", nargs="+", type=int, default=[20, 50])
-    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--random-steps", type=int, default=1000, help="SAC's learning_starts (PEBBLE: 1,000)")
     ap.add_argument("--unsup-steps", type=int, default=2000, help="PEBBLE: 9,000")
     ap.add_argument("--iteration-steps", type=int, default=1000, help="B-Pref's num_interact (20,000)")
     ap.add_argument("--rounds", type=int, default=5, help="label rounds the budget is split into (B-Pref: 10)")
     ap.add_argument("--eval-episodes", type=int, default=5)
-    ap.add_argument("--net", type=int, default=0, help="SAC hidden width (default: the task's, 256)")
-    ap.add_argument("--batch-size", type=int, default=0, help="SAC batch size (default: the task's, 256)")
+    ap.add_argument("--n-envs", type=int, default=1, help="envs stepped together (PEBBLE: 1)")
+    ap.add_argument("--net", type=int, default=64, help="SAC hidden width (0: the task's, 256)")
+    ap.add_argument("--batch-size", type=int, default=128, help="SAC batch size (0: the task's, 256)")
     ap.add_argument("--no-relabel", action="store_true", help="the no-relabelling ablation")
     ap.add_argument("--out", type=Path, default=None, help="keep the run directories here")
     args = ap.parse_args()
+    torch.set_num_threads(1)  # as the loop does (--torch-threads 1): the same for both
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-pebble-"))
     print(f"steps {args.steps}: {args.random_steps} random, {args.unsup_steps} unsupervised, labels in "
           f"{args.rounds} rounds every {args.iteration_steps} steps; {args.eval_episodes} evaluation episodes")
     print("task | seed | random | SAC (true reward) | labels | PEBBLE | normalised | wall SAC / PEBBLE s | "
           "relabel s (share of wall) | transitions relabelled")
     for task_name in args.tasks:
+        print(f"{task_name}: relabelling a full buffer of 1,000,000 transitions takes "
+              f"{relabel_million(task_name):.2f} s", flush=True)
+    for task_name in args.tasks:
         task = get_task(task_name)
         for seed in args.seeds:
             rand, _ = random_policy_return(task, seed=seed + 1000, episodes=args.eval_episodes)
-            sac, sac_wall = sac_true_reward(task_name, seed, args.steps, agent_overrides(args), args.eval_episodes)
+            sac, sac_wall = sac_true_reward(task_name, seed, args.steps, agent_overrides(args), args.eval_episodes,
+                                            args.n_envs)
             for labels in args.labels:
                 res = pebble(task_name, seed, args.steps, labels, args, out / f"{task_name}-L{labels}-s{seed}")
                 score = (res["return"] - rand) / (sac - rand) if sac != rand else float("nan")

@@ -36,10 +36,11 @@ class OffPolicyPhases:
         self.relabelled_transitions = 0
 
     def start(self) -> None:
-        """Before ``learn``: the state-entropy reward while the unsupervised phase is not over."""
+        """Before ``learn``: the state-entropy reward while the unsupervised phase is not over. (Weights
+        trained since the build, e.g. on labels that came in while a run was stopped, relabel the
+        loaded buffer at the first rollout end.)"""
         unsup = self.rl_start > self._random_steps()
         self.samples.fn = self.entropy if (unsup and not self.t.pretrain_done) else None
-        self._seen_report = self.t.updater.last_report
 
     def _random_steps(self) -> int:
         return int(self.t.agent.learning_starts)
