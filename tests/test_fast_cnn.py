@@ -103,7 +103,7 @@ def test_the_default_path_fusing_leaky_relu_and_dropout_matches_the_plain_networ
     # The default training path keeps uint8 pixels and (output, random bytes) for backward. The plain
     # network gets the same random bytes: its nn.Dropout layers become x * bit_dropout_mask(x), and
     # both draw them in the same order from the same seed (the head's nn.Dropout draws last on both).
-    # With chunk 16 the first convolution takes the 40 stacks in three pieces.
+    # With chunk 16 the first conv's weight gradient takes the 40 stacks in three pieces.
     monkeypatch.setattr(fast_cnn, "PIXEL_CHUNK", chunk)
     torch.manual_seed(2)
     plain = CNNReward(act_dim=0, dropout=0.5, batch_norm=True).train()

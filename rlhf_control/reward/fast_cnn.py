@@ -89,31 +89,22 @@ def _mask_from_bytes(random_bytes: torch.Tensor, like: torch.Tensor) -> torch.Te
     return _memory_order_view(flat.to(like.dtype), like)
 
 
-PIXEL_CHUNK = 800  # frame stacks made float at a time by the first convolution (90 MB of float32)
+PIXEL_CHUNK = 800  # frame stacks made float at a time for the first conv's weight gradient (90 MB)
 
 
 class _PixelConv(torch.autograd.Function):
-    """The first convolution on uint8 pixels ``(N, H, W, C)``, ``PIXEL_CHUNK`` stacks at a time (each
-    image's output depends on that image only): converts them to float for the forward and again for
-    the weights' gradient, keeping the uint8 batch (90 MB per 64-pair batch) for backward rather than
-    its float copy (361 MB, which is never whole in memory). No gradient flows to the pixels."""
+    """The first convolution on uint8 pixels ``(N, H, W, C)``: converts them to float for the forward,
+    and again, ``PIXEL_CHUNK`` stacks at a time, for the weights' gradient, keeping the uint8 batch
+    (90 MB per 64-pair batch) for backward rather than its float copy (361 MB). No gradient flows to
+    the pixels."""
 
     @staticmethod
     def forward(ctx, obs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # noqa: ANN001
                 conv: nn.Conv2d) -> torch.Tensor:
         ctx.conv, ctx.has_bias = conv, bias is not None
         ctx.save_for_backward(obs, weight)
-        out = None
-        for a in range(0, len(obs), PIXEL_CHUNK):
-            part = F.conv2d(pixels_to_float(obs[a : a + PIXEL_CHUNK]), weight, bias, conv.stride, conv.padding,
-                            conv.dilation, conv.groups)
-            if len(obs) <= PIXEL_CHUNK:
-                return part
-            if out is None:
-                out = torch.empty((len(obs), *part.shape[1:]), dtype=part.dtype, device=obs.device,
-                                  memory_format=torch.channels_last)
-            out[a : a + len(part)] = part
-        return out
+        # Whole in the forward: nothing else of the step is in memory yet, and pieces would cost a copy.
+        return F.conv2d(pixels_to_float(obs), weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple:  # noqa: ANN001
