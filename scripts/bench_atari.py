@@ -217,7 +217,8 @@ def report_window(w: dict[str, Any]) -> None:
     print(f"one retraining (1 epoch over the window) in the worker: {w['job_s']:.0f} s; train loss {w['train_loss']:.3f}")
     print(f"peak RSS: main {w['main_peak_mb']:.0f} MiB + worker {w['worker_peak_mb']:.0f} MiB = "
           f"{w['main_peak_mb'] + w['worker_peak_mb']:.0f} MiB (largest sampled sum at one moment "
-          f"{w['sampled_sum_peak_mb']:.0f} MiB)")
+          f"{w['sampled_sum_peak_mb']:.0f} MiB); the issue's target: 1,536 MiB "
+          f"({'met' if w['main_peak_mb'] + w['worker_peak_mb'] <= 1536 else 'not met'})")
     print(f"main holds a pool of {w['pool_clips']} clips ({w['pool_mb']:.0f} MiB); a run's pool can grow to "
           f"{w['pool_capacity']} clips ({w['pool_mb'] / max(w['pool_clips'], 1) * w['pool_capacity'] / 1024:.1f} GiB)")
 
