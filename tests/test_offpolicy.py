@@ -228,3 +228,28 @@ def test_dmc_clips_are_drawn_headless_from_their_recorded_physics_states():
     assert frames.shape == (12, 240, 320, 3) and renderer.fps == 40.0
     assert np.abs(frames[11].astype(int) - frames[0]).mean() > 1.0  # the walker moved
     np.testing.assert_array_equal(renderer._draw_all(states[:1])[0], frames[0])  # a state draws one frame
+
+
+def test_sac_trains_on_the_state_entropy_until_the_first_labels_then_on_the_learned_reward(tmp_path, monkeypatch):
+    from rlhf_control.agent import replay
+
+    filled_at_calls = []
+    original = replay.StateEntropy.__call__
+
+    def spy(self, obs, env=None):
+        filled_at_calls.append(replay.filled(self.buf))
+        return original(self, obs, env)
+
+    monkeypatch.setattr(replay.StateEntropy, "__call__", spy)
+    cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=900, labels=6, pretrain_labels=0,
+                    schedule="bpref", label_batch=3, unsup_steps=300, iteration_steps=300, eval_episodes=0,
+                    reward_async=False, agent={"learning_starts": 100, "batch_size": 32})
+    trainer = RLHFTrainer(cfg, tmp_path / "run")
+    trainer.run()
+    # One intrinsic batch per gradient step after the random steps (SB3 trains once more than 100 steps
+    # are stored) until the first round at step 400 (which comes before that step's update), none after.
+    assert filled_at_calls == list(range(101, 400))
+    assert trainer.offpolicy.samples.fn is None and trainer.offpolicy.relabels >= 2
+    with sqlite3.connect(tmp_path / "run" / "preferences.sqlite") as con:
+        first = con.execute("SELECT MIN(created_step) FROM queries").fetchone()[0]
+    assert first == 400  # the first labels come when the unsupervised phase ends
