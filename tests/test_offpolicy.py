@@ -253,3 +253,17 @@ def test_sac_trains_on_the_state_entropy_until_the_first_labels_then_on_the_lear
     with sqlite3.connect(tmp_path / "run" / "preferences.sqlite") as con:
         first = con.execute("SELECT MIN(created_step) FROM queries").fetchone()[0]
     assert first == 400  # the first labels come when the unsupervised phase ends
+
+
+def test_the_sac_baseline_logs_every_iteration_not_every_step(tmp_path):
+    import csv
+
+    from rlhf_control.experiments.baseline import train_baseline
+
+    cfg = RunConfig(task="walker-walk", steps=1200, unsup_steps=0, iteration_steps=500, eval_episodes=1,
+                    agent={"learning_starts": 200, "batch_size": 32, "policy_kwargs": {"net_arch": [32, 32]}})
+    train_baseline(cfg, tmp_path / "rl")
+    with open(tmp_path / "rl" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [500, 1000, 1200]
+    assert all(r["eval_true_return"] for r in rows)  # the task evaluates every iteration

@@ -49,6 +49,7 @@ from rlhf_control.loop.checkpoint import (
     save_checkpoint,
 )
 from rlhf_control.loop.metrics import MetricsLogger, truncate_metrics
+from rlhf_control.tasks.spec import OFF_POLICY
 from rlhf_control.tasks.wrappers import GYM_RETURN_KEY
 
 # ``[meta] baseline`` of a baseline run's config.toml, and the name of its run directory in a sweep.
@@ -198,13 +199,19 @@ class BaselineTrainer:
             self.agent = make_agent(self.r.algo, self.venv, params, seed=cfg.seed, device=device,
                                     policy=self.task.policy)
         self.last_ckpt_step = int(self.agent.num_timesteps)
+        self.last_iteration_step = self.last_ckpt_step
         self.ckpt_min_steps = max(1, self.r.steps // 50)  # cheap rollouts (A2C) must not checkpoint each time
         self.metrics = MetricsLogger(self.run_dir)
         self.t_start = time.time()
 
     def iteration(self, step: int) -> None:
         """Log a metrics row after a rollout (evaluated every ``eval_every`` of them, but not the last,
-        which :meth:`run` evaluates); checkpoint every ``checkpoint_every`` of them."""
+        which :meth:`run` evaluates); checkpoint every ``checkpoint_every`` of them. An off-policy agent's
+        "rollout" is ``train_freq`` steps: it logs every ``iteration_steps``, as the RLHF loop does."""
+        if self.r.algo in OFF_POLICY and (step - self.last_iteration_step < self.r.iteration_steps
+                                          or step >= self.r.steps):  # (run() logs the last step)
+            return
+        self.last_iteration_step = step
         self.iterations += 1
         self._log(step, evaluate=self.iterations % self.r.eval_every == 0 and step < self.r.steps)
         if self.iterations % self.cfg.checkpoint_every == 0 and step - self.last_ckpt_step >= self.ckpt_min_steps:
