@@ -63,6 +63,22 @@ def pebble(task_name: str, seed: int, steps: int, labels: int, args: argparse.Na
             "transitions": op.relabelled_transitions}
 
 
+def on_policy(task_name: str, seed: int, steps: int, labels: int, args: argparse.Namespace, run_dir: Path
+              ) -> tuple[float, float]:
+    """The on-policy loop (the task's own agent if it is on-policy, else ``--on-policy``) with the paper's
+    schedule and 25% of the labels before RL: (deterministic return, wall seconds)."""
+    task = get_task(task_name)
+    algo = task.algo if task.algo in ("ppo", "a2c", "trpo") else args.on_policy
+    cfg = RunConfig(task=task_name, algo=algo, steps=steps, seed=seed, labels=labels, schedule="paper",
+                    pretrain_labels=labels // 4, eval_episodes=args.eval_episodes, eval_every=10**6,
+                    **({} if algo == task.algo else {"n_envs": 1}))
+    t0 = time.perf_counter()
+    trainer = RLHFTrainer(cfg, run_dir)
+    trainer.run()
+    wall = time.perf_counter() - t0
+    return evaluate_agent(trainer.agent, trainer.task, args.eval_episodes, agent_env=trainer.agent_env).mean, wall
+
+
 def relabel_million(task_name: str, transitions: int = 1_000_000) -> float:
     """Seconds to relabel a full replay buffer of ``transitions`` of the task's shapes (random contents)
     with a 3-member ensemble of the task's reward net."""
@@ -106,6 +122,9 @@ def main() -> None:
     ap.add_argument("--net", type=int, default=64, help="SAC hidden width (0: the task's, 256)")
     ap.add_argument("--batch-size", type=int, default=128, help="SAC batch size (0: the task's, 256)")
     ap.add_argument("--no-relabel", action="store_true", help="the no-relabelling ablation")
+    ap.add_argument("--on-policy-labels", type=int, default=0,
+                    help="also run the on-policy loop with this many labels (0: not)")
+    ap.add_argument("--on-policy", default="ppo", help="the on-policy agent for tasks whose own agent is off-policy")
     ap.add_argument("--out", type=Path, default=None, help="keep the run directories here")
     args = ap.parse_args()
     torch.set_num_threads(1)  # as the loop does (--torch-threads 1): the same for both
@@ -130,6 +149,12 @@ def main() -> None:
                       f"{sac_wall:.0f} / {res['wall']:.0f} | {res['relabel_s']:.2f} "
                       f"({100 * res['relabel_s'] / res['wall']:.2f}%) | {res['transitions']:,} in {res['relabels']}",
                       flush=True)
+            if args.on_policy_labels:
+                ret, wall = on_policy(task_name, seed, args.steps, args.on_policy_labels, args,
+                                      out / f"{task_name}-onpolicy-L{args.on_policy_labels}-s{seed}")
+                score = (ret - rand) / (sac - rand) if sac != rand else float("nan")
+                print(f"{task_name} | {seed} | {rand:.1f} | {sac:.1f} | {args.on_policy_labels} (on-policy) | "
+                      f"{ret:.1f} | {score:.2f} | {sac_wall:.0f} / {wall:.0f} | - | -", flush=True)
     if args.out is None:
         shutil.rmtree(out, ignore_errors=True)
 
