@@ -90,7 +90,12 @@ class RunConfig:
     reward_continuous: bool = False
     """keep training the reward in the worker, one pass over the window at a time, until the next
     iteration takes its weights (the paper's predictor trains without pause); runs then depend on timing"""
-    reward_return_norm: bool = False
+    reward_norm: str = field(default="reference", metadata={"choices": ("reference", "recent")})
+    """what the reward's output is normalised on after each retraining: reference (the clips of the first
+    query round, the pretraining clips, fixed for the run: a behaviour keeps its reward as the agent
+    improves) or recent (the newest 512 clips of the agent: the reward of a behaviour sinks as the agent
+    gets better)"""
+    reward_return_norm: bool = field(default=True, metadata={"flag": "--no-reward-return-norm", "invert": True})
     """divide the learned reward the agent trains on by the running std of its discounted return, as the
     RL baseline does with the true reward (SB3's VecNormalize); the reward model is unchanged"""
     reward_fitter: str = "comparisons"
@@ -155,6 +160,8 @@ class RunConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"{name.replace('_', '-')} {value!r} must be an integer >= {low}")
+        if self.reward_norm not in ("reference", "recent"):
+            raise UserError(f"reward-norm {self.reward_norm!r} is not allowed; use reference or recent")
         if self.pretrain_policy not in ("untrained", "uniform"):
             raise UserError(f"pretrain-policy {self.pretrain_policy!r} is not allowed; use untrained or uniform")
         if self.reward_members < 1:

@@ -173,7 +173,7 @@ def bench_task(name: str, steps: int, seed: int, args: argparse.Namespace) -> di
                     steps=steps, seed=seed, algo=args.algo, torch_threads=1, device="cpu",
                     reward_async=not args.sync_reward, eval_episodes=0,
                     query_min_clips=args.query_min_clips, reward_continuous=args.reward_continuous,
-                    reward_return_norm=args.reward_return_norm)
+                    reward_return_norm=args.reward_return_norm, reward_norm=args.reward_norm)
     r = resolve(cfg)
     task = r.task
     gamma = float(r.agent_params.get("gamma", 0.99))
@@ -234,7 +234,8 @@ def bench_task(name: str, steps: int, seed: int, args: argparse.Namespace) -> di
         "gym_normalised_score": score(rlhf_eval.gym_mean, rl_eval.gym_mean, rand_eval.gym_mean),
         "eval_episodes": args.eval_episodes, "eval_seed": EVAL_SEED,
         "labels": args.labels, "query_min_clips": args.query_min_clips, "reward_continuous": args.reward_continuous,
-        "reward_return_norm": args.reward_return_norm, "phases_s": dict(pt.seconds), "rlhf_run_dir": str(run_dir),
+        "reward_return_norm": args.reward_return_norm, "reward_norm": args.reward_norm,
+        "phases_s": dict(pt.seconds), "rlhf_run_dir": str(run_dir),
     }
     print(f"  wall ratio RLHF/RL {res['wall_ratio']:.3f} (target <= {WALL_TARGET}); CPU ratio (main + worker) {res['cpu_ratio']:.3f}")
     print(f"  true return, the paper's reward ({args.eval_episodes} episodes, deterministic): "
@@ -311,6 +312,8 @@ def main() -> None:
     p.add_argument("--reward-continuous", action="store_true", help="continuous reward training in the worker")
     p.add_argument("--reward-return-norm", action=argparse.BooleanOptionalAction, default=RunConfig.reward_return_norm,
                    help="scale the learned reward by its return's running std (RunConfig.reward_return_norm)")
+    p.add_argument("--reward-norm", choices=("reference", "recent"), default=RunConfig.reward_norm,
+                   help="the clips the reward's output is normalised on (RunConfig.reward_norm)")
     args = p.parse_args()
     if args.eval_episodes < 1 or args.steps_scale <= 0:
         p.error("--eval-episodes must be >= 1 and --steps-scale > 0")

@@ -306,3 +306,16 @@ def test_open_or_create_reopens_and_keeps_data(tmp_path: Path) -> None:
         assert s.count_labels() == 1 and s.labels()[0].value == 0
         assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert os.path.getsize(path) > 0
+
+
+def test_first_round_segments_are_the_earliest_rounds_distinct_clips(store: PreferenceStore) -> None:
+    rng = np.random.default_rng(4)
+    assert store.first_round_segments(10) == []
+    a, b, c, d = (seg(rng, uid=u) for u in (1, 2, 3, 4))
+    store.add_query(SegmentPair(a, b), step=0)
+    store.add_query(SegmentPair(b, c), step=0)  # b again: one clip, however often it was compared
+    store.add_query(SegmentPair(c, d), step=4096)  # a later round
+    got = store.first_round_segments(10)
+    assert [s.uid for s in got] == [1, 2, 3]
+    np.testing.assert_array_equal(got[1].obs, b.obs)
+    assert [s.uid for s in store.first_round_segments(2)] == [1, 2]

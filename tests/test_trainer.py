@@ -348,8 +348,48 @@ def test_return_scaled_reward_statistics_survive_a_checkpoint(tmp_path):
         assert resumed.learned.scale.state_dict() == saved
     finally:
         resumed.close()
-    plain = RLHFTrainer(_tiny(), tmp_path / "plain")
+    plain = RLHFTrainer(_tiny(reward_return_norm=False), tmp_path / "plain")
     try:
         assert plain.learned.scale is None
     finally:
         plain.close()
+
+
+@pytest.mark.parametrize("norm", ["reference", "recent"])
+def test_the_reward_is_normalised_on_the_clips_reward_norm_names(tmp_path, norm):
+    """reference: the pretraining round's clips (from the store, so a resumed run keeps them) get mean 0
+    and std target_std after every retraining; recent: the newest clips of the pool do, and the
+    pretraining clips do not."""
+    from dataclasses import replace
+
+    from rlhf_control.store.store import PreferenceStore
+
+    cfg = replace(_tiny(reward_norm=norm, reward_async=False), steps=1024, checkpoint_every=2)
+    trainer = RLHFTrainer(cfg, tmp_path / "run")
+    trainer.run()
+    ens = trainer.ensemble
+    trainer.close()
+    with PreferenceStore.open(tmp_path / "run" / "preferences.sqlite") as store:
+        first = store.first_round_segments(512)
+    assert 4 <= len(first) <= 8  # the 4 pretraining pairs
+
+    def norm_stats(segments):
+        obs = np.concatenate([s.obs for s in segments])
+        acts = np.concatenate([s.acts for s in segments])
+        out = ens.member_rewards(obs, acts, normalized=True)
+        return out.mean(axis=1), out.std(axis=1)
+
+    mean, std = norm_stats(first)
+    if norm == "reference":
+        np.testing.assert_allclose(mean, 0.0, atol=1e-4)
+        np.testing.assert_allclose(std, ens.config.target_std, rtol=1e-3)
+        resumed = RLHFTrainer(cfg, tmp_path / "run", resume=True)
+        try:
+            assert [s.uid for s in resumed.updater.recent_clips()] == [s.uid for s in first]
+        finally:
+            resumed.close()
+    else:
+        assert np.abs(mean).max() > 1e-2 or np.abs(std - ens.config.target_std).max() > 1e-2
+        recent = trainer.pool.recent(min(len(trainer.pool), 512))
+        mean, std = norm_stats(recent)
+        np.testing.assert_allclose(mean, 0.0, atol=1e-4)

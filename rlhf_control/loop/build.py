@@ -47,7 +47,7 @@ from rlhf_control.store.store import PreferenceStore
 from rlhf_control.tasks.spec import OFF_POLICY, TaskSpec
 from rlhf_control.types import Segment
 
-# The clips that set the reward's output normalisation after each retraining: the newest of the pool.
+# How many clips set the reward's output normalisation after each retraining (RunConfig.reward_norm).
 NORM_CLIPS = 512
 
 
@@ -138,10 +138,16 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     frames = FrameFile(run_dir / FRAMES_FILE, resume=resume) if task.frame_stack else None
     dataset = PreferenceDataset(max_size=r.label_window, frame_file=frames)
 
-    def recent_clips() -> list[Segment]:
-        return pool.recent(min(len(pool), NORM_CLIPS))
+    reference: list[Segment] = []
 
-    updater = RewardUpdater(fitter, dataset, recent_clips, asynchronous=cfg.reward_async,
+    def norm_clips() -> list[Segment]:
+        """The clips the reward's output is normalised on after each retraining (``cfg.reward_norm``):
+        the first query round's (from the store, so a resumed run keeps them), or the newest."""
+        if cfg.reward_norm == "reference" and not reference:
+            reference.extend(store.first_round_segments(NORM_CLIPS))
+        return list(reference) if reference else pool.recent(min(len(pool), NORM_CLIPS))
+
+    updater = RewardUpdater(fitter, dataset, norm_clips, asynchronous=cfg.reward_async,
                             worker_args={"trainer_config": trainer_config, "window": r.label_window,
                                          "threads": cfg.torch_threads, "device": device,
                                          "fitter": cfg.reward_fitter, "continuous": cfg.reward_continuous})

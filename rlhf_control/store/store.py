@@ -209,6 +209,15 @@ class PreferenceStore:
         first, second = self.get_segments([rec.first_id, rec.second_id])
         return Query(rec.query_id, SegmentPair(first, second))
 
+    def first_round_segments(self, limit: int) -> list[Segment]:
+        """The distinct segments of the queries asked at the earliest agent step (a run's pretraining
+        round), in the order they were asked, at most ``limit``; empty while no query exists."""
+        with self._db.read() as conn:
+            rows = conn.execute("SELECT first_id, second_id FROM queries WHERE created_step ="
+                                " (SELECT MIN(created_step) FROM queries) ORDER BY id").fetchall()
+        ids = list(dict.fromkeys(i for row in rows for i in row))[: max(0, int(limit))]
+        return self.get_segments(ids) if ids else []
+
     def pending_queries(self, limit: int | None = None) -> list[QueryRecord]:
         """Pending queries, oldest first (held ones included)."""
         return self._query_rows("WHERE status = 'pending' ORDER BY id LIMIT ?", (-1 if limit is None else limit,))
