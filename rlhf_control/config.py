@@ -91,10 +91,10 @@ class RunConfig:
     """keep training the reward in the worker, one pass over the window at a time, until the next
     iteration takes its weights (the paper's predictor trains without pause); runs then depend on timing"""
     reward_norm: str = field(default="reference", metadata={"choices": ("reference", "recent")})
-    """what the reward's output is normalised on after each retraining: reference (the clips of the first
+    """where the reward's zero is set after each retraining: reference (mean 0 on the clips of the first
     query round, the pretraining clips, fixed for the run: a behaviour keeps its reward as the agent
-    improves) or recent (the newest 512 clips of the agent: the reward of a behaviour sinks as the agent
-    gets better)"""
+    improves) or recent (mean 0 on the newest 512 clips of the agent: the reward of a fixed behaviour
+    sinks as the agent gets better); the scale is set on the newest clips either way"""
     reward_return_norm: bool = field(default=True, metadata={"flag": "--no-reward-return-norm", "invert": True})
     """divide the learned reward the agent trains on by the running std of its discounted return, as the
     RL baseline does with the true reward (SB3's VecNormalize); the reward model is unchanged"""

@@ -271,3 +271,22 @@ def test_fast_path_follows_training_steps_and_loaded_weights(n_actions, act_shap
     np.testing.assert_array_equal(back.reward(obs, a), other.reward(obs, a))
     trainer.train(data, epochs=1)  # the trainer's optimisers still hold the loaded parameters
     check(out)
+
+
+def test_normalisation_can_take_its_mean_from_other_clips():
+    """update_normalization(segments, centre=...): std target_std over ``segments``, mean 0 over ``centre``."""
+    rng = np.random.default_rng(11)
+    ens = RewardEnsemble(EnsembleConfig(n_members=2), (3,), (2,), seed=1)
+    segs = [Segment(obs=rng.normal(size=(6, 3)).astype(np.float32), acts=rng.normal(size=(6, 2)).astype(np.float32))
+            for _ in range(8)]
+    ref = [Segment(obs=(rng.normal(size=(6, 3)) + 2).astype(np.float32), acts=rng.normal(size=(6, 2)).astype(np.float32))
+           for _ in range(4)]
+    ens.update_normalization(segs, centre=ref)
+
+    def stats(ss):
+        out = ens.member_rewards(np.concatenate([s.obs for s in ss]), np.concatenate([s.acts for s in ss]), normalized=True)
+        return out.mean(axis=1), out.std(axis=1)
+
+    np.testing.assert_allclose(stats(ref)[0], 0.0, atol=1e-5)
+    np.testing.assert_allclose(stats(segs)[1], ens.config.target_std, rtol=1e-4)
+    assert np.abs(stats(segs)[0]).max() > 1e-3

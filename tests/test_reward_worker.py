@@ -80,27 +80,30 @@ def test_jobs_in_the_worker_match_training_here_across_a_sliding_window():
 
 
 def test_pool_clips_for_the_normalisation_are_sent_once():
+    """The recent clips slide and the reference (centre) clips stay: each clip crosses the pipe once,
+    and the worker sets the same mean (on the centre) and scale (on the recent clips) as this process."""
     rng = np.random.default_rng(3)
     ds = PreferenceDataset()
     labelled(rng, ds, 10, 0)
     ens, trainer = make()
     here, here_trainer = make()
     pool = [dataclasses.replace(s, uid=i) for i, s in enumerate(segments(rng, 12))]
+    centre = [dataclasses.replace(s, uid=100 + i) for i, s in enumerate(segments(rng, 3))]
     worker = RewardWorker(trainer.config, window=None)
     sent = []
     build = worker._norm_message
-    worker._norm_message = lambda segs: sent.append(build(segs)) or sent[-1]
+    worker._norm_message = lambda segs, ref: sent.append(build(segs, ref)) or sent[-1]
     try:
         for window in (pool[:8], pool[4:12]):  # as the recent clips slide, only 4 are new
-            worker.submit(ens, trainer, ds, epochs=1, norm_segments=window)
+            worker.submit(ens, trainer, ds, epochs=1, norm_segments=window, centre=centre)
             worker.result(ens, trainer)
             here_trainer.train(ds, epochs=1)
-            here.update_normalization(window)
+            here.update_normalization(window, centre=centre)
             torch.testing.assert_close(ens.norm_mean, here.norm_mean)
             torch.testing.assert_close(ens.norm_std, here.norm_std)
     finally:
         worker.close()
-    assert sorted(sent[0]["new"]) == list(range(8))
+    assert sorted(sent[0]["new"]) == [*range(8), 100, 101, 102]
     assert sorted(sent[1]["new"]) == list(range(8, 12))
     assert all(seg.render_ref is None for seg in sent[1]["new"].values())
 

@@ -138,19 +138,23 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     frames = FrameFile(run_dir / FRAMES_FILE, resume=resume) if task.frame_stack else None
     dataset = PreferenceDataset(max_size=r.label_window, frame_file=frames)
 
+    def recent_clips() -> list[Segment]:
+        return pool.recent(min(len(pool), NORM_CLIPS))
+
     reference: list[Segment] = []
 
-    def norm_clips() -> list[Segment]:
-        """The clips the reward's output is normalised on after each retraining (``cfg.reward_norm``):
-        the first query round's (from the store, so a resumed run keeps them), or the newest."""
-        if cfg.reward_norm == "reference" and not reference:
+    def reference_clips() -> list[Segment]:
+        """The clips the reward's mean is set on with ``reward_norm = "reference"``: the first query
+        round's (the pretraining clips), read from the store once, so a resumed run keeps them."""
+        if not reference:
             reference.extend(store.first_round_segments(NORM_CLIPS))
-        return list(reference) if reference else pool.recent(min(len(pool), NORM_CLIPS))
+        return list(reference)
 
-    updater = RewardUpdater(fitter, dataset, norm_clips, asynchronous=cfg.reward_async,
+    updater = RewardUpdater(fitter, dataset, recent_clips, asynchronous=cfg.reward_async,
                             worker_args={"trainer_config": trainer_config, "window": r.label_window,
                                          "threads": cfg.torch_threads, "device": device,
-                                         "fitter": cfg.reward_fitter, "continuous": cfg.reward_continuous})
+                                         "fitter": cfg.reward_fitter, "continuous": cfg.reward_continuous},
+                            reference_clips=reference_clips if cfg.reward_norm == "reference" else None)
 
     # Everything is valid: only now touch the run directory.
     if resume:

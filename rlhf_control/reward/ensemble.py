@@ -313,15 +313,15 @@ class RewardEnsemble:
                 steps += seg.length
         return torch.cat(outs, dim=1)
 
-    def update_normalization(self, segments: Sequence[Segment]) -> None:
+    def update_normalization(self, segments: Sequence[Segment], centre: Sequence[Segment] | None = None) -> None:
         """Set each member's offset/scale so its normalised output over these segments' steps has
-        mean 0 and std ``config.target_std``."""
+        std ``config.target_std`` and mean 0, or, given ``centre``, mean 0 over those segments' steps."""
         if len(segments) == 0:
             raise ValueError("update_normalization needs at least one segment, got 0")
         raw = self._segment_step_outputs(segments).double()
+        std = raw.std(dim=1, correction=0) if raw.shape[1] > 1 else torch.zeros_like(raw[:, 0])
         self.weights_changed()
-        self.norm_mean = raw.mean(dim=1)
-        std = raw.std(dim=1, correction=0) if raw.shape[1] > 1 else torch.zeros_like(self.norm_mean)
+        self.norm_mean = (self._segment_step_outputs(centre).double() if centre else raw).mean(dim=1)
         # A constant member (e.g. untrained on one step) keeps scale 1 rather than blowing up.
         self.norm_std = torch.where(std > 1e-8, std, torch.ones_like(std))
 

@@ -161,10 +161,12 @@ def make_fitter(name: str, ensemble: RewardEnsemble, config: RewardTrainerConfig
 
 
 def retrain(fitter: RewardFitter, dataset: PreferenceDataset, epochs: int,
-            norm_segments: Sequence[Any], keep_going: Callable[[], bool] | None = None) -> FitReport:
-    """Fit for ``epochs`` passes over ``dataset``, then set the output normalisation on
-    ``norm_segments`` (the recent clips), as every retraining of the loop does. With ``keep_going``,
-    more single passes follow for as long as it returns True (the worker's continuous training)."""
+            norm_segments: Sequence[Any], keep_going: Callable[[], bool] | None = None,
+            centre: Sequence[Any] | None = None) -> FitReport:
+    """Fit for ``epochs`` passes over ``dataset``, then set the output normalisation: the scale on
+    ``norm_segments`` (the recent clips), the mean on ``centre`` (the reference clips) or, without it,
+    on ``norm_segments`` too, as every retraining of the loop does. With ``keep_going``, more single
+    passes follow for as long as it returns True (the worker's continuous training)."""
     report = fitter.train(dataset, epochs=epochs)
     done = epochs
     while keep_going is not None and keep_going():
@@ -173,7 +175,7 @@ def retrain(fitter: RewardFitter, dataset: PreferenceDataset, epochs: int,
     if done != epochs and dataclasses.is_dataclass(report) and hasattr(report, "epochs"):
         report = dataclasses.replace(report, epochs=done)
     if norm_segments:
-        fitter.ensemble.update_normalization(norm_segments)
+        fitter.ensemble.update_normalization(norm_segments, centre=centre)
     return report
 
 

@@ -24,16 +24,19 @@ from rlhf_control.types import Segment, segment_steps
 class RewardUpdater:
     """Owns the reward worker's life cycle and the in-process fallback.
 
-    ``recent_clips()`` returns the clips that set the output normalisation after each retraining.
+    ``recent_clips()`` returns the clips that set the output scale after each retraining and
+    ``reference_clips()`` those that set its mean (the recent ones when it is None or returns none).
     ``worker_args`` (the trainer config, window, threads, device and fitter name) start the worker.
     """
 
     def __init__(self, fitter: RewardFitter, dataset: PreferenceDataset,
                  recent_clips: Callable[[], Sequence[Segment]], asynchronous: bool,
-                 worker_args: dict[str, Any] | None = None) -> None:
+                 worker_args: dict[str, Any] | None = None,
+                 reference_clips: Callable[[], Sequence[Segment]] | None = None) -> None:
         self.fitter = fitter
         self.dataset = dataset
         self.recent_clips = recent_clips
+        self.reference_clips = reference_clips or (lambda: [])
         self.asynchronous = asynchronous
         self.worker_args = worker_args or {}
         self.worker: RewardWorker | None = None
@@ -68,7 +71,8 @@ class RewardUpdater:
         if len(self.dataset) == 0:
             return
         self._prepare()
-        self.last_report = retrain(self.fitter, self.dataset, epochs, self.recent_clips())
+        self.last_report = retrain(self.fitter, self.dataset, epochs, self.recent_clips(),
+                                   centre=self.reference_clips() or None)
         self.trained_answer_id = int(self.dataset.seqs[-1])
 
     def submit(self, epochs: int) -> None:
@@ -78,7 +82,8 @@ class RewardUpdater:
             return
         self._prepare()
         try:
-            self.worker.submit(self.ensemble, self.fitter, self.dataset, epochs, self.recent_clips())
+            self.worker.submit(self.ensemble, self.fitter, self.dataset, epochs, self.recent_clips(),
+                               centre=self.reference_clips() or None)
         except RewardWorkerError as e:
             self._drop_worker(e)
             self.train_now(epochs)

@@ -86,10 +86,12 @@ class RewardWorker:
         except (BrokenPipeError, OSError) as e:
             raise RewardWorkerError(f"reward worker is gone (exit code {self.proc.poll()}): {e}") from None
 
-    def submit(self, ensemble: Any, trainer: Any, dataset: Any, epochs: int, norm_segments: Sequence[Segment]) -> None:
+    def submit(self, ensemble: Any, trainer: Any, dataset: Any, epochs: int, norm_segments: Sequence[Segment],
+               centre: Sequence[Segment] | None = None) -> None:
         """Start training a copy of ``ensemble`` with a copy of the fitter ``trainer`` on ``dataset`` for
-        ``epochs``, then setting its output normalisation on ``norm_segments``. The caller must not
-        train ``ensemble`` itself until :meth:`result` has been called."""
+        ``epochs``, then setting its output normalisation on ``norm_segments`` (its mean on ``centre``
+        when given: see :func:`retrain`). The caller must not train ``ensemble`` itself until
+        :meth:`result` has been called."""
         if self.busy:
             raise RewardWorkerError("a reward job is already running; take its result first")
         seqs = dataset.seqs
@@ -105,7 +107,7 @@ class RewardWorker:
                 "labels": new,
                 "reset": reset,
                 "epochs": int(epochs),
-                "norm": self._norm_message(norm_segments),
+                "norm": self._norm_message(norm_segments, centre or []),
             }
         })
         if len(seqs):
@@ -113,16 +115,17 @@ class RewardWorker:
         self.sent_removals = getattr(dataset, "removals", 0)
         self.busy = True
 
-    def _norm_message(self, segments: Sequence[Segment]) -> dict[str, Any]:
-        """The normalisation clips: the recent pool segments change by one rollout's worth per job,
-        so pool segments (unique ``uid`` >= 0) are sent once and named by uid afterwards."""
-        uids = [int(s.uid) for s in segments]
-        if any(u < 0 for u in uids) or len(set(uids)) != len(uids):
+    def _norm_message(self, segments: Sequence[Segment], centre: Sequence[Segment]) -> dict[str, Any]:
+        """The normalisation clips: the recent pool segments change by one rollout's worth per job
+        and the centre's not at all, so stored segments (unique ``uid`` >= 0) are sent once and named
+        by uid afterwards."""
+        uids, centre_uids = [int(s.uid) for s in segments], [int(s.uid) for s in centre]
+        if any(u < 0 for u in uids + centre_uids) or len(set(uids)) != len(uids) or len(set(centre_uids)) != len(centre_uids):
             self._sent_uids = set()
-            return {"segments": [_strip(s) for s in segments]}
-        new = {s.uid: _strip(s) for s in segments if s.uid not in self._sent_uids}
-        self._sent_uids = set(uids)
-        return {"uids": uids, "new": new}
+            return {"segments": [_strip(s) for s in segments], "centre": [_strip(s) for s in centre]}
+        new = {s.uid: _strip(s) for s in [*segments, *centre] if s.uid not in self._sent_uids}
+        self._sent_uids = set(uids) | set(centre_uids)
+        return {"uids": uids, "centre_uids": centre_uids, "new": new}
 
     def ready(self) -> bool:
         """Whether the running job's result can be taken without waiting (never for a continuous job,
@@ -199,17 +202,17 @@ def _run_job(state: dict[str, Any], job: dict[str, Any], recv: Connection | None
         dataset.add(label, seq=seq)
     norm = job["norm"]
     if "segments" in norm:
-        segments = norm["segments"]
+        segments, centre = norm["segments"], norm["centre"]
         state["clips"] = {}
     else:
         clips = state.setdefault("clips", {})
         clips.update(norm["new"])
-        segments = [clips[u] for u in norm["uids"]]
-        state["clips"] = dict(zip(norm["uids"], segments, strict=True))
+        segments, centre = [clips[u] for u in norm["uids"]], [clips[u] for u in norm["centre_uids"]]
+        state["clips"] = {u: clips[u] for u in [*norm["uids"], *norm["centre_uids"]]}
     keep_going = None
     if state.get("continuous") and recv is not None:
         keep_going = lambda: not recv.poll()  # noqa: E731  (until the parent asks for the result)
-    report = retrain(trainer, dataset, job["epochs"], segments, keep_going)
+    report = retrain(trainer, dataset, job["epochs"], segments, keep_going, centre=centre or None)
     if keep_going is not None and "take" not in _recv(recv):
         raise RuntimeError("expected the parent's request for the job's result")
     return {"ensemble": ens.blob(), "trainer": trainer.state_dict(), "rng": trainer.rng.bit_generator.state,
