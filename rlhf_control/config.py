@@ -96,8 +96,9 @@ class RunConfig:
     improves) or recent (mean 0 on the newest 512 clips of the agent: the reward of a fixed behaviour
     sinks as the agent gets better); the scale is set on the newest clips either way"""
     reward_return_norm: bool = field(default=True, metadata={"flag": "--no-reward-return-norm", "invert": True})
-    """divide the learned reward the agent trains on by the running std of its discounted return, as the
-    RL baseline does with the true reward (SB3's VecNormalize); the reward model is unchanged"""
+    """divide the learned reward an on-policy agent trains on by the running std of its discounted
+    return, as the RL baseline does with the true reward (SB3's VecNormalize); the reward model is
+    unchanged, and an off-policy agent (sac) keeps the ensemble's reward in its replay buffer"""
     reward_fitter: str = "comparisons"
     """how the reward is fitted: comparisons (the paper's) or true-return-regression (an ablation)"""
     clip_length: int | None = None
@@ -341,9 +342,6 @@ def _off_policy_start(cfg: RunConfig, task: TaskSpec, algo: str, agent_params: d
             raise UserError(f"unsup-steps {cfg.unsup_steps} is for off-policy agents (sac); algo {algo!r} has "
                             "no replay buffer (give 0 or leave it out)")
         return 0
-    if cfg.reward_return_norm:
-        raise UserError(f"reward-return-norm is for on-policy agents; algo {algo!r} keeps the ensemble's reward in "
-                        "its replay buffer, relabelled after each update (leave the flag out)")
     params = inspect.signature(algo_class(algo)).parameters
     random_steps = int(agent_params.get("learning_starts", params["learning_starts"].default))
     unsup = task.unsup_steps if cfg.unsup_steps is None else cfg.unsup_steps

@@ -127,7 +127,6 @@ def test_dmc_tasks_resolve_to_pebbles_settings():
     (["--algo", "sac", "--steps", "5000"], "unsup-steps 9000 after 100 random steps"),
     (["--algo", "sac", "--steps", "20000", "--clip-length", "30", "--n-envs", "1"], None),
     (["--unsup-steps", "100"], "is for off-policy agents"),
-    (["--algo", "sac", "--steps", "20000", "--reward-return-norm"], "reward-return-norm is for on-policy agents"),
 ])
 def test_bad_off_policy_input_is_refused_in_one_line_before_anything_is_written(tmp_path, capsys, flags, message):
     run = tmp_path / "run"

@@ -117,7 +117,8 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
                 else _new_ensemble(cfg, task, venv, device))
     # Rewards are computed once per rollout, in one batch (relabel_rollouts), not once per step.
     # (SAC stores each step's reward in its replay buffer as it goes: one call per vector step.)
-    scale = ReturnScale(recorder.num_envs, float(r.agent_params.get("gamma", 0.99))) if cfg.reward_return_norm else None
+    scale = (ReturnScale(recorder.num_envs, float(r.agent_params.get("gamma", 0.99)))
+             if cfg.reward_return_norm and r.algo not in OFF_POLICY else None)
     learned = LearnedReward(recorder, ensemble.reward, obs_fn=task.reward_obs_fn, deferred=r.algo not in OFF_POLICY,
                             scale=scale)
     # The agent may see normalised observations (RL Zoo's `normalize`); the reward model never does.
