@@ -49,11 +49,10 @@ def saved_activation_mb(ens: RewardEnsemble, ds: PreferenceDataset, batch_size: 
     labels = ds.labels[:batch_size]
     segs = [s for lb in labels for s in (lb.pair.first, lb.pair.second)]
     x = ens.encode(*segment_steps(segs))
-    total = 0
+    kept: dict[int, int] = {}  # storage -> bytes: a tensor kept by two layers counts once
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
     ens.members[0].train()
@@ -62,7 +61,7 @@ def saved_activation_mb(ens: RewardEnsemble, ds: PreferenceDataset, batch_size: 
         loss = preference_loss(out[:, 0], out[:, 1], torch.full((len(labels),), 0.5, device=ens.device)).mean()
     loss.backward()
     ens.members[0].eval()
-    return total / 2**20
+    return sum(kept.values()) / 2**20
 
 
 def bench_cnn_paths(ds: PreferenceDataset, members: int, cfg: RewardTrainerConfig, epochs: int, repeats: int,
