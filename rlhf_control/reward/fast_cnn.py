@@ -2,7 +2,7 @@
 
 :class:`~rlhf_control.reward.nets.CNNReward`'s own ``forward`` is the plain path: it scales the
 pixels by 1/255 and uses ``nn.Dropout``. :func:`member_forward` computes the same function of the
-same parameters (and updates the same batch-norm statistics) with three changes, each measured on a
+same parameters (and updates the same batch-norm statistics) with these changes, measured on a
 2-core CPU by ``scripts/bench_reward.py`` (one 64-pair batch, 3,200 frame stacks, one thread):
 
 - The 1/255 pixel scale goes into the first convolution's weights (``conv(x/255, W) = conv(x, W/255)``)
@@ -67,7 +67,8 @@ class _LeakyBitDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:  # noqa: ANN001
-        # In place, as nn.LeakyReLU(inplace=True) does: x is batch norm's output, which it does not keep.
+        # In place, as nn.LeakyReLU(inplace=True) does: x comes from batch norm or a convolution, neither
+        # of which keeps its output (autograd's version check would refuse the backward otherwise).
         n = x.numel()
         random_bytes = torch.empty((n + 7) // 8, dtype=torch.uint8, device=x.device).random_()
         out = F.leaky_relu_(x, slope).mul_(_mask_from_bytes(random_bytes, x))

@@ -51,6 +51,7 @@ class FrameFile:
         self.index_path = index_path(self.path)
         self._refs: dict[int, FrameRef] = {}
         self._end = 0
+        self._whole_index = 0  # bytes of whole records in the index (what a resumed run appends after)
         self._append = resume and self.path.exists()
         self._files: tuple | None = None
         if self._append:
