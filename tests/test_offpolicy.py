@@ -259,13 +259,14 @@ def test_the_sac_baseline_logs_every_iteration_not_every_step(tmp_path):
 
     from rlhf_control.experiments.baseline import train_baseline
 
-    cfg = RunConfig(task="walker-walk", steps=1200, unsup_steps=0, iteration_steps=500, eval_episodes=1,
+    cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=1200, unsup_steps=0, iteration_steps=500,
+                    eval_episodes=1, eval_every=1,
                     agent={"learning_starts": 200, "batch_size": 32, "policy_kwargs": {"net_arch": [32, 32]}})
     train_baseline(cfg, tmp_path / "rl")
     with open(tmp_path / "rl" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [500, 1000, 1200]
-    assert all(r["eval_true_return"] for r in rows)  # the task evaluates every iteration
+    assert all(r["eval_true_return"] for r in rows)  # evaluated every iteration
 
 
 def test_a_person_labels_a_sac_run_first_round_included(tmp_path):
