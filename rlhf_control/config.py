@@ -288,8 +288,10 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
     algo = cfg.algo or task.algo
     if algo != task.algo:
         # The task's hyperparameters belong to its own algorithm: another one starts from SB3's
-        # defaults, keeping the task's discount and the user's own overrides.
-        task = dataclasses.replace(task, algo=algo, agent={"gamma": task.agent.get("gamma", 0.99)})
+        # defaults, keeping the task's discount and the user's own overrides (SAC: PEBBLE's 1,000
+        # random steps, not SB3's 100).
+        agent = {"gamma": task.agent.get("gamma", 0.99), **({"learning_starts": 1000} if algo == "sac" else {})}
+        task = dataclasses.replace(task, algo=algo, agent=agent)
     if cfg.agent:
         task = task.with_overrides(agent=dict(cfg.agent))
     labels = cfg.labels or task.label_budget
