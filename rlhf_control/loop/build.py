@@ -146,9 +146,11 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
 
     def reference_clips() -> list[Segment]:
         """The clips the reward's mean is set on with ``reward_norm = "reference"``: the first query
-        round's (the pretraining clips), read from the store once, so a resumed run keeps them."""
+        round's (the pretraining clips), read from the store once, so a resumed run keeps them. Image
+        clips are labelled ones: their frames are in the frame file already, and go by reference."""
         if not reference:
-            reference.extend(store.first_round_segments(NORM_CLIPS))
+            segs = store.first_round_segments(NORM_CLIPS)
+            reference.extend(segs if frames is None else (frames.put(s) for s in segs))
         return list(reference)
 
     updater = RewardUpdater(fitter, dataset, recent_clips, asynchronous=cfg.reward_async,
