@@ -31,10 +31,28 @@ class ReturnScale:
 
     def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
         """Scaled rewards of one vector step ``(n_envs,)`` (float32)."""
-        self.returns = self.returns * self.gamma + rewards
-        self.rms.update(self.returns)
-        out = np.clip(rewards / np.sqrt(self.rms.var + self.epsilon), -self.clip, self.clip)
-        self.returns[np.asarray(dones, dtype=bool)] = 0.0
+        return self.scale_steps(np.asarray(rewards)[None], np.asarray(dones)[None])[0]
+
+    def scale_steps(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        """Scaled rewards ``(T, n_envs)`` of T vector steps in order, as T calls would give them: the
+        statistics after step t combine the previous ones with every return up to t (what
+        ``RunningMeanStd.update`` does batch by batch), from cumulative sums instead of T updates."""
+        rewards = np.asarray(rewards, dtype=np.float64)
+        dones = np.asarray(dones, dtype=bool)
+        steps, n = rewards.shape
+        returns = np.empty_like(rewards)
+        g = self.returns
+        for t in range(steps):
+            g = g * self.gamma + rewards[t]
+            returns[t] = g
+            g = np.where(dones[t], 0.0, g)
+        self.returns = g
+        c0, m0, v0 = float(self.rms.count), float(self.rms.mean), float(self.rms.var)
+        counts = c0 + n * np.arange(1, steps + 1, dtype=np.float64)
+        means = (c0 * m0 + np.cumsum(returns.sum(axis=1))) / counts
+        variances = np.maximum((c0 * (v0 + m0 * m0) + np.cumsum((returns ** 2).sum(axis=1))) / counts - means ** 2, 0.0)
+        self.rms.mean, self.rms.var, self.rms.count = np.float64(means[-1]), np.float64(variances[-1]), float(counts[-1])
+        out = np.clip(rewards / np.sqrt(variances[:, None] + self.epsilon), -self.clip, self.clip)
         return out.astype(np.float32)
 
     def state_dict(self) -> dict[str, Any]:
@@ -213,7 +231,7 @@ class LearnedReward(VecEnvWrapper):
         for t, (_, _, true, dones) in enumerate(batch):
             self._count_step(learned[t], true, dones)
         if self.scale is not None:
-            learned = np.stack([self.scale(learned[t], batch[t][3]) for t in range(len(batch))])
+            learned = self.scale.scale_steps(learned, np.stack([b[3] for b in batch]))
         return learned
 
     def _transform(self, obs: np.ndarray) -> np.ndarray:
