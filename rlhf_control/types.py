@@ -118,7 +118,8 @@ class Segment:
     ``obs: (T, *obs_shape)`` (an array, or :class:`StackedFrames` for stacked image frames);
     ``acts: (T, *act_shape)`` (``(T,)`` integers for a discrete action space);
     ``true_rewards: (T,)`` float or ``None`` when the task has no true reward.
-    ``episode_id``/``start_step`` locate the clip; ``render_ref`` is whatever a renderer needs to
+    ``episode_id``/``start_step`` locate the clip in its episode and ``agent_step`` in the run (the
+    agent's step count, all envs, when the clip began; -1 for pretraining clips or unknown); ``render_ref`` is whatever a renderer needs to
     draw it later (filled by the loop, opaque here); ``uid`` is a run-unique id (-1 = unassigned).
     """
 
@@ -129,6 +130,7 @@ class Segment:
     start_step: int = 0
     render_ref: Any = field(default=None, repr=False)
     uid: int = -1
+    agent_step: int = -1
 
     def __post_init__(self) -> None:
         obs = _as_obs(self.obs)

@@ -120,7 +120,7 @@ def test_a_version_1_store_is_upgraded_keeping_every_answer_and_id(tmp_path):
         store.undo_last("bob")
         assert store.count_labels() == 2
     con = sqlite3.connect(path)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     con.close()
 
 

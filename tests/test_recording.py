@@ -315,3 +315,25 @@ def test_pool_state_dict_continues_uids():
         SegmentPool(0, np.random.default_rng(0))
     with pytest.raises(ValueError, match="n=-1"):
         pool.sample(-1)
+
+
+def test_clips_carry_the_agent_step_they_began_at():
+    """Counted over all envs from step_origin (the agent's step 0); -1 while step_origin is None."""
+    venv = DummyVecEnv([lambda: gym.make("Pendulum-v1")] * 2)
+    pool = SegmentPool(capacity=100, rng=np.random.default_rng(0))
+    rec = TrajectoryRecorder(venv, clip_length=5, pool=pool)
+    rec.reset()
+    rec.step_origin = None  # pretraining
+    for _ in range(5):
+        rec.step(np.zeros((2, 1), dtype=np.float32))
+    assert [s.agent_step for s in pool.segments()] == [-1, -1]
+    rec.step_origin = rec.n_steps  # the agent starts
+    for _ in range(10):
+        rec.step(np.zeros((2, 1), dtype=np.float32))
+    # the agent's clips began at its steps 0 and 10 (5 vector steps of 2 envs each)
+    assert [s.agent_step for s in pool.segments()[2:]] == [0, 0, 10, 10]
+    state = rec.state_dict()
+    other = TrajectoryRecorder(DummyVecEnv([lambda: gym.make("Pendulum-v1")] * 2), clip_length=5,
+                               pool=SegmentPool(10, rng=np.random.default_rng(0)))
+    other.load_state_dict(state)
+    assert other.step_origin == rec.step_origin == 10

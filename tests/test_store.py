@@ -319,3 +319,29 @@ def test_first_round_segments_are_the_earliest_rounds_distinct_clips(store: Pref
     assert [s.uid for s in got] == [1, 2, 3]
     np.testing.assert_array_equal(got[1].obs, b.obs)
     assert [s.uid for s in store.first_round_segments(2)] == [1, 2]
+
+
+def test_segments_keep_their_agent_step_and_a_version_2_store_gets_the_column(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    path = tmp_path / "s.sqlite"
+    with PreferenceStore.create(path) as store:
+        a, b = seg(rng, uid=1), seg(rng, uid=2)
+        store.add_query(SegmentPair(replace_step(a, 4096), replace_step(b, -1)), step=4200)
+        assert [s.agent_step for s in store.get_segments([1, 2])] == [4096, -1]
+        assert store.agent_steps([1, 2]) == {1: 4096, 2: -1}
+    con = sqlite3.connect(path, isolation_level=None)  # what version 2 wrote: no agent_step column
+    con.executescript("BEGIN; ALTER TABLE segments DROP COLUMN agent_step; PRAGMA user_version = 2; COMMIT;")
+    con.close()
+    with PreferenceStore.open(path) as store:
+        assert [s.agent_step for s in store.get_segments([1, 2])] == [-1, -1]  # unknown, not invented
+        store.add_segment(replace_step(seg(rng, uid=3), 8192))
+        assert store.agent_steps([3]) == {3: 8192}
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+    con.close()
+
+
+def replace_step(s: Segment, step: int) -> Segment:
+    from dataclasses import replace
+
+    return replace(s, agent_step=step)

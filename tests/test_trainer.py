@@ -372,7 +372,11 @@ def test_the_reward_is_centred_on_the_clips_reward_norm_names(tmp_path, norm):
     trainer.close()
     with PreferenceStore.open(tmp_path / "run" / "preferences.sqlite") as store:
         first = store.first_round_segments(512)
+        later = [(store.get_query(q).created_step, store.load_query(q).pair) for q in range(len(first) // 2 + 1, 17)]
     assert 4 <= len(first) <= 8  # the 4 pretraining pairs
+    # Clips know the agent step they began at (the labelling page shows it); pretraining clips have none.
+    assert all(s.agent_step == -1 for s in first)
+    assert later and all(0 <= s.agent_step <= step for step, pair in later for s in (pair.first, pair.second))
 
     def norm_stats(segments):
         obs = np.concatenate([s.obs for s in segments])

@@ -49,6 +49,14 @@ def open_page(browser, url: str, name: str):
     return ctx, page
 
 
+def store_steps(run: Path, query_id: int) -> tuple[int, int]:
+    """The agent steps of a query's two clips, as the store has them."""
+    with PreferenceStore.open(run / STORE_FILE) as store:
+        rec = store.get_query(query_id)
+        steps = store.agent_steps([rec.first_id, rec.second_id])
+    return steps[rec.first_id], steps[rec.second_id]
+
+
 def held(store: PreferenceStore) -> dict[int, str]:
     return {qid: holder for qid, _, _, holder in store.pending_overview() if holder is not None}
 
@@ -122,7 +130,8 @@ def test_the_page_shows_progress_and_that_the_agent_waits(browser, run_dir):
             page.wait_for_function("document.getElementById('stat-labels').textContent === '1 of 40'",
                                    timeout=WAIT_MS)
             assert "ready" in page.inner_text("#pending-split")
-            assert "agent step" in page.inner_text("#qinfo")
+            shown = store_steps(run_dir, page.evaluate("window.labelApp.current"))
+            assert f"clips from agent step {shown[0]:,} and agent step {shown[1]:,}" in page.inner_text("#qinfo")
             (run_dir / "metrics.csv").write_text("step,labels,learned_return\n0,0,\n2048,1,-3.5\n4096,2,-1.0\n")
             page.evaluate("location.reload()")
             page.wait_for_function("document.getElementById('curve-labels').getAttribute('points').split(' ').length"

@@ -152,6 +152,7 @@ class RLHFTrainer:
             # learn() resets the envs, and with them the learned-reward wrapper.
             env = self.recorder
             obs = env.reset()
+            env.step_origin = None  # pretraining clips are not the agent's: no agent step
             act = self._pretrain_actor()
             max_steps = want * self.task.clip_length * 4 + 10_000
             steps = 0
@@ -169,6 +170,7 @@ class RLHFTrainer:
                 self._wait_answers()
             self.updater.train_now(max(1, self.r.pretrain_epochs))
         self.pretrain_done = True
+        self.recorder.step_origin = self.recorder.n_steps  # the agent's step 0
         self.query_mark = self.rl_start_uid = self._iteration_mark = self.pool.next_uid
 
     def _pretrain_actor(self):

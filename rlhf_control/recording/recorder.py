@@ -75,6 +75,8 @@ class TrajectoryRecorder(VecEnvWrapper):
         self.keep_true_rewards = bool(keep_true_rewards)
         # Metrics: env steps (summed over envs), finished segments, finished episodes.
         self.n_steps = 0
+        # n_steps at the agent's step 0 (None while clips are not the agent's: pretraining).
+        self.step_origin: int | None = 0
         self.n_segments = 0
         self.n_episodes = 0
         self._next_episode_id = 0
@@ -140,6 +142,7 @@ class TrajectoryRecorder(VecEnvWrapper):
             "n_steps": self.n_steps,
             "n_segments": self.n_segments,
             "n_episodes": self.n_episodes,
+            "step_origin": self.step_origin,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -158,6 +161,8 @@ class TrajectoryRecorder(VecEnvWrapper):
         self.n_steps = int(state["n_steps"])
         self.n_segments = int(state["n_segments"])
         self.n_episodes = int(state["n_episodes"])
+        origin = state.get("step_origin", None)  # (older checkpoints: clip steps unknown)
+        self.step_origin = None if origin is None else int(origin)
 
     def _start_episode(self, i: int) -> None:
         self._ep_id[i] = self._next_episode_id
@@ -202,6 +207,9 @@ class TrajectoryRecorder(VecEnvWrapper):
             true_rewards=self._rew_buf[i] if self.keep_true_rewards else None,
             episode_id=self._ep_id[i],
             start_step=self._ep_step[i] - self.clip_length,
+            # n_steps is not yet counted for this vector step: the clip began clip_length - 1 steps ago.
+            agent_step=(-1 if self.step_origin is None
+                        else max(0, self.n_steps - self.step_origin - (self.clip_length - 1) * self.num_envs)),
             render_ref=self._render_buf[i] if self.render_state_fn is not None else None,
         )
         self.pool.add(segment)

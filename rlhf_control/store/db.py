@@ -21,7 +21,7 @@ from rlhf_control.store.errors import StoreError
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "Database", "new_store_file"]
 
-SCHEMA_VERSION = 2  # 2: answers are marked undone (undone_at, undone_by), not deleted
+SCHEMA_VERSION = 3  # 2: answers are marked undone (undone_at, undone_by), not deleted; 3: segments.agent_step
 APPLICATION_ID = 0x524C4846  # "RLHF" in the SQLite header, so a foreign SQLite file is refused
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -34,7 +34,7 @@ _SCHEMA = """
 CREATE TABLE segments(
   id INTEGER PRIMARY KEY, episode_id INTEGER NOT NULL, start_step INTEGER NOT NULL,
   length INTEGER NOT NULL, stack_k INTEGER NOT NULL, encoding TEXT NOT NULL, data BLOB NOT NULL,
-  render_ref TEXT, clip_path TEXT);
+  render_ref TEXT, clip_path TEXT, agent_step INTEGER NOT NULL DEFAULT -1);
 CREATE TABLE queries(
   id INTEGER PRIMARY KEY, first_id INTEGER NOT NULL REFERENCES segments(id),
   second_id INTEGER NOT NULL REFERENCES segments(id), created REAL NOT NULL,
@@ -135,6 +135,8 @@ class Database:
             raise StoreError(f"{self.path} is not a rlhf-control preference store (schema missing)")
         if version == 1:
             self._migrate_1_to_2(conn)
+        if version <= 2:
+            self._migrate_2_to_3(conn)
         if mode.lower() != "wal":
             conn.execute("PRAGMA journal_mode = WAL")
 
@@ -152,6 +154,21 @@ class Database:
                     if seq is not None:
                         conn.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'answers'", seq)
                     conn.execute("PRAGMA user_version = 2")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def _migrate_2_to_3(self, conn: sqlite3.Connection) -> None:
+        """Add the segments' agent step (-1, unknown, for the clips stored before it)."""
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                columns = {r[1] for r in conn.execute("PRAGMA table_info(segments)")}
+                if conn.execute("PRAGMA user_version").fetchone()[0] <= 2 and "agent_step" not in columns:
+                    conn.execute("ALTER TABLE segments ADD COLUMN agent_step INTEGER NOT NULL DEFAULT -1")
+                if conn.execute("PRAGMA user_version").fetchone()[0] <= 2:
+                    conn.execute("PRAGMA user_version = 3")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

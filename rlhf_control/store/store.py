@@ -60,14 +60,15 @@ class QueryRecord:
 
 _QCOLS = "id, first_id, second_id, created, created_step, status, clip_first, clip_second, clip_pair, " \
          "assigned_to, assigned_at, lease_until"
-_SEGCOLS = "id, episode_id, start_step, stack_k, encoding, data, render_ref"
+_SEGCOLS = "id, episode_id, start_step, stack_k, encoding, data, render_ref, agent_step"
 
 
 def _decode_segment(row: tuple) -> Segment:
-    seg_id, episode_id, start_step, k, encoding, data, ref = row
+    seg_id, episode_id, start_step, k, encoding, data, ref, agent_step = row
     if encoding != ENCODING:
         raise StoreError(f"segment {seg_id} has unknown encoding {encoding!r}; allowed: {ENCODING!r}")
-    return decode_segment(k, data, ref, episode_id=episode_id, start_step=start_step, uid=seg_id)
+    seg = decode_segment(k, data, ref, episode_id=episode_id, start_step=start_step, uid=seg_id)
+    return replace(seg, agent_step=int(agent_step))
 
 
 class PreferenceStore:
@@ -134,10 +135,10 @@ class PreferenceStore:
                                      f"{row}, not {(seg.episode_id, seg.start_step, seg.length)}")
                 return seg.uid
         cur = conn.execute(
-            "INSERT INTO segments(id, episode_id, start_step, length, stack_k, encoding, data, render_ref)"
-            " VALUES (?, ?, ?, ?, ?, 'npy+zlib', ?, ?)",
+            "INSERT INTO segments(id, episode_id, start_step, length, stack_k, encoding, data, render_ref, agent_step)"
+            " VALUES (?, ?, ?, ?, ?, 'npy+zlib', ?, ?, ?)",
             (None if seg.uid == -1 else int(seg.uid), int(seg.episode_id), int(seg.start_step),
-             seg.length, k, data, ref))
+             seg.length, k, data, ref, int(seg.agent_step)))
         return int(cur.lastrowid)
 
     def add_segment(self, seg: Segment) -> int:
@@ -164,6 +165,13 @@ class PreferenceStore:
     def get_segment(self, seg_id: int) -> Segment:
         """One segment by id; ValueError if absent."""
         return self.get_segments([seg_id])[0]
+
+    def agent_steps(self, seg_ids: Sequence[int]) -> dict[int, int]:
+        """``{segment id: agent step}`` for these segments (-1: a pretraining clip, or unknown)."""
+        ids = [int(i) for i in seg_ids]
+        with self._db.read() as conn:
+            rows = conn.execute(f"SELECT id, agent_step FROM segments WHERE id IN ({','.join('?' * len(ids))})", ids)
+            return {int(i): int(s) for i, s in rows}
 
     def set_segment_clip(self, seg_id: int, path: str | None) -> None:
         """Record the rendered clip file of a segment."""

@@ -39,7 +39,7 @@ def make_segments(n: int, rng: np.random.Generator, length: int = 8, obs_dim: in
         obs = (mu + 0.5 * rng.normal(size=(length, obs_dim))).astype(np.float32)
         acts = rng.normal(size=(length, act_dim)).astype(np.float32)
         segs.append(Segment(obs=obs, acts=acts, true_rewards=obs.astype(np.float64) @ w, episode_id=i,
-                            start_step=0, uid=start_uid + i))
+                            start_step=0, uid=start_uid + i, agent_step=1000 * i))
     return segs
 
 

@@ -179,7 +179,10 @@
     slot.el.classList.remove("off");
     st.cur = slot;
     $("empty").hidden = true;
-    const from = Number.isInteger(slot.q.created_step) ? ` · asked at agent step ${slot.q.created_step.toLocaleString("en")} (clips of the agent just before)` : "";
+    const stepText = (s) => (Number.isInteger(s) && s >= 0 ? `agent step ${s.toLocaleString("en")}` : "pretraining");
+    const from = Number.isInteger(slot.q.first_step)
+      ? ` · clips from ${stepText(slot.q.first_step)} and ${stepText(slot.q.second_step)}`
+      : "";
     $("qinfo").textContent = `pair #${slot.q.query_id}${from}`;
     if (Number(slot.q.fps) > 0) st.fps = Number(slot.q.fps);
     $("stage").dataset.queryId = String(slot.q.query_id);
