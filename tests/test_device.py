@@ -13,8 +13,7 @@ import torch
 
 from rlhf_control.config import RunConfig, resolve_device
 from rlhf_control.errors import UserError
-from rlhf_control.reward import EnsembleConfig, RewardEnsemble
-from rlhf_control.reward import fast_cnn
+from rlhf_control.reward import EnsembleConfig, RewardEnsemble, fast_cnn
 from rlhf_control.types import StackedFrames
 
 

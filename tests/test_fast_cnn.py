@@ -17,8 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_control.reward import EnsembleConfig, PreferenceDataset, RewardEnsemble, RewardTrainer, RewardTrainerConfig
-from rlhf_control.reward import fast_cnn
+from rlhf_control.reward import (
+    EnsembleConfig,
+    PreferenceDataset,
+    RewardEnsemble,
+    RewardTrainer,
+    RewardTrainerConfig,
+    fast_cnn,
+)
 from rlhf_control.reward.fast_cnn import bit_dropout_mask, ensemble_forward, fast_dropout, member_forward
 from rlhf_control.reward.nets import CNNReward
 from rlhf_control.reward.training import preference_loss
@@ -88,7 +94,7 @@ def test_train_step_same_losses_gradients_and_batchnorm_statistics_given_the_sam
             close(g_fast[name], g_plain[name], scale=max(weight, float(g_plain[name].abs().max())))
         else:
             close(g_fast[name], g_plain[name])
-    for (name, a), (_, b) in zip(fast.named_buffers(), plain.named_buffers(), strict=True):
+    for (_name, a), (_, b) in zip(fast.named_buffers(), plain.named_buffers(), strict=True):
         close(a.float(), b.float())  # batch norm's running mean/var and its batch counter
 
 

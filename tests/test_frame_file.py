@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from rlhf_control.errors import UserError
-from rlhf_control.reward import EnsembleConfig, PreferenceDataset, RewardEnsemble, RewardTrainer, RewardTrainerConfig
+from rlhf_control.reward import (
+    EnsembleConfig,
+    PreferenceDataset,
+    RewardEnsemble,
+    RewardTrainer,
+    RewardTrainerConfig,
+)
 from rlhf_control.reward.frame_file import FrameFile, index_path
 from rlhf_control.types import FrameRef, Label, Segment, SegmentPair, StackedFrames, segment_steps
 
