@@ -394,3 +394,16 @@ def test_the_reward_is_centred_on_the_clips_reward_norm_names(tmp_path, norm):
             assert [s.uid for s in resumed.updater.reference_clips()] == [s.uid for s in first]
         finally:
             resumed.close()
+
+
+def test_the_pool_holds_the_newest_clips_not_the_whole_budget(tmp_path):
+    """Queries come from the newest clips, so a large budget does not grow the pool (4 x 5,000 clips
+    before): it holds 2,000, or the pretraining round's 2 x its labels when that is more."""
+    big = RLHFTrainer(RunConfig(task="Pendulum-v1", labels=5000, steps=200_000, n_envs=1), tmp_path / "big")
+    small = RLHFTrainer(RunConfig(task="Pendulum-v1", labels=300, n_envs=1), tmp_path / "small")
+    try:
+        assert big.r.pretrain_labels == 1250 and big.pool.capacity == 2500
+        assert small.pool.capacity == 2000
+    finally:
+        big.close()
+        small.close()

@@ -49,6 +49,7 @@ from rlhf_control.types import Segment
 
 # How many clips set the reward's output normalisation after each retraining (RunConfig.reward_norm).
 NORM_CLIPS = 512
+POOL_CLIPS = 2000  # the segment pool's capacity, unless pretraining or the query window needs more
 
 
 @dataclass
@@ -99,7 +100,9 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     # A damaged checkpoint is reported before the run directory is touched.
     ckpt_dir, ckpt = load_run_checkpoint(run_dir) if resume else (None, None)
 
-    pool = SegmentPool(capacity=max(4 * r.labels, 2000), rng=rng)
+    # Queries come from the newest clips (query_min_clips), the scale from the newest NORM_CLIPS and the
+    # pretraining round from 2 x its labels: the pool holds that, not the whole run (Atari clips are big).
+    pool = SegmentPool(capacity=max(POOL_CLIPS, 2 * r.pretrain_labels, cfg.query_min_clips, NORM_CLIPS), rng=rng)
     venv = task.make_vec_env(r.n_envs, seed=cfg.seed)
     if r.algo in OFF_POLICY and not isinstance(venv.action_space, spaces.Box):
         venv.close()
