@@ -3,7 +3,6 @@ store and mp4 clips. One browser is shared by the module; each test has its own 
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -17,9 +16,6 @@ from rlhf_control.types import SegmentPair
 from rlhf_control.web.demo import BrightnessRenderer, add_queries, make_demo_run, make_segments
 from rlhf_control.web.server import start_server
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
 NAME_KEY = "rlhf-control.labeller"
 WAIT_MS = 15_000  # generous for a loaded 2-core machine, but bounded
 
@@ -38,17 +34,6 @@ BRIGHTNESS_JS = """() => {
     return s / (d.length / 4 * 3);
   });
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ them back and takes them again when shown; the page shows the run's state and th
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -15,21 +14,7 @@ from rlhf_control.store.store import PreferenceStore
 from rlhf_control.web.demo import make_demo_run
 from rlhf_control.web.server import start_server
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
 WAIT_MS = 15_000
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
