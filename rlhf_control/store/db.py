@@ -25,6 +25,12 @@ SCHEMA_VERSION = 3  # 2: answers are marked undone (undone_at, undone_by), not d
 APPLICATION_ID = 0x524C4846  # "RLHF" in the SQLite header, so a foreign SQLite file is refused
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
+_ANSWER_COLUMNS = """
+  id INTEGER PRIMARY KEY AUTOINCREMENT, query_id INTEGER NOT NULL REFERENCES queries(id),
+  label INTEGER CHECK(label IN (-1, 0, 1)), skipped INTEGER NOT NULL CHECK(skipped IN (0, 1)),
+  labeller TEXT NOT NULL, answered_at REAL NOT NULL, seconds REAL NOT NULL,
+  undone_at REAL, undone_by TEXT,
+  CHECK((skipped = 1) = (label IS NULL)), CHECK((undone_at IS NULL) = (undone_by IS NULL))"""
 _ANSWER_INDEXES = """
 CREATE INDEX answers_labeller ON answers(labeller, id);
 CREATE INDEX answers_time ON answers(answered_at);
@@ -43,28 +49,37 @@ CREATE TABLE queries(
   clip_first TEXT, clip_second TEXT, clip_pair TEXT,
   assigned_to TEXT, assigned_at REAL, lease_until REAL);
 CREATE INDEX queries_status ON queries(status, id);
-CREATE TABLE answers(
-  id INTEGER PRIMARY KEY AUTOINCREMENT, query_id INTEGER NOT NULL REFERENCES queries(id),
-  label INTEGER CHECK(label IN (-1, 0, 1)), skipped INTEGER NOT NULL CHECK(skipped IN (0, 1)),
-  labeller TEXT NOT NULL, answered_at REAL NOT NULL, seconds REAL NOT NULL,
-  undone_at REAL, undone_by TEXT,
-  CHECK((skipped = 1) = (label IS NULL)), CHECK((undone_at IS NULL) = (undone_by IS NULL)));
+CREATE TABLE answers(""" + _ANSWER_COLUMNS + """);
 """ + _ANSWER_INDEXES
 _TABLES = {"segments", "queries", "answers"}
 # Version 1 had UNIQUE(query_id) and deleted undone answers; version 2 keeps them, marked.
 _MIGRATE_1_TO_2 = """
-CREATE TABLE answers_v2(
-  id INTEGER PRIMARY KEY AUTOINCREMENT, query_id INTEGER NOT NULL REFERENCES queries(id),
-  label INTEGER CHECK(label IN (-1, 0, 1)), skipped INTEGER NOT NULL CHECK(skipped IN (0, 1)),
-  labeller TEXT NOT NULL, answered_at REAL NOT NULL, seconds REAL NOT NULL,
-  undone_at REAL, undone_by TEXT,
-  CHECK((skipped = 1) = (label IS NULL)), CHECK((undone_at IS NULL) = (undone_by IS NULL)));
+CREATE TABLE answers_v2(""" + _ANSWER_COLUMNS + """);
 INSERT INTO answers_v2(id, query_id, label, skipped, labeller, answered_at, seconds)
   SELECT id, query_id, label, skipped, labeller, answered_at, seconds FROM answers;
 DROP TABLE answers;
 ALTER TABLE answers_v2 RENAME TO answers;
 """
 
+
+def _rebuild_answers(conn: sqlite3.Connection) -> None:
+    """1 -> 2: the answers table rebuilt, keeping every answer id and the id counter (ids of answers
+    undone under version 1 are not reused)."""
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'answers'").fetchone()
+    for stmt in (_MIGRATE_1_TO_2 + _ANSWER_INDEXES).split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+    if seq is not None:
+        conn.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'answers'", seq)
+
+
+def _add_agent_step(conn: sqlite3.Connection) -> None:
+    """2 -> 3: the segments' agent step (-1, unknown, for the clips stored before it)."""
+    if "agent_step" not in {r[1] for r in conn.execute("PRAGMA table_info(segments)")}:
+        conn.execute("ALTER TABLE segments ADD COLUMN agent_step INTEGER NOT NULL DEFAULT -1")
+
+
+_MIGRATIONS = {1: _rebuild_answers, 2: _add_agent_step}  # schema version -> the step to the next
 
 @contextmanager
 def new_store_file(path: str | os.PathLike) -> Iterator[Path]:
@@ -133,42 +148,19 @@ class Database:
             raise StoreError(f"{self.path} has schema version {version}; this code reads up to {SCHEMA_VERSION}")
         if version < 1 or not _TABLES <= tables:
             raise StoreError(f"{self.path} is not a rlhf-control preference store (schema missing)")
-        if version == 1:
-            self._migrate_1_to_2(conn)
-        if version <= 2:
-            self._migrate_2_to_3(conn)
+        for step_from in range(version, SCHEMA_VERSION):
+            self._migrate(conn, step_from)
         if mode.lower() != "wal":
             conn.execute("PRAGMA journal_mode = WAL")
 
-    def _migrate_1_to_2(self, conn: sqlite3.Connection) -> None:
-        """Rebuild the answers table of a version-1 store in one transaction (all of it or nothing),
-        keeping every answer id and the id counter (ids of answers undone under version 1 are not reused)."""
+    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
+        """Upgrade a store of schema ``version`` by one version, in one transaction (all of it or nothing)."""
         with self._write_lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if conn.execute("PRAGMA user_version").fetchone()[0] == 1:  # (another process may have done it)
-                    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'answers'").fetchone()
-                    for stmt in (_MIGRATE_1_TO_2 + _ANSWER_INDEXES).split(";"):
-                        if stmt.strip():
-                            conn.execute(stmt)
-                    if seq is not None:
-                        conn.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'answers'", seq)
-                    conn.execute("PRAGMA user_version = 2")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-
-    def _migrate_2_to_3(self, conn: sqlite3.Connection) -> None:
-        """Add the segments' agent step (-1, unknown, for the clips stored before it)."""
-        with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                columns = {r[1] for r in conn.execute("PRAGMA table_info(segments)")}
-                if conn.execute("PRAGMA user_version").fetchone()[0] <= 2 and "agent_step" not in columns:
-                    conn.execute("ALTER TABLE segments ADD COLUMN agent_step INTEGER NOT NULL DEFAULT -1")
-                if conn.execute("PRAGMA user_version").fetchone()[0] <= 2:
-                    conn.execute("PRAGMA user_version = 3")
+                if conn.execute("PRAGMA user_version").fetchone()[0] == version:  # (another process may have done it)
+                    _MIGRATIONS[version](conn)
+                    conn.execute(f"PRAGMA user_version = {version + 1}")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
