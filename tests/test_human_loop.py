@@ -55,6 +55,24 @@ def _answer_all(base: str, store_path: Path, want: int, deadline_s: float = 150)
     return done
 
 
+def _train_and_label(args: list[str], run: Path, want: int) -> None:
+    """``rlhf-control train`` with a human oracle in a child process, its page's pairs answered by
+    :func:`_answer_all` until ``want`` answers; the run must then finish cleanly."""
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", *args], text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        assert url, line + proc.stderr.read()
+        assert _answer_all(url.group(1), run / "preferences.sqlite", want=want) == want
+        assert proc.wait(timeout=150) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _rows(run: Path) -> list[dict]:
     with open(run / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -64,19 +82,7 @@ def test_labels_answered_while_training_reach_the_reward_model(tmp_path):
     run = tmp_path / "human"
     args = ["train", "--oracle", "human", "--wait-for-labels", "--steps", "4096", "--labels", "8",
             "--pretrain-labels", "4", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run), "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", *args], text=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    try:
-        line = proc.stdout.readline()
-        url = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-        assert url, line + proc.stderr.read()
-        assert _answer_all(url.group(1), run / "preferences.sqlite", want=8) == 8
-        assert proc.wait(timeout=150) == 0, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _train_and_label(args, run, want=8)
     rows = _rows(run)
     assert int(rows[-1]["labels"]) == 8
     assert rows[-1]["reward_val_accuracy"] != ""

@@ -270,9 +270,7 @@ def test_the_sac_baseline_logs_every_iteration_not_every_step(tmp_path):
 
 
 def test_a_person_labels_a_sac_run_first_round_included(tmp_path):
-    import re
-
-    from test_human_loop import _answer_all  # the scripted labeller of the human-oracle tests
+    from test_human_loop import _train_and_label  # the scripted labeller of the human-oracle tests
 
     run = tmp_path / "human"
     cfg = tmp_path / "c.toml"
@@ -281,18 +279,7 @@ def test_a_person_labels_a_sac_run_first_round_included(tmp_path):
             "--steps", "900", "--labels", "6", "--pretrain-labels", "0", "--schedule", "bpref", "--label-batch", "2",
             "--unsup-steps", "200", "--iteration-steps", "200", "--eval-episodes", "0", "--label-port", "0",
             "--config", str(cfg), "--run-dir", str(run), "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", *args], text=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        line = proc.stdout.readline()
-        url = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-        assert url, line + proc.stderr.read()
-        assert _answer_all(url.group(1), run / "preferences.sqlite", want=6) == 6
-        assert proc.wait(timeout=150) == 0, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _train_and_label(args, run, want=6)
     assert _count(run, "SELECT COUNT(*) FROM answers WHERE skipped = 0") == 6
     assert _count(run, "SELECT MIN(created_step) FROM queries") == 300  # after 100 random and 200 unsupervised steps
     assert len(list((run / "clips").glob("*.mp4"))) >= 12
