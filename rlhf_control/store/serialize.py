@@ -45,7 +45,7 @@ def encode_segment(seg: Segment) -> tuple[int, bytes, str | None]:
 
 
 def decode_segment(k: int, data: bytes, ref: str | None, *, episode_id: int, start_step: int,
-                   uid: int) -> Segment:
+                   uid: int, agent_step: int = -1) -> Segment:
     """The inverse of :func:`encode_segment` (``k``, ``data``, ``ref`` as it returned them)."""
     buf = io.BytesIO(zlib.decompress(data))
     arrays = []
@@ -54,4 +54,4 @@ def decode_segment(k: int, data: bytes, ref: str | None, *, episode_id: int, sta
     obs = StackedFrames(arrays[0], k) if k else arrays[0]
     return Segment(obs=obs, acts=arrays[1], true_rewards=arrays[2] if len(arrays) > 2 else None,
                    episode_id=episode_id, start_step=start_step,
-                   render_ref=None if ref is None else json.loads(ref), uid=uid)
+                   render_ref=None if ref is None else json.loads(ref), uid=uid, agent_step=agent_step)

@@ -67,8 +67,8 @@ def _decode_segment(row: tuple) -> Segment:
     seg_id, episode_id, start_step, k, encoding, data, ref, agent_step = row
     if encoding != ENCODING:
         raise StoreError(f"segment {seg_id} has unknown encoding {encoding!r}; allowed: {ENCODING!r}")
-    seg = decode_segment(k, data, ref, episode_id=episode_id, start_step=start_step, uid=seg_id)
-    return replace(seg, agent_step=int(agent_step))
+    return decode_segment(k, data, ref, episode_id=episode_id, start_step=start_step, uid=seg_id,
+                          agent_step=int(agent_step))
 
 
 class PreferenceStore:
