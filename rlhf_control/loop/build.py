@@ -120,10 +120,10 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
                 else _new_ensemble(cfg, task, venv, device))
     # Rewards are computed once per rollout, in one batch (relabel_rollouts), not once per step.
     # (SAC stores each step's reward in its replay buffer as it goes: one call per vector step.)
+    on_policy = r.algo not in OFF_POLICY
     scale = (ReturnScale(recorder.num_envs, float(r.agent_params.get("gamma", 0.99)))
-             if cfg.reward_return_norm and r.algo not in OFF_POLICY else None)
-    learned = LearnedReward(recorder, ensemble.reward, obs_fn=task.reward_obs_fn, deferred=r.algo not in OFF_POLICY,
-                            scale=scale)
+             if cfg.reward_return_norm and on_policy else None)
+    learned = LearnedReward(recorder, ensemble.reward, obs_fn=task.reward_obs_fn, deferred=on_policy, scale=scale)
     # The agent may see normalised observations (RL Zoo's `normalize`); the reward model never does.
     agent_env: VecEnv = VecNormalize(learned, norm_obs=True, norm_reward=False) if task.normalize else learned
     trainer_config = RewardTrainerConfig(lr=cfg.reward_lr, noise=cfg.reward_noise, adaptive_l2=cfg.reward_l2,
