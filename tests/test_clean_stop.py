@@ -30,8 +30,10 @@ def _start(args: list[str]) -> subprocess.Popen:
 def _steps(run: Path) -> list[int]:
     if not (run / "metrics.csv").exists():
         return []
-    with open(run / "metrics.csv", newline="") as f:
-        return [int(r["step"]) for r in csv.DictReader(f)]
+    # One read, whole lines only: the run may be appending a row at this moment.
+    text = (run / "metrics.csv").read_text()
+    lines = text.splitlines()[: text.count("\n")]
+    return [int(r["step"]) for r in csv.DictReader(lines)]
 
 
 def _wait_rows(proc: subprocess.Popen, run: Path, n: int, timeout: float = 120) -> None:

@@ -76,14 +76,14 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, purge_step: int | None = None) -> None:
         self.path = Path(run_dir) / METRICS_FILE
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        if not new:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            # The header lands in one rename: a reader never sees an empty or header-less file.
+            with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+                csv.writer(f).writerow(COLUMNS)
+        else:
             _upgrade_header(self.path)
         self._file = open(self.path, "a", newline="")
         self._writer = csv.writer(self._file)
-        if new:
-            self._writer.writerow(COLUMNS)
-            self._file.flush()
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
