@@ -407,3 +407,16 @@ def test_the_pool_holds_the_newest_clips_not_the_whole_budget(tmp_path):
     finally:
         big.close()
         small.close()
+
+
+def test_a_run_writes_nothing_into_the_temporary_directory(tmp_path, monkeypatch):
+    # SB3 makes an empty SB3-<time> folder there on every learn() unless the agent has its own logger.
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    args = ["train", "--steps", "1024", "--labels", "8", "--pretrain-labels", "4", "--n-envs", "2",
+            "--iteration-steps", "256", "--sync-reward", "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    assert main(args) == 0
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("SB3-")] == []

@@ -12,6 +12,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from rlhf_control.tasks.spec import algo_class
@@ -39,14 +40,22 @@ def make_agent(
     params.pop("n_envs", None)
     policy = params.pop("policy", None) or policy or default_policy(env.observation_space)
     try:
-        return cls(policy, env, seed=seed, device=device, tensorboard_log=tensorboard_log, verbose=0, **params)
+        agent = cls(policy, env, seed=seed, device=device, tensorboard_log=tensorboard_log, verbose=0, **params)
     except TypeError as exc:
         raise ValueError(f"bad hyperparameter for {algo}: {exc}") from None
+    return agent if tensorboard_log else _quiet(agent)
 
 
 def load_agent(algo: str, path: str, env: VecEnv, device: str = "cpu") -> BaseAlgorithm:
     """Load a saved agent and attach ``env``."""
-    return algo_class(algo).load(path, env=env, device=device)
+    return _quiet(algo_class(algo).load(path, env=env, device=device))
+
+
+def _quiet(agent: BaseAlgorithm) -> BaseAlgorithm:
+    """A logger that records values but writes nowhere: without one, every ``learn`` call makes SB3
+    create an empty ``SB3-<time>`` folder in the temporary directory."""
+    agent.set_logger(Logger(folder=None, output_formats=[]))
+    return agent
 
 
 def save_obs_normalization(venv: VecNormalize, path: Path) -> None:
