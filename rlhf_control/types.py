@@ -20,19 +20,27 @@ VALID_LABELS = (-1, 0, 1)
 class FrameRef:
     """Frames ``(n, H, W)`` stored at ``offset`` of a file, read when used (``np.asarray``): how the
     label window's Atari frames are held once, on disk, by both the main process and the reward
-    worker (:mod:`rlhf_control.reward.frame_file`). Pickles as the reference, not the frames."""
+    worker (:mod:`rlhf_control.reward.frame_file`), and how the segment pool holds its clips
+    (:mod:`rlhf_control.recording.frame_ring`). Pickles as the reference, not the frames.
 
-    __slots__ = ("path", "offset", "shape", "dtype")
+    ``tag``: when given, the 8 bytes before ``offset`` hold it (int64) and :meth:`read` checks them:
+    a slot of the pool's ring file that a newer clip took over is refused, not read as this clip.
+    """
 
-    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: Any = np.uint8) -> None:
+    __slots__ = ("path", "offset", "shape", "dtype", "tag")
+
+    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: Any = np.uint8,
+                 tag: int | None = None) -> None:
         self.path, self.offset = str(path), int(offset)
         self.shape, self.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        self.tag = None if tag is None else int(tag)
 
-    def __getstate__(self) -> tuple[str, int, tuple[int, ...], str]:
-        return self.path, self.offset, self.shape, self.dtype.str
+    def __getstate__(self) -> tuple[str, int, tuple[int, ...], str, int | None]:
+        return self.path, self.offset, self.shape, self.dtype.str, self.tag
 
-    def __setstate__(self, state: tuple[str, int, tuple[int, ...], str]) -> None:
+    def __setstate__(self, state: tuple) -> None:
         self.path, self.offset, self.shape, self.dtype = state[0], state[1], tuple(state[2]), np.dtype(state[3])
+        self.tag = state[4] if len(state) > 4 else None
 
     @property
     def ndim(self) -> int:
@@ -47,11 +55,15 @@ class FrameRef:
 
     def read(self) -> np.ndarray:
         """The frames, read from the file now (a fresh array; nothing stays mapped)."""
+        head = 0 if self.tag is None else 8
         with open(self.path, "rb", buffering=0) as f:
-            data = os.pread(f.fileno(), self.nbytes, self.offset)
-        if len(data) != self.nbytes:
+            data = os.pread(f.fileno(), self.nbytes + head, self.offset - head)
+        if len(data) != self.nbytes + head:
             raise ValueError(f"frame file {self.path!r} ends before the {self.nbytes} bytes at offset {self.offset}")
-        return np.frombuffer(data, dtype=self.dtype).reshape(self.shape)
+        if head and int.from_bytes(data[:8], "little", signed=True) != self.tag:
+            raise ValueError(f"frame file {self.path!r}: the slot at offset {self.offset} no longer holds clip "
+                             f"{self.tag} (a newer clip took it over)")
+        return np.frombuffer(data, dtype=self.dtype, offset=head).reshape(self.shape)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         arr = self.read()

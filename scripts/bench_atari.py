@@ -163,7 +163,8 @@ def child_window(args: argparse.Namespace) -> dict[str, Any]:
                     label_window=args.window_labels, eval_episodes=0)
     parts = build_run(cfg, args.run_dir)
     if args.frames_in_memory:
-        parts.dataset.frame_file = None  # the way before: the window's frames in both processes
+        parts.dataset.frame_file = None  # the way before: the window's frames in both processes,
+        parts.pool.frames = None  # and the pool's in the main process
     rng = np.random.default_rng(args.seed)
     uid = [0]
 
@@ -196,22 +197,27 @@ def child_window(args: argparse.Namespace) -> dict[str, Any]:
     hwm = {k: _proc_mb(p, "VmHWM") for k, p in pids.items()}
     done.set()
     t.join()
-    ff = parts.dataset.frame_file
+    ff, ring = parts.dataset.frame_file, parts.pool.frames
+    in_ram = [s for s in parts.pool.segments() if isinstance(s.obs.frames, np.ndarray)]
     res = {"run": "window", "labels": len(parts.dataset), "pool_clips": len(parts.pool),
            "pool_mb": sum(s.obs.nbytes for s in parts.pool.segments()) / 2**20,
+           "pool_ram_mb": sum(s.obs.nbytes for s in in_ram) / 2**20,
+           "pool_file_mb": ring.path.stat().st_size / 2**20 if ring is not None and ring.path.exists() else 0.0,
            "pool_capacity": parts.pool.capacity, "frames_in_memory": args.frames_in_memory,
            "frame_file_mb": (ff.size / 2**20) if ff is not None else 0.0, "job_s": seconds,
            "main_peak_mb": hwm["main"], "worker_peak_mb": hwm["worker"], "sampled_sum_peak_mb": peak["sum"],
            "train_loss": updater.last_report.mean_train_loss}
     updater.close()
     parts.agent_env.close()
+    parts.pool.close()
     parts.store.close()
     return res
 
 
 def report_window(w: dict[str, Any]) -> None:
-    how = "in both processes' memory (as before)" if w["frames_in_memory"] else \
-        f"in the run's frame file ({w['frame_file_mb']:.0f} MiB, read a batch at a time)"
+    how = "in both processes' memory, the pool's in main's (as before)" if w["frames_in_memory"] else \
+        (f"in the run's frame file ({w['frame_file_mb']:.0f} MiB, read a batch at a time), the pool's in its "
+         f"ring file ({w.get('pool_file_mb', 0):.0f} MiB)")
     print(f"\n=== {TASK}: memory at the label window, {w['labels']} labels ({2 * w['labels']} clips of 25 steps), "
           f"frames {how}")
     print(f"one retraining (1 epoch over the window) in the worker: {w['job_s']:.0f} s; train loss {w['train_loss']:.3f}")
@@ -219,8 +225,12 @@ def report_window(w: dict[str, Any]) -> None:
           f"{w['main_peak_mb'] + w['worker_peak_mb']:.0f} MiB (largest sampled sum at one moment "
           f"{w['sampled_sum_peak_mb']:.0f} MiB); the issue's target: 1,536 MiB "
           f"({'met' if w['main_peak_mb'] + w['worker_peak_mb'] <= 1536 else 'not met'})")
-    print(f"main holds a pool of {w['pool_clips']} clips ({w['pool_mb']:.0f} MiB); a run's pool can grow to "
-          f"{w['pool_capacity']} clips ({w['pool_mb'] / max(w['pool_clips'], 1) * w['pool_capacity'] / 1024:.1f} GiB)")
+    print(f"main's pool: {w['pool_clips']} clips ({w['pool_mb']:.0f} MiB of frames, {w.get('pool_ram_mb', w['pool_mb']):.0f} "
+          f"MiB of them in its memory); a run's pool can grow to {w['pool_capacity']} clips "
+          f"({w['pool_mb'] / max(w['pool_clips'], 1) * w['pool_capacity'] / 1024:.1f} GiB)")
+    if not w["frames_in_memory"]:
+        print(f"the files' pages ({w['frame_file_mb'] + w.get('pool_file_mb', 0):.0f} MiB) are in the kernel's page "
+              "cache, once, counted in neither process's RSS (read with pread, never mapped)")
 
 
 # ----------------------------------------------------------------------------- parent
@@ -329,7 +339,8 @@ def main() -> None:
                    help="instead: peak memory of main + worker at the label window (--window-labels)")
     p.add_argument("--window-labels", type=int, default=3000, help="labels in the window (paper: 3,000)")
     p.add_argument("--pool-clips", type=int, default=2000, help="clips in main's pool for --window (its floor)")
-    p.add_argument("--frames-in-memory", action="store_true", help="--window without the frame file (as before)")
+    p.add_argument("--frames-in-memory", action="store_true",
+                   help="--window with the frames in memory, not in the frame and pool files (as before)")
     p.add_argument("--child", choices=("a2c", "rlhf", "window"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()

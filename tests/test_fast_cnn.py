@@ -103,14 +103,18 @@ class _BitDrop(torch.nn.Module):
         return x * bit_dropout_mask(x)
 
 
-@pytest.mark.parametrize("chunk", [fast_cnn.PIXEL_CHUNK, 16])
+@pytest.mark.parametrize(("chunk", "norm_bytes"), [(fast_cnn.PIXEL_CHUNK, fast_cnn.NORM_CHUNK_BYTES), (16, 1),
+                                                    (16, 9 * 16 * 26 * 26 * 4)])
 def test_the_default_path_fusing_leaky_relu_and_dropout_matches_the_plain_network_with_the_same_bits(
-        chunk, monkeypatch):
-    # The default training path keeps uint8 pixels and (output, random bytes) for backward. The plain
-    # network gets the same random bytes: its nn.Dropout layers become x * bit_dropout_mask(x), and
-    # both draw them in the same order from the same seed (the head's nn.Dropout draws last on both).
-    # With chunk 16 the first conv's weight gradient takes the 40 stacks in three pieces.
+        chunk, norm_bytes, monkeypatch):
+    # The default training path fuses batch norm, leaky ReLU and dropout and keeps uint8 pixels, batch
+    # norm's input and the random bytes for backward. The plain network gets the same random bytes:
+    # its nn.Dropout layers become x * bit_dropout_mask(x), and both draw them in the same order from
+    # the same seed (the head's nn.Dropout draws last on both). With chunk 16 the first conv's
+    # forward and weight gradient take the 40 stacks in three pieces; with a small norm_bytes the
+    # fused batch norm's passes take them 8 samples at a time (its least), or in pieces of 8 and 16.
     monkeypatch.setattr(fast_cnn, "PIXEL_CHUNK", chunk)
+    monkeypatch.setattr(fast_cnn, "NORM_CHUNK_BYTES", norm_bytes)
     torch.manual_seed(2)
     plain = CNNReward(act_dim=0, dropout=0.5, batch_norm=True).train()
     fast = copy.deepcopy(plain)
@@ -126,10 +130,23 @@ def test_the_default_path_fusing_leaky_relu_and_dropout_matches_the_plain_networ
     loss_fast.mean().backward()
     loss_plain.mean().backward()
     g_fast, g_plain = grads(fast), grads(plain)
+    assert g_fast.keys() == g_plain.keys() and len(g_fast) == 20
     for name in g_fast:
         weight = float(g_plain[name.replace("bias", "weight")].abs().max())
         close(g_fast[name], g_plain[name], scale=max(weight, float(g_plain[name].abs().max())))
     assert float(g_fast["conv.0.weight"].abs().max()) > 0
+    # Batch norm's running mean and variance are updated once, as nn.BatchNorm2d does, and its counter.
+    buffers = dict(plain.named_buffers())
+    for name, value in fast.named_buffers():
+        assert torch.equal(value, buffers[name]) if name.endswith("num_batches_tracked") else True
+        close(value.float(), buffers[name].float())
+    assert int(buffers["conv.1.num_batches_tracked"]) == 1
+    # And a gradient step moves the weights to the same place (plain SGD: Adam's first step is
+    # lr * sign(gradient), which turns the rounding noise of gradients that are 0 into full steps).
+    for net in (fast, plain):
+        torch.optim.SGD(net.parameters(), lr=0.5).step()
+    for (_name, a), (_, b) in zip(fast.named_parameters(), plain.named_parameters(), strict=True):
+        close(a, b, scale=float(b.detach().abs().max()))
 
 
 def test_the_default_path_keeps_less_for_backward():

@@ -145,6 +145,10 @@ def test_an_atari_run_keeps_its_window_frames_in_the_file_and_resume_refuses_a_d
     window = {s.uid for lb in trainer.dataset.labels for s in (lb.pair.first, lb.pair.second)}
     assert all(isinstance(s.obs.frames, FrameRef) for lb in trainer.dataset.labels for s in (lb.pair.first, lb.pair.second))
     assert frames.stat().st_size == len(window) * 28 * 84 * 84  # each labelled clip once
+    # The pool's clips are held by reference into its ring file, each checked by its uid when read.
+    pool = trainer.pool.segments()
+    assert pool and all(isinstance(s.obs.frames, FrameRef) and s.obs.frames.tag == s.uid for s in pool)
+    assert np.asarray(pool[-1].obs.frames).shape == (28, 84, 84)
     # The reference clips that set the reward's mean are labelled ones: by reference, nothing written again.
     reference = trainer.updater.reference_clips()
     assert reference and all(isinstance(s.obs.frames, FrameRef) for s in reference)

@@ -34,6 +34,7 @@ from rlhf_control.loop.checkpoint import (
 from rlhf_control.oracles import OracleContext, check_spec
 from rlhf_control.queries.schedule import LabelSchedule, ShiftedSchedule, make_schedule
 from rlhf_control.queries.selection import QuerySelector, make_selector
+from rlhf_control.recording.frame_ring import FrameRing
 from rlhf_control.recording.pool import SegmentPool
 from rlhf_control.recording.recorder import TrajectoryRecorder
 from rlhf_control.reward.dataset import PreferenceDataset
@@ -42,7 +43,7 @@ from rlhf_control.reward.fitting import FITTERS, RewardFitter, make_fitter
 from rlhf_control.reward.frame_file import FrameFile
 from rlhf_control.reward.training import RewardTrainerConfig
 from rlhf_control.reward.updater import RewardUpdater
-from rlhf_control.rundir import CLIPS_DIR, CONFIG_FILE, FRAMES_FILE, STORE_FILE
+from rlhf_control.rundir import CLIPS_DIR, CONFIG_FILE, FRAMES_FILE, POOL_FRAMES_FILE, STORE_FILE
 from rlhf_control.store.store import PreferenceStore
 from rlhf_control.tasks.spec import OFF_POLICY, TaskSpec
 from rlhf_control.types import Segment
@@ -102,7 +103,11 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
 
     # Queries come from the newest clips (query_min_clips), the scale from the newest NORM_CLIPS and the
     # pretraining round from 2 x its labels: the pool holds that, not the whole run (Atari clips are big).
-    pool = SegmentPool(capacity=max(POOL_CLIPS, 2 * r.pretrain_labels, cfg.query_min_clips, NORM_CLIPS), rng=rng)
+    capacity = max(POOL_CLIPS, 2 * r.pretrain_labels, cfg.query_min_clips, NORM_CLIPS)
+    # Image frames in a ring file of the run directory, not in memory (2,000 Atari clips: 377 MB); the
+    # extra slots keep an evicted clip readable while the reward worker may still use it.
+    ring = FrameRing(run_dir / POOL_FRAMES_FILE, capacity + capacity // 2) if task.frame_stack else None
+    pool = SegmentPool(capacity=capacity, rng=rng, frames=ring)
     venv = task.make_vec_env(r.n_envs, seed=cfg.seed)
     if r.algo in OFF_POLICY and not isinstance(venv.action_space, spaces.Box):
         venv.close()

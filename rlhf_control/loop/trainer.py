@@ -108,9 +108,11 @@ class RLHFTrainer:
         pairs = (selector or self.selector).select(segments, n, self.ensemble, self.rng)
         self.query_mark = self.pool.next_uid
         queries = []
+        frames = self.dataset.frame_file
         for pair in pairs:
             q = self.store.add_query(pair, step)
-            self._pairs[q.query_id] = q.pair
+            # Image frames go to the window's frame file now: the pool's ring reuses its slots.
+            self._pairs[q.query_id] = q.pair if frames is None else frames.put_pair(q.pair)
             queries.append(q)
         self.oracle.submit(queries)
         return len(queries)
@@ -384,6 +386,7 @@ class RLHFTrainer:
         self.updater.close()
         self.metrics.close()
         self.agent_env.close()
+        self.pool.close()
         if self.parts.label_server is not None:
             # An open page polls every 2 s: let it see that the run is over before the server goes.
             self.parts.label_server.stop(grace_s=0.0 if self._stopping else 2.5)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from rlhf_control.recording.frame_ring import FrameRing
 from rlhf_control.types import Segment
 
 
@@ -17,15 +18,21 @@ class SegmentPool:
 
     ``uid`` values increase by one per added segment and continue across checkpoints through
     :meth:`state_dict` / :meth:`load_state_dict` (the segments themselves are not checkpointed).
+    With ``frames`` (a :class:`FrameRing` of more slots than ``capacity``), image frames are written
+    there as segments arrive and the pool holds references to them, not the frames.
     """
 
-    def __init__(self, capacity: int, rng: np.random.Generator) -> None:
+    def __init__(self, capacity: int, rng: np.random.Generator, frames: FrameRing | None = None) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
             raise ValueError(f"pool capacity={capacity!r} is not allowed; use an integer >= 1")
         self._capacity = int(capacity)
         self._rng = rng
         self._segments: deque[Segment] = deque(maxlen=self._capacity)
         self._next_uid = 0
+        if frames is not None and frames.slots <= self._capacity:
+            raise ValueError(f"a frame ring of {frames.slots} slots cannot back a pool of {self._capacity} clips; "
+                             "give it more slots than the pool's capacity")
+        self.frames = frames
 
     @property
     def capacity(self) -> int:
@@ -38,7 +45,9 @@ class SegmentPool:
 
     def add(self, segment: Segment) -> Segment:
         """Store ``segment`` under a fresh uid (any uid it had is replaced); returns the stored copy."""
-        stored = replace(segment, uid=self._next_uid)
+        uid = self._next_uid
+        obs = segment.obs if self.frames is None else self.frames.store(segment.obs, uid)
+        stored = replace(segment, uid=uid, obs=obs)
         self._next_uid += 1
         self._segments.append(stored)
         return stored
@@ -77,6 +86,11 @@ class SegmentPool:
     def clear(self) -> None:
         """Drop all segments; uids keep increasing."""
         self._segments.clear()
+
+    def close(self) -> None:
+        """Close the frame ring's file (the references of stored segments cannot be read after)."""
+        if self.frames is not None:
+            self.frames.close()
 
     def state_dict(self) -> dict[str, int]:
         return {"next_uid": self._next_uid}

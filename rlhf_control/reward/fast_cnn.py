@@ -90,12 +90,100 @@ def _mask_from_bytes(random_bytes: torch.Tensor, like: torch.Tensor) -> torch.Te
     return _memory_order_view(flat.to(like.dtype), like)
 
 
-PIXEL_CHUNK = 800  # frame stacks made float at a time for the first conv's weight gradient (90 MB)
+NORM_CHUNK_BYTES = 4 * 2**20  # float values per piece of the fused batch norm's passes (4 MB)
+
+
+class _Pieces:
+    """Sample ranges of ``x (N, C, H, W)`` of about ``NORM_CHUNK_BYTES``, each starting at a multiple of
+    8 samples (so a piece's dropout bits start on a whole random byte: the batch is outermost in
+    memory), and ``n_bufs`` scratch buffers of one piece, reused by every piece: a new buffer per
+    piece costs its page faults again each time."""
+
+    def __init__(self, x: torch.Tensor, n_bufs: int) -> None:
+        self.per = x[0].numel()
+        step = max(8, NORM_CHUNK_BYTES // max(1, self.per * x.element_size()) // 8 * 8)
+        self.ranges = [(a, min(a + step, len(x))) for a in range(0, len(x), step)]
+        like = x[: min(step, len(x))]
+        self.bufs = [torch.empty_like(like) for _ in range(n_bufs)]
+        n_bytes = (len(like) * self.per + 7) // 8
+        self._idx = torch.empty(n_bytes, dtype=torch.int32, device=x.device)
+        self._bits = torch.empty((n_bytes, 8), dtype=x.dtype, device=x.device)
+        self._table = _bit_table(x.device).to(x.dtype)
+
+    def mask(self, random_bytes: torch.Tensor, x: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        """The dropout mask (0 or 2) of samples ``a:b`` of ``x``, laid out like them (in a scratch buffer)."""
+        n = (b - a) * self.per
+        nb = (n + 7) // 8
+        idx = self._idx[:nb]
+        idx.copy_(random_bytes[a * self.per // 8 : a * self.per // 8 + nb])
+        bits = self._bits[:nb]
+        torch.index_select(self._table, 0, idx, out=bits)
+        return _memory_order_view(bits.view(-1)[:n], x[a:b])
+
+
+class _NormLeakyBitDropout(torch.autograd.Function):
+    """Batch norm (training: batch statistics, running statistics updated once) -> leaky ReLU -> the
+    p=0.5 bit dropout, keeping for backward only batch norm's input, its batch mean and 1/std and the
+    random bytes. Its output is kept by the next convolution, and is not needed here: backward
+    recomputes the normalised values piece by piece (``NORM_CHUNK_BYTES``) and writes the input's
+    gradient into one buffer, so a step holds the input, the incoming gradient and the outgoing one
+    (3 x 138 MB on a 64-pair batch's first layer) where batch norm's and the leaky ReLU's own
+    backward passes also held the output and a second gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,  # noqa: ANN001
+                bn: nn.BatchNorm2d, slope: float) -> torch.Tensor:
+        factor = bn.momentum
+        if bn.num_batches_tracked is not None:  # what nn.BatchNorm2d.forward does in training
+            bn.num_batches_tracked.add_(1)
+            if factor is None:
+                factor = 1.0 / float(bn.num_batches_tracked)
+        out, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, bias, bn.running_mean, bn.running_var,
+                                                             True, factor or 0.0, bn.eps)
+        random_bytes = torch.empty((out.numel() + 7) // 8, dtype=torch.uint8, device=out.device).random_()
+        pieces = _Pieces(out, 0)
+        for a, b in pieces.ranges:
+            F.leaky_relu_(out[a:b], slope).mul_(pieces.mask(random_bytes, out, a, b))
+        ctx.slope = slope
+        ctx.save_for_backward(x, weight, bias, mean, invstd, random_bytes)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:  # noqa: ANN001
+        x, weight, bias, mean, invstd, random_bytes = ctx.saved_tensors
+        c = (1, -1, 1, 1)
+        scale = (weight * invstd).view(c)
+        shift = (bias - mean * weight * invstd).view(c)
+        mean4 = mean.view(c)
+        gx = torch.empty_like(x)
+        sum_dy = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        sum_dy_xc = torch.zeros_like(sum_dy)
+        pieces = _Pieces(x, 1)
+        for a, b in pieces.ranges:  # dy, the gradient at batch norm's output, into gx; its two sums
+            xa, ya, g = x[a:b], pieces.bufs[0][: b - a], gx[a:b]
+            dy = pieces.mask(random_bytes, x, a, b).mul_(grad[a:b])
+            torch.addcmul(shift, xa, scale, out=ya)  # batch norm's output again
+            torch.ops.aten.leaky_relu_backward.grad_input(dy, ya, ctx.slope, False, grad_input=g)
+            sum_dy += g.sum(dim=(0, 2, 3))
+            sum_dy_xc += torch.sub(xa, mean4, out=ya).mul_(g).sum(dim=(0, 2, 3))
+        m = x.numel() // x.shape[1]
+        istd = invstd.double()
+        mean_dy = (sum_dy / m).to(x.dtype).view(c)
+        k = (sum_dy_xc / m * istd * istd).to(x.dtype).view(c)
+        for a, b in pieces.ranges:  # dx = w / std * (dy - mean(dy) - (x - mean) * mean(dy * xhat) / std)
+            ya = pieces.bufs[0][: b - a]
+            torch.sub(x[a:b], mean4, out=ya).mul_(k).add_(mean_dy)
+            gx[a:b].sub_(ya).mul_(scale)
+        grad_w = (sum_dy_xc * istd).to(weight.dtype)
+        return gx, grad_w, sum_dy.to(bias.dtype), None, None
+
+
+PIXEL_CHUNK = 800  # frame stacks made float at a time for the first conv (90 MB)
 
 
 class _PixelConv(torch.autograd.Function):
-    """The first convolution on uint8 pixels ``(N, H, W, C)``: converts them to float for the forward,
-    and again, ``PIXEL_CHUNK`` stacks at a time, for the weights' gradient, keeping the uint8 batch
+    """The first convolution on uint8 pixels ``(N, H, W, C)``: converts them to float ``PIXEL_CHUNK``
+    stacks at a time for the forward, and again for the weights' gradient, keeping the uint8 batch
     (90 MB per 64-pair batch) for backward rather than its float copy (361 MB). No gradient flows to
     the pixels."""
 
@@ -104,8 +192,19 @@ class _PixelConv(torch.autograd.Function):
                 conv: nn.Conv2d) -> torch.Tensor:
         ctx.conv, ctx.has_bias = conv, bias is not None
         ctx.save_for_backward(obs, weight)
-        # Whole in the forward: nothing else of the step is in memory yet, and pieces would cost a copy.
-        return F.conv2d(pixels_to_float(obs), weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        # In pieces: the float copy of the whole batch (361 MB per 64-pair batch) was the step's peak.
+        out = None
+        for a in range(0, len(obs), PIXEL_CHUNK):
+            y = F.conv2d(pixels_to_float(obs[a : a + PIXEL_CHUNK]), weight, bias, conv.stride, conv.padding,
+                         conv.dilation, conv.groups)
+            if out is None:
+                if len(y) == len(obs):
+                    return y
+                last = y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+                out = torch.empty((len(obs), *y.shape[1:]), dtype=y.dtype, device=y.device,
+                                  memory_format=torch.channels_last if last else torch.contiguous_format)
+            out[a : a + len(y)] = y
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple:  # noqa: ANN001
@@ -150,6 +249,9 @@ def _features(net: CNNReward, x: torch.Tensor, dropout: Dropout | None) -> torch
                 x = _PixelConv.apply(x, w, layer.bias, layer)
             else:
                 x = F.conv2d(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        elif dropout is None and _fusable_norm(layer, nxt, layers[i + 2] if i + 2 < len(layers) else None):
+            x = _NormLeakyBitDropout.apply(x, layer.weight, layer.bias, layer, nxt.negative_slope)
+            i += 2  # the leaky ReLU and the dropout are done
         elif (dropout is None and isinstance(layer, nn.LeakyReLU) and isinstance(nxt, nn.Dropout) and nxt.p == 0.5
               and nxt.training and torch.is_grad_enabled()):
             x = _LeakyBitDropout.apply(x, layer.negative_slope)
@@ -160,6 +262,13 @@ def _features(net: CNNReward, x: torch.Tensor, dropout: Dropout | None) -> torch
             x = layer(x)
         i += 1
     return x.flatten(1)
+
+
+def _fusable_norm(bn: nn.Module, leaky: nn.Module | None, drop: nn.Module | None) -> bool:
+    """Whether ``bn, leaky, drop`` is batch norm in training -> leaky ReLU -> p=0.5 dropout with grad on."""
+    return (isinstance(bn, nn.BatchNorm2d) and bn.training and bn.affine and bn.track_running_stats
+            and isinstance(leaky, nn.LeakyReLU) and isinstance(drop, nn.Dropout) and drop.p == 0.5
+            and drop.training and torch.is_grad_enabled())
 
 
 def _head(net: CNNReward, feats: torch.Tensor, acts: torch.Tensor | None) -> torch.Tensor:

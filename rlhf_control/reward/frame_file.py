@@ -99,13 +99,16 @@ class FrameFile:
     def put(self, seg: Segment) -> Segment:
         """``seg`` with its frames in the file (written now unless its uid's are there already)."""
         obs = seg.obs
-        if not isinstance(obs, StackedFrames) or isinstance(obs.frames, FrameRef) or obs.frames.dtype != np.uint8:
+        if not isinstance(obs, StackedFrames) or obs.frames.dtype != np.uint8:
             return seg
         frames = obs.frames
+        if isinstance(frames, FrameRef) and frames.path == str(self.path):
+            return seg
         ref = self._refs.get(seg.uid) if seg.uid >= 0 else None
         if ref is None or ref.shape != frames.shape:
             data, index = self._open()
-            raw = np.ascontiguousarray(frames).tobytes()
+            # A pool clip in the ring file (recording/frame_ring.py) is copied here, where it lasts.
+            raw = np.ascontiguousarray(frames.read() if isinstance(frames, FrameRef) else frames).tobytes()
             data.write(raw)
             data.flush()  # in the kernel before any reader is handed the reference
             n, h, w = frames.shape
@@ -117,12 +120,15 @@ class FrameFile:
                 self._refs[seg.uid] = ref
         return dataclasses.replace(seg, obs=StackedFrames(ref, obs.k))
 
+    def put_pair(self, pair: SegmentPair) -> SegmentPair:
+        """``pair`` with both clips' frames in the file (e.g. a query's, before its answer arrives)."""
+        first, second = self.put(pair.first), self.put(pair.second)
+        return pair if first is pair.first and second is pair.second else SegmentPair(first, second)
+
     def put_label(self, label: Label) -> Label:
         """``label`` with both clips' frames in the file."""
-        first, second = self.put(label.pair.first), self.put(label.pair.second)
-        if first is label.pair.first and second is label.pair.second:
-            return label
-        return Label(SegmentPair(first, second), label.value)
+        pair = self.put_pair(label.pair)
+        return label if pair is label.pair else Label(pair, label.value)
 
     @property
     def size(self) -> int:
