@@ -125,6 +125,21 @@ def test_mujoco_falls_cost_the_penalty_in_the_true_reward_and_the_oracle_s():
     assert fell
 
 
+def test_a_fallen_inverted_pendulum_costs_10_and_restarts_within_the_episode():
+    env = load_task("InvertedPendulum-v5").make_env(seed=0)
+    env.reset(seed=0)
+    falls = 0
+    for t in range(1, 301):
+        obs, reward, terminated, truncated, info = env.step(np.array([3.0 if (t // 5) % 2 else -3.0]))
+        assert not terminated and not truncated
+        if reward < 0:
+            falls += 1
+            assert reward == -10.0 and info["inner_reset"]
+            assert abs(obs[1]) < 0.05  # the pole stands again (start states are within +-0.01 rad)
+        else:
+            assert reward == 1.0 and abs(obs[1]) <= 0.2
+    assert falls >= 3  # the bang-bang pushes topple it again and again, each time from a fresh start
+
 def test_recorded_clips_and_monitor_carry_the_true_reward_and_the_gym_return_beside_it():
     """What the oracle reads (a clip's rewards), what Monitor sums (the baseline's and evaluation's return)
     and the env reward are one number; the Gymnasium return arrives with Monitor's episode."""
