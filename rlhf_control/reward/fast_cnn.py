@@ -16,6 +16,11 @@ same parameters (and updates the same batch-norm statistics) with these changes,
 - Less is kept for backward (1,071 MB per 64-pair batch before): the uint8 pixels instead of their
   float copy (converted again for the first layer's weight gradient), and each leaky ReLU + dropout
   pair keeps its output and its random bytes, not the leaky output and a float mask.
+- A training step's peak memory is lower (the reward worker's, at the paper's window: README, Atari
+  memory): the first convolution converts ``PIXEL_CHUNK`` stacks to float at a time in the forward
+  too, and in training each batch norm + leaky ReLU + p=0.5 dropout triple is one autograd step
+  (:class:`_NormLeakyBitDropout`) whose backward works in pieces and holds only batch norm's input,
+  the incoming gradient and the outgoing one of a layer at once.
 
 Layouts stay channels-last (the input ``(N, H, W, C)`` permuted), the fastest convolution path here.
 """
