@@ -34,6 +34,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ from rlhf_control.reward.fitting import make_fitter, retrain
 from rlhf_control.reward.training import RewardTrainerConfig
 from rlhf_control.rundir import atomic_path
 from rlhf_control.tasks.spec import algo_class
-from rlhf_control.types import Label, Query, Segment, segment_steps
+from rlhf_control.types import Label, Query, Segment, StackedFrames, segment_steps
 
 POLICY_STEPS = {"Pendulum-v1": 100_000, "HalfCheetah-v5": 150_000}
 POLICIES = ("random", "half", "trained")
@@ -83,6 +84,14 @@ class LabelPlan:
         """Labels per online round, summing to ``labels - pretrain`` (empty rounds dropped)."""
         edges = np.round(np.linspace(self.pretrain, self.labels, self.rounds + 1)).astype(int)
         return [int(k) for k in np.diff(edges) if k > 0]
+
+    def pair_epochs(self) -> int:
+        """Labelled pairs x epochs trained on (what the plan's time on a CPU is proportional to)."""
+        total, seen = self.pretrain * max(1, self.pretrain_epochs), self.pretrain
+        for k in self.round_sizes():
+            seen += k
+            total += min(seen, self.label_window) * self.reward_epochs
+        return total
 
 
 def learn_reward(ensemble: RewardEnsemble, trainer_config: RewardTrainerConfig, plan: LabelPlan,
@@ -142,6 +151,47 @@ def rank_scores(ensemble: RewardEnsemble, heldout: dict[str, Sequence[Segment]])
     return {k: float(spearmanr(preds[k], trues[k]).statistic) for k in ["all", *heldout]}
 
 
+def action_shape(task: Any) -> tuple[int | None, tuple[int, ...]]:
+    """``(n_actions, act_shape)`` of ``task``'s action space: ``(n, ())`` discrete, ``(None, shape)`` else."""
+    probe = task.make_env(0)
+    space = probe.action_space
+    probe.close()
+    n_actions = int(space.n) if hasattr(space, "n") else None
+    return n_actions, (() if n_actions is not None else tuple(space.shape))
+
+
+def build_reward(cfg: RunConfig, task: Any, obs_shape: tuple[int, ...], act_shape: tuple[int, ...],
+                 n_actions: int | None, device: str) -> tuple[RewardEnsemble, RewardTrainerConfig]:
+    """The ensemble and trainer settings a run of ``cfg`` on ``task`` builds (seeded by ``cfg.seed``)."""
+    econf = EnsembleConfig(n_members=cfg.reward_members, net=task.reward_net, target_std=task.reward_std,
+                           **dict(task.reward_net_kwargs))
+    ens = RewardEnsemble(econf, obs_shape, act_shape, n_actions=n_actions, device=device, seed=cfg.seed)
+    tconf = RewardTrainerConfig(lr=cfg.reward_lr, noise=cfg.reward_noise, adaptive_l2=cfg.reward_l2,
+                                **({} if cfg.reward_l2 else {"l2_init": 0.0}), seed=cfg.seed)
+    return ens, tconf
+
+
+def clip_scores(ensemble: Any, heldout: dict[str, list]) -> dict[str, Any]:
+    """Scores of ``ensemble`` (``member_segment_returns``) on held-out clips per policy: ``spearman``
+    (:func:`rank_scores`: over all clips, within each policy) plus ``spearman["nonzero"]`` over the
+    clips of all policies whose true return is not 0, ``nonzero`` (how many there are per policy),
+    ``pair_accuracy`` (share of pairs of held-out clips, over all policies, with different true
+    returns that the predicted returns order the same way). NaN where undefined (one value only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a constant group's Spearman is NaN, and says so
+        spear = rank_scores(ensemble, heldout)
+        segs = [s for p in heldout for s in heldout[p]]
+        pred = ensemble.member_segment_returns(segs, normalized=True).mean(axis=0)
+        true = np.array([s.true_return for s in segs])
+        nz = true != 0
+        spear["nonzero"] = float(spearmanr(pred[nz], true[nz]).statistic) if nz.sum() > 1 else float("nan")
+    dt, dp = np.subtract.outer(true, true), np.subtract.outer(pred, pred)
+    differ = np.triu(dt != 0, 1)
+    acc = float((np.sign(dt[differ]) == np.sign(dp[differ])).mean()) if differ.any() else float("nan")
+    return {"spearman": spear, "pair_accuracy": acc, "heldout": {p: len(v) for p, v in heldout.items()},
+            "nonzero": {p: int(sum(s.true_return != 0 for s in v)) for p, v in heldout.items()}}
+
+
 # ----------------------------------------------------------------------------- policies and clips
 def train_policies(r: Any, steps: int, seed: int, folder: Path) -> None:
     """Train the task's agent on the env reward; save it at half ``steps`` and at the end."""
@@ -194,16 +244,22 @@ def record_clips(r: Any, policy: str, folder: Path, n_clips: int, seed: int) -> 
 
 
 def save_clips(path: Path, segs: list[Segment]) -> None:
+    """Clips as npz; stacked image frames (Atari) as their single frames, each stored once."""
+    if isinstance(segs[0].obs, StackedFrames):
+        obs = {"frames": np.stack([np.asarray(s.obs.frames) for s in segs]), "k": np.array(segs[0].obs.k)}
+    else:
+        obs = {"obs": np.stack([s.obs_array() for s in segs])}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, obs=np.stack([s.obs_array() for s in segs]), acts=np.stack([s.acts for s in segs]),
-                 rewards=np.stack([s.true_rewards for s in segs]),
+        np.savez(f, **obs, acts=np.stack([s.acts for s in segs]), rewards=np.stack([s.true_rewards for s in segs]),
                  episode=np.array([s.episode_id for s in segs]), start=np.array([s.start_step for s in segs]))
 
 
 def load_clips(path: Path) -> list[Segment]:
     with np.load(path, allow_pickle=False) as d:
+        k = int(d["k"]) if "frames" in d else 0
+        obs = [StackedFrames(o, k) for o in d["frames"]] if k else d["obs"]
         return [Segment(o, a, true_rewards=w, episode_id=int(e), start_step=int(s), uid=i)
-                for i, (o, a, w, e, s) in enumerate(zip(d["obs"], d["acts"], d["rewards"], d["episode"],
+                for i, (o, a, w, e, s) in enumerate(zip(obs, d["acts"], d["rewards"], d["episode"],
                                                         d["start"], strict=True))]
 
 
@@ -249,11 +305,7 @@ def bench_task(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         ret = np.array([s.true_return for s in clips[p]])
         print(f"  {p:8s} clip return {ret.mean():9.2f} +- {ret.std():7.2f}; {len(split[p][0])} candidates, "
               f"{len(split[p][1])} held out")
-    probe = task.make_env(0)
-    space = probe.action_space
-    probe.close()
-    n_actions = int(space.n) if hasattr(space, "n") else None
-    act_shape = () if n_actions is not None else tuple(space.shape)
+    n_actions, act_shape = action_shape(task)
     obs_shape = clips["random"][0].obs_shape
     results = []
     for n_labels in args.labels:
@@ -262,12 +314,7 @@ def bench_task(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                          rn.label_window)
         for selector in args.selectors:
             for seed in args.seeds:
-                cfg = rn.cfg.replace(seed=seed)
-                econf = EnsembleConfig(n_members=cfg.reward_members, net=task.reward_net,
-                                       target_std=task.reward_std, **dict(task.reward_net_kwargs))
-                ens = RewardEnsemble(econf, obs_shape, act_shape, n_actions=n_actions, device="cpu", seed=seed)
-                tconf = RewardTrainerConfig(lr=cfg.reward_lr, noise=cfg.reward_noise, adaptive_l2=cfg.reward_l2,
-                                            **({} if cfg.reward_l2 else {"l2_init": 0.0}), seed=seed)
+                ens, tconf = build_reward(rn.cfg.replace(seed=seed), task, obs_shape, act_shape, n_actions, "cpu")
                 t1 = time.perf_counter()
                 ds = learn_reward(ens, tconf, plan, candidates, split["random"][0], selector, seed)
                 scores = rank_scores(ens, heldout)
