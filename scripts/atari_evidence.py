@@ -264,7 +264,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                 epilog="Stages: (a) policy, (b) quality, (c) curve; see the module docstring.")
     p.add_argument("--game", default="Pong", help=f"one of {', '.join(GAMES)} (default Pong)")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="which stages to run")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default runs/atari-evidence/<game>)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default runs/atari-evidence/<game>; -smoke for --smoke)")
     p.add_argument("--seed", type=int, default=0, help="seed of the runs and of the recorded clips")
     p.add_argument("--device", default="cpu", help="torch device of the reward model in (b): cpu, cuda")
     p.add_argument("--threads", type=positive, default=1, help="torch threads of this process in (b) (default 1)")
@@ -312,7 +312,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.pretrain_labels is not None and args.pretrain_labels < 0:
         p.error(f"--pretrain-labels {args.pretrain_labels} must be 0 or more")
     if args.out is None:
-        args.out = Path("runs/atari-evidence") / args.task.split("/")[1].split("-")[0]
+        args.out = Path("runs/atari-evidence" + ("-smoke" if args.smoke else "")) / args.task.split("/")[1].split("-")[0]
     return args
 
 

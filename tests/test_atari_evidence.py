@@ -71,6 +71,14 @@ def test_less_than_one_agent_step_and_too_many_pretraining_labels(tmp_path, caps
     assert not any(tmp_path.iterdir())  # nothing written by a refused or dry run
 
 
+def test_smoke_is_tiny_and_kept_apart_from_real_runs():
+    real, smoke = ae.parse([]), ae.parse(["--smoke"])
+    assert real.out == Path("runs/atari-evidence/Pong") and smoke.out == Path("runs/atari-evidence-smoke/Pong")
+    assert (real.frames, real.labels, real.rlhf_frames) == (4_000_000, [300, 1000, 3000], 1_000_000)
+    assert smoke.frames < 1000 and max(smoke.labels) < 20 and smoke.rlhf_frames < 10_000
+    assert ae.parse(["--smoke", "--frames", "800"]).frames == 800  # a flag wins over the smoke scale
+
+
 def test_frames_are_agent_steps_times_four():
     assert ae.agent_steps(4_000_000, PONG, "--frames") == 1_000_000
     with pytest.raises(UserError, match="--frames 0 must be a positive number of frames"):
