@@ -19,9 +19,9 @@ finished, and picks up what it left half done):
     perfect label says). Clips and results are cached under ``--out``.
 (c) ``curve``: an RLHF run from perfect synthetic labels for ``--rlhf-frames`` and A2C on the true
     reward for the same frames and seed, as two ``rlhf-control sweep`` specs written into one output
-    directory (two specs because an RLHF iteration is 2,048 agent steps and an A2C baseline's is one
-    80-step rollout, so each gets its own ``eval_every`` for about ``--evals`` evaluations of the
-    same steps); ``rlhf-control report`` draws the curves (RL dashed).
+    directory, both evaluated about ``--evals`` times at the same steps (a baseline evaluates every
+    ``eval_every`` RLHF iterations' worth of steps, whatever its own rollout length);
+    ``rlhf-control report`` draws the curves (RL dashed).
 
 The paper's scale (Christiano et al. 2017, PAPER.md): A2C with 16 workers for about 10M steps per
 game, labels 3.3k, 5.5k and 10k, a K80 GPU for the reward model; 500 pretraining labels and 200
@@ -99,16 +99,16 @@ def _eval_every(steps: int, iteration_steps: int, evals: int) -> int:
     return max(1, round(steps / max(evals, 1) / iteration_steps))
 
 
-def _rollout_steps(task: str) -> int:
-    r = resolve(RunConfig(task=task))
-    return int(r.agent_params.get("n_steps", 5)) * r.n_envs
+def _iteration_steps(task: str, steps: int) -> int:
+    """Agent steps per RLHF iteration, the unit of ``eval_every`` for RLHF runs and baselines alike."""
+    return resolve(RunConfig(task=task, steps=steps)).iteration_steps
 
 
 # ----------------------------------------------------------------------------- the sweep specs
 def policy_spec(task: str, frames: int, seed: int, evals: int, eval_episodes: int | None = None) -> SweepSpec:
     """(a): A2C on the true reward for ``frames``, baseline only, about ``evals`` evaluations."""
     steps = agent_steps(frames, task, "--frames")
-    run: dict[str, Any] = {"steps": steps, "eval_every": _eval_every(steps, _rollout_steps(task), evals)}
+    run: dict[str, Any] = {"steps": steps, "eval_every": _eval_every(steps, _iteration_steps(task, steps), evals)}
     if eval_episodes is not None:
         run["eval_episodes"] = eval_episodes
     return spec_from_dict({"sweep": {"tasks": [task], "seeds": [seed], "rlhf": False, "baseline": True},
@@ -118,7 +118,7 @@ def policy_spec(task: str, frames: int, seed: int, evals: int, eval_episodes: in
 def curve_specs(task: str, frames: int, seed: int, labels: int, pretrain: int, pretrain_epochs: int,
                 reward_epochs: int, evals: int, eval_episodes: int | None = None) -> dict[str, SweepSpec]:
     """(c): ``{"a2c": ..., "rlhf": ...}``, the same task, agent steps, seed and evaluation episodes;
-    ``eval_every`` of each counts its own iterations so both evaluate about every steps/``evals``."""
+    both evaluate about every steps/``evals`` steps, at the same steps."""
     steps = agent_steps(frames, task, "--rlhf-frames")
     for what, n in (("--rlhf-labels", labels), ("--rlhf-pretrain-epochs", pretrain_epochs),
                     ("--rlhf-reward-epochs", reward_epochs)):
@@ -127,10 +127,9 @@ def curve_specs(task: str, frames: int, seed: int, labels: int, pretrain: int, p
     if not 0 <= pretrain <= labels:
         raise UserError(f"--rlhf-pretrain {pretrain} must be between 0 and --rlhf-labels {labels}")
     common: dict[str, Any] = {"steps": steps} | ({} if eval_episodes is None else {"eval_episodes": eval_episodes})
+    common["eval_every"] = _eval_every(steps, _iteration_steps(task, steps), evals)
     rlhf_run = dict(common, pretrain_labels=pretrain, pretrain_epochs=pretrain_epochs, reward_epochs=reward_epochs)
-    it = resolve(RunConfig(task=task, steps=steps, labels=labels, pretrain_labels=pretrain)).iteration_steps
-    rlhf_run["eval_every"] = _eval_every(steps, it, evals)
-    a2c_run = dict(common, eval_every=_eval_every(steps, _rollout_steps(task), evals))
+    a2c_run = dict(common)
     sweep = {"tasks": [task], "seeds": [seed]}
     return {"a2c": spec_from_dict({"sweep": dict(sweep, rlhf=False), "run": a2c_run}, where="atari_evidence (c)"),
             "rlhf": spec_from_dict({"sweep": dict(sweep, baseline=False, labels=[labels], oracles=["perfect"],

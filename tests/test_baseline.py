@@ -77,6 +77,15 @@ def test_baseline_writes_a_run_directory_of_the_true_reward(tmp_path: Path) -> N
     assert info["random_gym_return"] == pytest.approx(info["random_return"])
 
 
+def test_baseline_evaluates_at_the_rlhf_run_s_steps_whatever_its_rollout_length(tmp_path: Path) -> None:
+    # The RLHF run of this config evaluates every 3 x 100 steps; the baseline's rollouts are 200 steps
+    # (A2C's on Atari are 80 against the loop's 2,048), so it evaluates on crossing 300 and 600.
+    cfg = CFG.replace(iteration_steps=100, eval_every=3, checkpoint_every=10)
+    BaselineTrainer(cfg, tmp_path / "b").run()
+    rows = read_metrics(tmp_path / "b" / "metrics.csv")
+    assert [(int(r["step"]), r["eval_true_return"] != "") for r in rows] == \
+        [(200, False), (400, True), (600, True), (800, False), (800, True)]
+
 def test_baseline_trains_on_the_paper_s_reward_and_logs_the_gymnasium_return_beside_it(tmp_path: Path) -> None:
     """Reacher: the true reward (what the agent is trained on) has no control cost, Gymnasium's has."""
     cfg = RunConfig(task="Reacher-v5", seed=0, steps=200, n_envs=1, checkpoint_every=1, eval_episodes=2,

@@ -10,8 +10,8 @@ normalisation, as the RL Zoo does (observation normalisation only where the task
 It writes the run directory layout of an RLHF run: ``config.toml`` (``[meta] baseline =
 "rl-true-reward"`` marks it), ``metrics.csv`` with the same columns (``true_return`` is the mean
 undiscounted true return of the last 100 finished training episodes, as ``LearnedReward`` reports
-it for RLHF runs, and ``gym_return`` the same episodes' standard Gymnasium return; every
-``eval_every`` rollouts and at the end, ``eval_true_return`` and ``eval_gym_return`` of
+it for RLHF runs, and ``gym_return`` the same episodes' standard Gymnasium return; every ``eval_every`` x
+``iteration_steps`` steps (where the RLHF run evaluates) and at the end, ``eval_true_return`` and ``eval_gym_return`` of
 ``eval_episodes`` deterministic episodes on their own env, ``agent.evaluation.evaluate_agent``, as an
 RLHF run evaluates; label and reward-model columns stay empty), ``checkpoints/`` (agent and
 ``VecNormalize`` statistics as npz, no pickle: ``obs_norm.npz`` as an RLHF run writes it, so
@@ -200,20 +200,27 @@ class BaselineTrainer:
                                     policy=self.task.policy)
         self.last_ckpt_step = int(self.agent.num_timesteps)
         self.last_iteration_step = self.last_ckpt_step
+        self.last_eval_step = self.last_ckpt_step
         self.ckpt_min_steps = max(1, self.r.steps // 50)  # cheap rollouts (A2C) must not checkpoint each time
         self.metrics = MetricsLogger(self.run_dir)
         self.t_start = time.time()
 
     def iteration(self, step: int) -> None:
-        """Log a metrics row after a rollout (evaluated every ``eval_every`` of them, but not the last,
-        which :meth:`run` evaluates); checkpoint every ``checkpoint_every`` of them. An off-policy agent's
+        """Log a metrics row after a rollout (evaluated on crossing each multiple of ``eval_every`` x
+        ``iteration_steps`` steps, as the RLHF run is, but not the last step, which :meth:`run` evaluates); checkpoint every ``checkpoint_every`` of them. An off-policy agent's
         "rollout" is ``train_freq`` steps: it logs every ``iteration_steps``, as the RLHF loop does."""
         if self.r.algo in OFF_POLICY and (step - self.last_iteration_step < self.r.iteration_steps
                                           or step >= self.r.steps):  # (run() logs the last step)
             return
         self.last_iteration_step = step
         self.iterations += 1
-        self._log(step, evaluate=self.iterations % self.r.eval_every == 0 and step < self.r.steps)
+        # Every eval_every RLHF iterations' worth of steps, whatever this agent's rollout length (A2C's
+        # are 80 steps on Atari, the RLHF loop's 2,048), so RL and RLHF are evaluated at the same steps.
+        interval = self.r.eval_every * self.r.iteration_steps
+        evaluate = step // interval > self.last_eval_step // interval and step < self.r.steps
+        if evaluate:
+            self.last_eval_step = step
+        self._log(step, evaluate=evaluate)
         if self.iterations % self.cfg.checkpoint_every == 0 and step - self.last_ckpt_step >= self.ckpt_min_steps:
             self.checkpoint(step)
 
