@@ -17,6 +17,7 @@ from rlhf_control.experiments.report import (
     load_runs,
     measure,
     normalised,
+    steps_label,
     summarize,
     write_report,
 )
@@ -157,3 +158,9 @@ def test_evaluation_and_gymnasium_returns_get_their_own_table(tmp_path: Path) ->
     assert {(r["task"], r["reward"], r["measure"]) for r in rows} == {
         ("Reacher-v5", "true", "eval_true_return"), ("Pendulum-v1", "true", "true_return"),
         ("Reacher-v5", "gym", "eval_gym_return")}
+
+
+def test_step_ticks_are_short():
+    # Six-digit step counts side by side ran together on a narrow panel ("1000001500002000").
+    assert [steps_label(x) for x in (0, 500, 50_000, 150_000, 1_000_000, 2_500_000)] == \
+        ["0", "500", "50k", "150k", "1M", "2.5M"]

@@ -233,6 +233,15 @@ def _mean_curve(group: list[RunData], column: str) -> tuple[np.ndarray, np.ndarr
     return grid, ys.mean(axis=0), ys.std(axis=0)
 
 
+def steps_label(x: float, _pos: Any = None) -> str:
+    """An axis tick in agent steps, short enough that neighbours never run together: 300k, 1.5M."""
+    if abs(x) >= 1e6:
+        return f"{x / 1e6:.3g}M"
+    if abs(x) >= 1e3:
+        return f"{x / 1e3:.3g}k"
+    return f"{x:.0f}"
+
+
 def plot(runs: list[RunData], out: Path) -> list[Path]:
     """Write ``returns.png`` and ``returns.svg`` into ``out``: the true return of each task, from the
     column :func:`measure` picks for it."""
@@ -240,6 +249,7 @@ def plot(runs: list[RunData], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     tasks = sorted({r.task for r in runs})
     groups = _groups(runs)
@@ -270,6 +280,7 @@ def plot(runs: list[RunData], out: Path) -> list[Path]:
             handles.setdefault(RANDOM_METHOD, ax.axhline(rnd, color="grey", linestyle=":", linewidth=1))
         ax.set_title(task)
         ax.set_xlabel("agent steps")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(steps_label))
         ax.set_ylabel("true return" + (" (evaluation)" if column == COLUMNS[TRUE][1] else ""))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tasks):]:
