@@ -10,14 +10,12 @@ on the true reward.
     rlhf-control report runs/bpref/teachers
 """
 
-from rlhf_control.experiments.presets import MUJOCO_TASKS, preset_main
+from rlhf_control.experiments.presets import BPREF_TEACHERS, MUJOCO_TASKS, preset_main
 from rlhf_control.experiments.sweep import spec_from_dict
-
-TEACHERS = ("perfect", "stochastic", "mistake", "skip", "equal", "myopic")
 
 
 def extra(p):
-    p.add_argument("--teachers", nargs="+", default=list(TEACHERS), help=f"oracle specs (default {' '.join(TEACHERS)})")
+    p.add_argument("--teachers", nargs="+", default=list(BPREF_TEACHERS), help=f"oracle specs (default {' '.join(BPREF_TEACHERS)})")
     p.add_argument("--labels", type=int, help="label budget (default: each task's own)")
 
 

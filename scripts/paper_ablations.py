@@ -20,24 +20,14 @@ main experiment); PAPER.md does not give the ablation figures' own.
 
 import sys
 
-from rlhf_control.experiments.presets import ATARI_TASKS, MUJOCO_TASKS, preset_main
+from rlhf_control.experiments.presets import ATARI_TASKS, MUJOCO_TASKS, flag_value, preset_main
 from rlhf_control.experiments.sweep import ABLATIONS, spec_from_dict
 
 SUITES = {"mujoco": (MUJOCO_TASKS, 700, 5), "atari": (ATARI_TASKS, 5500, 3)}
 
 
-def _suite(argv: list[str]) -> str:
-    # The suite sets the defaults of --tasks, --seeds and --labels, so it is read before the full parse.
-    for i, a in enumerate(argv):
-        if a.startswith("--suite="):
-            return a.split("=", 1)[1]
-        if a == "--suite" and i + 1 < len(argv):
-            return argv[i + 1]
-    return "mujoco"
-
-
 def main(argv: list[str]) -> int:
-    suite = _suite(argv)
+    suite = flag_value(argv, "--suite", "mujoco")  # sets the defaults of --tasks, --seeds and --labels
     tasks, labels, seeds = SUITES.get(suite, SUITES["mujoco"])
 
     def extra(p):

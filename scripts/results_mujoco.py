@@ -33,7 +33,14 @@ Starting a command again continues where it stopped: finished runs are skipped, 
 
 import sys
 
-from rlhf_control.experiments.presets import MUJOCO_LABELS, MUJOCO_TASKS, positive_int, preset_main
+from rlhf_control.experiments.presets import (
+    BPREF_TEACHERS,
+    MUJOCO_LABELS,
+    MUJOCO_TASKS,
+    flag_value,
+    positive_int,
+    preset_main,
+)
 from rlhf_control.experiments.sweep import ABLATIONS, spec_from_dict
 
 # Agent steps per task (2 envs x 1,024 steps per TRPO iteration), chosen from RL-on-the-true-reward
@@ -53,18 +60,7 @@ EVALUATIONS = 10  # deterministic evaluations along each run, besides the final 
 EVAL_EPISODES = {"Reacher-v5": 20}
 EXPERIMENTS = {"labels": MUJOCO_TASKS, "ablations": ("HalfCheetah-v5", "Hopper-v5"),
                "teachers": ("HalfCheetah-v5", "Hopper-v5")}
-TEACHERS = ("perfect", "stochastic", "mistake", "skip", "equal", "myopic")
 FIXED_LABELS = 700  # the budget of the ablations and teachers
-
-
-def _experiment(argv: list[str]) -> str:
-    # The experiment sets the default --tasks and --out, so it is read before the full parse.
-    for i, a in enumerate(argv):
-        if a.startswith("--experiment="):
-            return a.split("=", 1)[1]
-        if a == "--experiment" and i + 1 < len(argv):
-            return argv[i + 1]
-    return "labels"
 
 
 def overrides(tasks, scale: float, eval_episodes: int | None) -> dict:
@@ -78,7 +74,7 @@ def overrides(tasks, scale: float, eval_episodes: int | None) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    experiment = _experiment(argv)
+    experiment = flag_value(argv, "--experiment", "labels")  # sets the default --tasks
     tasks = EXPERIMENTS.get(experiment, MUJOCO_TASKS)
 
     def extra(p):
@@ -99,7 +95,7 @@ def main(argv: list[str]) -> int:
         if experiment == "ablations":
             sweep["ablations"] = list(ABLATIONS)
         elif experiment == "teachers":
-            sweep["oracles"] = list(TEACHERS)
+            sweep["oracles"] = list(BPREF_TEACHERS)
         return spec_from_dict({"sweep": sweep, "overrides": overrides(args.tasks, args.scale, args.eval_episodes)},
                               where="results_mujoco.py")
 

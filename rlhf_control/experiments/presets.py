@@ -23,12 +23,25 @@ ATARI_TASKS = ("ALE/BeamRider-v5", "ALE/Breakout-v5", "ALE/Enduro-v5", "ALE/Pong
                "ALE/Seaquest-v5", "ALE/SpaceInvaders-v5")
 MUJOCO_LABELS = (350, 700, 1400)
 ATARI_LABELS = (3300, 5500, 10000)
+# B-Pref's scripted teachers (Lee et al. 2021) at their default parameters, with the perfect oracle first.
+BPREF_TEACHERS = ("perfect", "stochastic", "mistake", "skip", "equal", "myopic")
 
 
 def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
     return int(text)
+
+
+def flag_value(argv: list[str], flag: str, default: str) -> str:
+    """The value of ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``), read before the full parse
+    because it sets other flags' defaults; ``default`` when absent (argparse checks it later)."""
+    for i, a in enumerate(argv):
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+    return default
 
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
