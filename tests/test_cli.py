@@ -224,3 +224,32 @@ def test_a_run_from_before_the_bagging_change_is_refused_on_resume_in_one_line(t
     res = _cli("train", "--resume", str(old), "--no-progress", cwd=tmp_path)
     assert res.returncode == 2 and "split_scheme" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before  # nothing touched
+
+
+def test_diag_learned_reward_rolls_out_the_evaluated_policy(tiny_run, tmp_path, capsys):
+    """The diagnostic's rollout is the policy `eval` measures (same checkpoint, observation statistics
+    and seed: one 200-step Pendulum episode has the same true return), and the reward it prints is the
+    run's ensemble's; a run of another task is refused in one line."""
+    import importlib.util
+
+    import numpy as np
+
+    from rlhf_control.loop.evaluate import evaluate_run
+    from rlhf_control.reward.ensemble import RewardEnsemble
+
+    spec = importlib.util.spec_from_file_location("diag", Path(__file__).parents[1] / "scripts" / "diag_learned_reward.py")
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    obs, acts, rews = diag.rollout(tiny_run, diag.run_task(tiny_run), 200, seed=5)
+    assert rews.sum() == pytest.approx(evaluate_run(tiny_run, episodes=1, seed=5).returns[0], rel=1e-6)
+    assert diag.main([str(tiny_run), "--steps", "200", "--seed", "5"]) == 0
+    out = capsys.readouterr().out
+    ens = RewardEnsemble.load(diag.newest(tiny_run) / "ensemble.pt")
+    assert f"learned/step {ens.reward(obs, acts).mean():+8.3f}" in out
+    assert f"true return {rews.sum():10.1f}" in out
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.toml").write_text((tiny_run / "config.toml").read_text().replace('"Pendulum-v1"', '"CartPole-v1"'))
+    assert diag.main([str(tiny_run), str(other)]) == 2
+    assert "is of task 'CartPole-v1', not 'Pendulum-v1'" in capsys.readouterr().err
+    assert np.isfinite(obs).all()

@@ -1,0 +1,107 @@
+"""Does a run's learned reward rank other agents' behaviour as the true reward does?
+
+Loads the reward ensemble of RUN's newest checkpoint, rolls out the deterministic policy of RUN and of
+every OTHER run (their newest checkpoints, same task) for ``--steps`` steps on one evaluation seed,
+and prints, per rolled-out policy, its true return over those steps and the learned reward per step
+(the ensemble's mean, and each member's). When an agent stalls below others, this separates the two
+causes: a learned reward that rates the better agents' steps no higher than the stalled agent's own
+(reward learning), or one that rates them higher while the agent does not get there (the policy
+search is stuck).
+
+    python scripts/diag_learned_reward.py runs/x/Swimmer-v5/L1400-perfect-variance-s1 \\
+        runs/x/Swimmer-v5/rl-true-reward-s0 runs/x/Swimmer-v5/L700-perfect-variance-s1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from stable_baselines3.common.vec_env import VecNormalize
+
+from rlhf_control.agent.evaluation import make_eval_env
+from rlhf_control.agent.factory import load_agent, load_obs_normalization
+from rlhf_control.config import load_config_file
+from rlhf_control.errors import UserError
+from rlhf_control.loop.checkpoint import (
+    AGENT_FILE,
+    ENSEMBLE_FILE,
+    OBS_NORM_FILE,
+    latest_checkpoint,
+    load_checkpoint_state,
+)
+from rlhf_control.reward.ensemble import RewardEnsemble
+from rlhf_control.rundir import CONFIG_FILE, check_run_dir
+from rlhf_control.tasks.catalogue import get_task
+from rlhf_control.tasks.spec import TaskSpec
+
+
+def run_task(run: Path) -> TaskSpec:
+    cfg, task_dict = load_config_file(run / CONFIG_FILE)
+    return TaskSpec.from_dict(task_dict) if task_dict else get_task(cfg.task)
+
+
+def newest(run: Path) -> Path:
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise UserError(f"run {str(run)!r} has no checkpoint yet; nothing to roll out")
+    return ckpt
+
+
+def rollout(run: Path, task: TaskSpec, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Observations (as the reward model sees them), actions and true rewards of ``steps`` steps."""
+    ckpt = newest(run)
+    venv = make_eval_env(task, seed)
+    if (ckpt / OBS_NORM_FILE).is_file():
+        venv = VecNormalize(venv, norm_obs=True, norm_reward=False, training=False)
+        load_obs_normalization(venv, ckpt / OBS_NORM_FILE)
+    agent = load_agent(load_checkpoint_state(ckpt)["algo"], str(ckpt / AGENT_FILE), venv, device="cpu")
+    obs_fn = task.reward_obs_fn or (lambda x: x)
+    raw_obs, acts, rews = [], [], []
+    obs = venv.reset()
+    try:
+        for _ in range(steps):
+            raw = venv.get_original_obs() if isinstance(venv, VecNormalize) else obs
+            act, _ = agent.predict(obs, deterministic=True)
+            obs, rew, _, _ = venv.step(act)
+            raw_obs.append(raw[0])
+            acts.append(act[0])
+            rews.append(rew[0])
+    finally:
+        venv.close()
+    return obs_fn(np.asarray(raw_obs)), np.asarray(acts), np.asarray(rews, dtype=np.float64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="the run whose learned reward is read")
+    parser.add_argument("others", type=Path, nargs="*", help="runs of the same task whose policies it rates")
+    parser.add_argument("--steps", type=int, default=1000, help="steps rolled out per policy (default 1000)")
+    parser.add_argument("--seed", type=int, default=12345, help="the evaluation env's seed (default 12345)")
+    args = parser.parse_args(argv)
+    try:
+        if args.steps < 1:
+            raise UserError(f"--steps {args.steps} is not allowed; use an integer >= 1")
+        runs = [check_run_dir(r) for r in (args.run, *args.others)]
+        task = run_task(runs[0])
+        for r in runs[1:]:
+            if run_task(r).name != task.name:
+                raise UserError(f"run {str(r)!r} is of task {run_task(r).name!r}, not {task.name!r}")
+        ensemble = RewardEnsemble.load(newest(runs[0]) / ENSEMBLE_FILE)
+    except (UserError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"learned reward of {runs[0]} ({task.name}, {ensemble.n_members} members), "
+          f"{args.steps} deterministic steps per policy")
+    for r in runs:
+        obs, acts, rews = rollout(r, task, args.steps, args.seed)
+        members = ensemble.member_rewards(obs, acts, normalized=True).mean(axis=1)
+        print(f"  {str(r):60s} true return {rews.sum():10.1f}   learned/step {ensemble.reward(obs, acts).mean():+8.3f}"
+              f"   members " + " ".join(f"{m:+.3f}" for m in members), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
