@@ -6,7 +6,9 @@ and prints, per rolled-out policy, its true return over those steps and the lear
 (the ensemble's mean, and each member's). When an agent stalls below others, this separates the two
 causes: a learned reward that rates the better agents' steps no higher than the stalled agent's own
 (reward learning), or one that rates them higher while the agent does not get there (the policy
-search is stuck).
+search is stuck). With ``--actions`` (continuous actions) it also prints how much the learned reward
+depends on the action at the rolled-out states: its spread over uniformly random actions at a fixed
+state beside its spread over the states, and its mean with zero actions and with actions at the limit.
 
     python scripts/diag_learned_reward.py runs/x/Swimmer-v5/L1400-perfect-variance-s1 \\
         runs/x/Swimmer-v5/rl-true-reward-s0 runs/x/Swimmer-v5/L700-perfect-variance-s1
@@ -74,12 +76,26 @@ def rollout(run: Path, task: TaskSpec, steps: int, seed: int) -> tuple[np.ndarra
     return obs_fn(np.asarray(raw_obs)), np.asarray(acts), np.asarray(rews, dtype=np.float64)
 
 
+def action_dependence(ensemble: RewardEnsemble, obs: np.ndarray, acts: np.ndarray, draws: int = 20) -> str:
+    """One line: the learned reward's spread over random actions in [-1, 1] at each state (mean std)
+    against its spread over the states, and its mean per step with the policy's, zero and limit actions."""
+    if acts.dtype.kind not in "f":
+        return "actions: discrete; not measured"
+    rng = np.random.default_rng(0)
+    own = ensemble.reward(obs, acts)
+    rand = np.stack([ensemble.reward(obs, rng.uniform(-1, 1, acts.shape).astype(acts.dtype)) for _ in range(draws)])
+    return (f"actions: std over random actions {rand.std(axis=0).mean():.3f} vs over states {own.std():.3f};"
+            f" per step with the policy's {own.mean():+.3f}, zero {ensemble.reward(obs, np.zeros_like(acts)).mean():+.3f},"
+            f" at the limit {ensemble.reward(obs, np.sign(acts)).mean():+.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="the run whose learned reward is read")
     parser.add_argument("others", type=Path, nargs="*", help="runs of the same task whose policies it rates")
     parser.add_argument("--steps", type=int, default=1000, help="steps rolled out per policy (default 1000)")
     parser.add_argument("--seed", type=int, default=12345, help="the evaluation env's seed (default 12345)")
+    parser.add_argument("--actions", action="store_true", help="also print the reward's dependence on the action")
     args = parser.parse_args(argv)
     try:
         if args.steps < 1:
@@ -100,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         members = ensemble.member_rewards(obs, acts, normalized=True).mean(axis=1)
         print(f"  {str(r):60s} true return {rews.sum():10.1f}   learned/step {ensemble.reward(obs, acts).mean():+8.3f}"
               f"   members " + " ".join(f"{m:+.3f}" for m in members), flush=True)
+        if args.actions:
+            print("    " + action_dependence(ensemble, obs, acts), flush=True)
     return 0
 
 

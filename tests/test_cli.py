@@ -247,6 +247,10 @@ def test_diag_learned_reward_rolls_out_the_evaluated_policy(tiny_run, tmp_path, 
     ens = RewardEnsemble.load(diag.newest(tiny_run) / "ensemble.pt")
     assert f"learned/step {ens.reward(obs, acts).mean():+8.3f}" in out
     assert f"true return {rews.sum():10.1f}" in out
+    assert diag.main([str(tiny_run), "--steps", "200", "--seed", "5", "--actions"]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if "actions:" in x][0]
+    assert f"with the policy's {ens.reward(obs, acts).mean():+.3f}" in line
+    assert f"zero {ens.reward(obs, np.zeros_like(acts)).mean():+.3f}" in line
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.toml").write_text((tiny_run / "config.toml").read_text().replace('"Pendulum-v1"', '"CartPole-v1"'))
