@@ -23,43 +23,18 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3.common.vec_env import VecNormalize
 
-from rlhf_control.agent.evaluation import make_eval_env
-from rlhf_control.agent.factory import load_agent, load_obs_normalization
-from rlhf_control.config import load_config_file
 from rlhf_control.errors import UserError
-from rlhf_control.loop.checkpoint import (
-    AGENT_FILE,
-    ENSEMBLE_FILE,
-    OBS_NORM_FILE,
-    latest_checkpoint,
-    load_checkpoint_state,
-)
+from rlhf_control.loop.checkpoint import ENSEMBLE_FILE
+from rlhf_control.loop.evaluate import load_policy, newest_checkpoint, run_task
 from rlhf_control.reward.ensemble import RewardEnsemble
-from rlhf_control.rundir import CONFIG_FILE, check_run_dir
-from rlhf_control.tasks.catalogue import get_task
+from rlhf_control.rundir import check_run_dir
 from rlhf_control.tasks.spec import TaskSpec
 
 
-def run_task(run: Path) -> TaskSpec:
-    cfg, task_dict = load_config_file(run / CONFIG_FILE)
-    return TaskSpec.from_dict(task_dict) if task_dict else get_task(cfg.task)
-
-
-def newest(run: Path) -> Path:
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:
-        raise UserError(f"run {str(run)!r} has no checkpoint yet; nothing to roll out")
-    return ckpt
-
-
 def rollout(run: Path, task: TaskSpec, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Observations (as the reward model sees them), actions and true rewards of ``steps`` steps."""
-    ckpt = newest(run)
-    venv = make_eval_env(task, seed)
-    if (ckpt / OBS_NORM_FILE).is_file():
-        venv = VecNormalize(venv, norm_obs=True, norm_reward=False, training=False)
-        load_obs_normalization(venv, ckpt / OBS_NORM_FILE)
-    agent = load_agent(load_checkpoint_state(ckpt)["algo"], str(ckpt / AGENT_FILE), venv, device="cpu")
+    """Observations (as the reward model sees them), actions and true rewards of ``steps`` steps of the
+    deterministic policy in ``run``'s newest checkpoint, on the evaluation env ``rlhf-control eval`` uses."""
+    venv, agent = load_policy(newest_checkpoint(run), task, seed)
     obs_fn = task.reward_obs_fn or (lambda x: x)
     raw_obs, acts, rews = [], [], []
     obs = venv.reset()
@@ -103,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = [check_run_dir(r) for r in (args.run, *args.others)]
         task = run_task(runs[0])
         for r in runs[1:]:
-            if run_task(r).name != task.name:
-                raise UserError(f"run {str(r)!r} is of task {run_task(r).name!r}, not {task.name!r}")
-        ensemble = RewardEnsemble.load(newest(runs[0]) / ENSEMBLE_FILE)
+            if (name := run_task(r).name) != task.name:
+                raise UserError(f"run {str(r)!r} is of task {name!r}, not {task.name!r}")
+        ensemble = RewardEnsemble.load(newest_checkpoint(runs[0]) / ENSEMBLE_FILE)
     except (UserError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -86,6 +86,7 @@ def test_baseline_evaluates_at_the_rlhf_run_s_steps_whatever_its_rollout_length(
     assert [(int(r["step"]), r["eval_true_return"] != "") for r in rows] == \
         [(200, False), (400, True), (600, True), (800, False), (800, True)]
 
+
 def test_baseline_trains_on_the_paper_s_reward_and_logs_the_gymnasium_return_beside_it(tmp_path: Path) -> None:
     """Reacher: the true reward (what the agent is trained on) has no control cost, Gymnasium's has."""
     cfg = RunConfig(task="Reacher-v5", seed=0, steps=200, n_envs=1, checkpoint_every=1, eval_episodes=2,

@@ -244,7 +244,7 @@ def test_diag_learned_reward_rolls_out_the_evaluated_policy(tiny_run, tmp_path, 
     assert rews.sum() == pytest.approx(evaluate_run(tiny_run, episodes=1, seed=5).returns[0], rel=1e-6)
     assert diag.main([str(tiny_run), "--steps", "200", "--seed", "5"]) == 0
     out = capsys.readouterr().out
-    ens = RewardEnsemble.load(diag.newest(tiny_run) / "ensemble.pt")
+    ens = RewardEnsemble.load(diag.newest_checkpoint(tiny_run) / "ensemble.pt")
     assert f"learned/step {ens.reward(obs, acts).mean():+8.3f}" in out
     assert f"true return {rews.sum():10.1f}" in out
     assert diag.main([str(tiny_run), "--steps", "200", "--seed", "5", "--actions"]) == 0

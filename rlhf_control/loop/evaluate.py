@@ -4,9 +4,10 @@ written to a video."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from rlhf_control.agent.evaluation import EvalResult, evaluate_episodes, make_eval_env
 from rlhf_control.agent.factory import load_agent, load_obs_normalization
@@ -25,22 +26,38 @@ from rlhf_control.tasks.spec import TaskSpec
 from rlhf_control.video.mp4 import write_mp4
 
 
-def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 12345, video: Path | None = None) -> EvalResult:
-    """True return of the policy in a run's newest checkpoint over ``episodes`` episodes."""
-    run_dir = check_run_dir(run_dir)
+def run_task(run_dir: Path) -> TaskSpec:
+    """The task a run directory was trained on (its ``config.toml``'s own copy, else the catalogue's)."""
     cfg, task_dict = load_config_file(run_dir / CONFIG_FILE)
-    task = TaskSpec.from_dict(task_dict) if task_dict else get_task(cfg.task)
+    return TaskSpec.from_dict(task_dict) if task_dict else get_task(cfg.task)
+
+
+def newest_checkpoint(run_dir: Path) -> Path:
+    """The run's newest checkpoint directory; a one-line error when it has none yet."""
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise CheckpointError(f"run {str(run_dir)!r} has no checkpoint yet; nothing to evaluate")
-    state = load_checkpoint_state(ckpt)
-    if not task.has_true_reward and video is None:
-        raise UserError(f"task {task.name!r} has no true reward to evaluate; use --video to watch the policy")
-    venv = make_eval_env(task, seed, render=video is not None)
+    return ckpt
+
+
+def load_policy(ckpt: Path, task: TaskSpec, seed: int, render: bool = False) -> tuple[VecEnv, Any]:
+    """An evaluation env of ``task`` (seeded by ``seed``, with the checkpoint's observation statistics
+    when it has them) and the checkpoint's agent on it, on the CPU."""
+    venv: VecEnv = make_eval_env(task, seed, render=render)
     if (ckpt / OBS_NORM_FILE).is_file():
         venv = VecNormalize(venv, norm_obs=True, norm_reward=False, training=False)
         load_obs_normalization(venv, ckpt / OBS_NORM_FILE)
-    agent = load_agent(state["algo"], str(ckpt / AGENT_FILE), venv, device="cpu")
+    return venv, load_agent(load_checkpoint_state(ckpt)["algo"], str(ckpt / AGENT_FILE), venv, device="cpu")
+
+
+def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 12345, video: Path | None = None) -> EvalResult:
+    """True return of the policy in a run's newest checkpoint over ``episodes`` episodes."""
+    run_dir = check_run_dir(run_dir)
+    task = run_task(run_dir)
+    ckpt = newest_checkpoint(run_dir)
+    if not task.has_true_reward and video is None:
+        raise UserError(f"task {task.name!r} has no true reward to evaluate; use --video to watch the policy")
+    venv, agent = load_policy(ckpt, task, seed, render=video is not None)
     frames: list[np.ndarray] | None = [] if video is not None else None
     base = venv.venv if isinstance(venv, VecNormalize) else venv
     while hasattr(base, "venv"):
