@@ -157,9 +157,9 @@ def _curve(run_dir: Path) -> list[tuple[str, str, str]]:
 
 
 def test_local_and_ray_sweeps_agree_and_resume_runs_only_what_is_missing(tmp_path: Path) -> None:
-    spec = spec_from_dict(_tiny())
+    spec = spec_from_dict(_tiny(seeds=[0, 1, 2], labels=[6]))  # three runs: one resumed, one new, one done
     local = run_sweep(spec, tmp_path / "local", workers=2, log=lambda _: None)
-    assert not local.failed and len(local.ran) == 4 and not local.skipped
+    assert not local.failed and len(local.ran) == 3 and not local.skipped
     names = sorted(local.ran)
     for name in names:
         d = tmp_path / "local" / name
@@ -189,7 +189,7 @@ def test_local_and_ray_sweeps_agree_and_resume_runs_only_what_is_missing(tmp_pat
     shutil.rmtree(tmp_path / "local" / names[1])
     untouched = {n: (tmp_path / "local" / n / "DONE").stat().st_mtime_ns for n in names[2:]}
     plan = {p.name: s for p, s in plan_sweep(spec, tmp_path / "local")}
-    assert plan == {names[0]: "resume", names[1]: "new", names[2]: "done", names[3]: "done"}
+    assert plan == {names[0]: "resume", names[1]: "new", names[2]: "done"}
     again = run_sweep(spec, tmp_path / "local", workers=2, log=lambda _: None)
     assert sorted(again.ran) == names[:2] and sorted(again.skipped) == names[2:] and not again.failed
     assert {n: (tmp_path / "local" / n / "DONE").stat().st_mtime_ns for n in names[2:]} == untouched

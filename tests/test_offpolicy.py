@@ -222,11 +222,11 @@ def test_dmc_clips_are_drawn_headless_from_their_recorded_physics_states():
         venv.step(np.array([venv.action_space.sample()]))
         states.append(record(venv)[0])
     venv.close()
-    renderer = SegmentRenderer(task)
-    frames = renderer._draw_all(states)
-    assert frames.shape == (12, 240, 320, 3) and renderer.fps == 40.0
-    assert np.abs(frames[11].astype(int) - frames[0]).mean() > 1.0  # the walker moved
-    np.testing.assert_array_equal(renderer._draw_all(states[:1])[0], frames[0])  # a state draws one frame
+    with SegmentRenderer(task) as renderer:  # (closed here: dm_control's GL context freed at exit is noisy)
+        frames = renderer._draw_all(states)
+        assert frames.shape == (12, 240, 320, 3) and renderer.fps == 40.0
+        assert np.abs(frames[11].astype(int) - frames[0]).mean() > 1.0  # the walker moved
+        np.testing.assert_array_equal(renderer._draw_all(states[:1])[0], frames[0])  # a state draws one frame
 
 
 def test_sac_trains_on_the_state_entropy_until_the_first_labels_then_on_the_learned_reward(tmp_path, monkeypatch):
