@@ -159,7 +159,7 @@ def test_label_renders_the_clips_a_stopped_run_still_needs(tmp_path):
             time.sleep(0.3)
         assert stats["ready"] == pending and stats["run"]["state"] == "stopped" and stats["budget"] == 4
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
