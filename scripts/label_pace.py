@@ -1,7 +1,8 @@
 """Labelling at a person's pace, measured: a scripted labeller in a real browser (Playwright, Chromium)
 against `rlhf-control train --oracle human`.
 
-It launches the run, opens a probe page at once (to time the first pair on the page), opens the
+It starts Chromium, then launches the run (a labeller's browser is open before the run starts),
+opens a probe page as soon as the run prints its URL (to time the first pair on the page), opens the
 labeller's page ``--open-after`` seconds after the launch and answers the pair on screen every
 ``--every`` seconds with the keys, by the clips' true returns read from the run's store. At the end it
 prints the labels stored (and in the run's last metrics row, i.e. trained on) against the budget,
@@ -86,35 +87,27 @@ def run_check(task: str = "Pendulum-v1", steps: int = 30_000, labels: int = 40, 
            *(extra or [])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     result = PaceResult(budget=labels)
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out: list[str] = []
-    url_found = threading.Event()
-
-    def read() -> None:
-        for line in proc.stdout:
-            out.append(line)
-            if "http://" in line:
-                url_found.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        if not url_found.wait(120):
-            raise RuntimeError("train printed no URL:\n" + "".join(out[-20:]))
-        url = re.search(r"(http://127\.0\.0\.1:\d+/)", "".join(out)).group(1)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with sync_playwright() as p:
+        # The labeller's browser is running before the launch, as a person's would be: Chromium's own
+        # start-up (seconds of both cores here) is not the framework's time to the first pair.
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            t0 = time.monotonic()
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             try:
+                out = _follow(proc)
+                url = out.url(120)
+                threading.Thread(target=_time_first_ready, args=(url, t0, result), daemon=True).start()
                 _probe(browser, url, t0, result)
                 _label(browser, url, run_dir / "preferences.sqlite", proc, t0 + open_after, every,
                        t0 + deadline_s, result, log)
+                proc.wait(timeout=max(1.0, t0 + deadline_s - time.monotonic()))
             finally:
-                browser.close()
-        proc.wait(timeout=max(1.0, t0 + deadline_s - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=30)
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+        finally:
+            browser.close()
     result.returncode = proc.returncode
     result.run_s = time.monotonic() - t0
     import sqlite3
@@ -125,23 +118,58 @@ def run_check(task: str = "Pendulum-v1", steps: int = 30_000, labels: int = 40, 
         rows = list(csv.DictReader(f))
     result.trained = int(rows[-1]["labels"]) if rows else 0
     if proc.returncode != 0:
-        log("".join(out[-30:]))
+        log("".join(out.lines[-30:]))
     return result
 
 
+class _Output:
+    """The run's output, read by a thread; the labelling URL once it is printed."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.found = threading.Event()
+
+    def url(self, timeout: float) -> str:
+        if not self.found.wait(timeout):
+            raise RuntimeError("train printed no URL:\n" + "".join(self.lines[-20:]))
+        return re.search(r"(http://127\.0\.0\.1:\d+/)", "".join(self.lines)).group(1)
+
+
+def _follow(proc: subprocess.Popen) -> _Output:
+    out = _Output()
+
+    def read() -> None:
+        for line in proc.stdout:
+            out.lines.append(line)
+            if "http://" in line:
+                out.found.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return out
+
+
+def _time_first_ready(url: str, t0: float, result: PaceResult) -> None:
+    """Poll the stats (in a thread, from the moment the URL is printed) for the first ready pair."""
+    while time.monotonic() - t0 < 300:
+        try:
+            stats = _get_json(url + "api/stats")
+        except OSError:
+            stats = {}
+        if stats.get("ready", 0) + stats.get("held_by_others", 0) > 0:
+            result.first_ready_s = time.monotonic() - t0
+            return
+        time.sleep(0.05)
+
+
 def _probe(browser, url: str, t0: float, result: PaceResult) -> None:
-    """Poll the stats for the first ready pair and time it on a page of its own, which then closes
-    (giving its pair back)."""
+    """Time the first pair on a page of its own, opened as soon as the URL is printed; the page then
+    closes (giving its pair back)."""
     ctx = browser.new_context(viewport={"width": 1000, "height": 700}, bypass_csp=True)
     ctx.add_init_script(f"localStorage.setItem({NAME_KEY!r}, 'probe')")
     page = ctx.new_page()
     page.goto(url)
-    while result.first_ready_s is None or result.first_on_page_s is None:
-        if result.first_ready_s is None:
-            stats = _get_json(url + "api/stats")
-            if stats.get("ready", 0) + stats.get("held_by_others", 0) > 0:
-                result.first_ready_s = time.monotonic() - t0
-        if result.first_on_page_s is None and page.evaluate("window.labelApp && window.labelApp.current !== null"):
+    while result.first_on_page_s is None:
+        if page.evaluate("window.labelApp && window.labelApp.current !== null"):
             result.first_on_page_s = time.monotonic() - t0
         if time.monotonic() - t0 > 300:
             break

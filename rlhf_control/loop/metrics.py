@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 from rlhf_control.rundir import METRICS_FILE, TB_DIR, atomic_path
 
@@ -167,6 +166,9 @@ def reward_correlations(ensemble: Any, recent: Sequence[Any], latest: Sequence[A
         if np.std(true) == 0 or np.std(pred) == 0:
             return None
         if rank:
+            # imported here, not at the top: scipy.stats costs over a second of a run's start-up
+            from scipy.stats import rankdata
+
             true, pred = rankdata(true), rankdata(pred)
         return float(np.corrcoef(pred, true)[0, 1])
 

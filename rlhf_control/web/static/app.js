@@ -575,9 +575,10 @@
   setInterval(() => {
     if (!st.name || st.busy) return;
     polls += 1;
-    if (!st.cur) fillCurrent().then(preload); // an empty screen looks every second
-    else if (!st.next && polls % 3 === 0) preload();
-  }, 1000);
+    // an empty screen looks four times a second (once a second while the server is unreachable)
+    if (!st.cur && (st.online || polls % 4 === 0)) fillCurrent().then(preload);
+    else if (!st.next && polls % 12 === 0) preload(); // a preload every 3 s
+  }, 250);
   if (!st.name) askName();
   else fillCurrent().then(preload);
 })();
