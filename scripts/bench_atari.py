@@ -1,4 +1,5 @@
-"""Benchmark an Atari Pong run on CPU: frames per second and peak memory, RLHF loop vs plain A2C.
+"""Benchmark an Atari Pong run: frames per second and peak memory, RLHF loop vs plain A2C, on the
+CPU or (``--device cuda``) with the agent and the reward ensemble on a GPU.
 
 Units: one agent step is one env step of one of the ``--n-envs`` envs, which is 4 emulator frames
 (the task's ``atari_frames`` wrapper repeats each action 4 frames). ``--frames 100000`` therefore
@@ -20,6 +21,7 @@ Usage::
     python scripts/bench_atari.py                         # 100k frames
     python scripts/bench_atari.py --frames 20000          # a quicker look
     python scripts/bench_atari.py --window                # peak memory of main + worker at the 3,000-label window
+    python scripts/bench_atari.py --device cuda --frames 400000   # on a GPU (scripts/gpu_check.sh)
 """
 
 from __future__ import annotations
@@ -66,14 +68,14 @@ def child_a2c(args: argparse.Namespace) -> dict[str, Any]:
     r = resolve(RunConfig(task=TASK, n_envs=args.n_envs, steps=args.steps, seed=args.seed))
     t0 = time.perf_counter()
     env = r.task.make_vec_env(r.n_envs, seed=args.seed)
-    agent = make_agent(r.algo, env, r.agent_params, seed=args.seed, device="cpu", policy=r.task.policy)
+    agent = make_agent(r.algo, env, r.agent_params, seed=args.seed, device=args.device, policy=r.task.policy)
     setup = time.perf_counter() - t0
     w0, c0 = time.perf_counter(), time.process_time()
     agent.learn(total_timesteps=args.steps)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     steps = int(agent.num_timesteps)
     env.close()
-    return {"run": "a2c", "algo": r.algo, "agent_params": {k: str(v) for k, v in r.agent_params.items()},
+    return {"run": "a2c", "device": args.device, "algo": r.algo, "agent_params": {k: str(v) for k, v in r.agent_params.items()},
             "steps": steps, "frames": steps * FRAME_SKIP, "setup_s": setup, "wall_s": wall, "cpu_s": cpu,
             "peak_mb": peak_mb()}
 
@@ -87,7 +89,7 @@ def child_rlhf(args: argparse.Namespace) -> dict[str, Any]:
     labels = args.pretrain_labels + args.online_labels
     cfg = RunConfig(task=TASK, oracle="perfect", selector="variance", labels=labels,
                     pretrain_labels=args.pretrain_labels, pretrain_epochs=args.pretrain_epochs,
-                    steps=args.steps, seed=args.seed, n_envs=args.n_envs, torch_threads=1, device="cpu",
+                    steps=args.steps, seed=args.seed, n_envs=args.n_envs, torch_threads=1, device=args.device,
                     reward_async=not args.sync_reward)
     t0 = time.perf_counter()
     trainer = RLHFTrainer(cfg, args.run_dir)
@@ -130,7 +132,7 @@ def child_rlhf(args: argparse.Namespace) -> dict[str, Any]:
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the reward worker, reaped when the run closed
     steps = int(trainer.agent.num_timesteps)
     pool_segments = len(trainer.pool)
-    return {"run": "rlhf", "steps": steps, "frames": steps * FRAME_SKIP, "setup_s": setup, "wall_s": wall,
+    return {"run": "rlhf", "device": args.device, "steps": steps, "frames": steps * FRAME_SKIP, "setup_s": setup, "wall_s": wall,
             "cpu_s": cpu, "peak_mb": peak_mb(), "worker_cpu_s": kids.ru_utime + kids.ru_stime,
             "worker_peak_mb": kids.ru_maxrss / 1024, "reward_async": cfg.reward_async,
             "labels": labels, "pretrain_labels": args.pretrain_labels,
@@ -238,7 +240,7 @@ def run_child(kind: str, args: argparse.Namespace, extra: list[str]) -> dict[str
     cmd = [sys.executable, __file__, "--child", kind, "--frames", str(args.frames), "--n-envs", str(args.n_envs),
            "--seed", str(args.seed), "--pretrain-labels", str(args.pretrain_labels),
            "--pretrain-epochs", str(args.pretrain_epochs), "--online-labels", str(args.online_labels),
-           *(["--sync-reward"] if args.sync_reward else []), *extra]
+           "--device", args.device, *(["--sync-reward"] if args.sync_reward else []), *extra]
     print(f"[{kind}] {' '.join(cmd[1:])}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -275,7 +277,8 @@ def report(a2c: dict[str, Any], rlhf: dict[str, Any], args: argparse.Namespace) 
         "rlhf_total": rlhf["frames"] / rlhf["wall_s"],
         "rlhf_rl_phase": rlhf["frames"] / rl_phase,
     }
-    print(f"\n=== {TASK} (ALE/Pong-v5), {args.n_envs} envs, seed {args.seed}; 1 agent step = {FRAME_SKIP} frames")
+    print(f"\n=== {TASK} (ALE/Pong-v5), {args.n_envs} envs, seed {args.seed}, device {args.device}; "
+          f"1 agent step = {FRAME_SKIP} frames")
     print(f"A2C : {a2c['steps']} agent steps = {a2c['frames']} frames in {a2c['wall_s']:.1f} s wall "
           f"({a2c['cpu_s']:.1f} s CPU): {fps['a2c']:.0f} frames/s ({fps['a2c'] / FRAME_SKIP:.0f} steps/s); "
           f"peak RSS {a2c['peak_mb']:.0f} MiB")
@@ -328,6 +331,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=100_000, help=f"emulator frames (agent steps x {FRAME_SKIP})")
     p.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the task's, 16)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N or auto: where the agent and the reward ensemble run (default cpu)")
     p.add_argument("--pretrain-labels", type=int, default=50, help="paper: 500 (hours on a CPU)")
     p.add_argument("--pretrain-epochs", type=int, default=5, help="paper: 200")
     p.add_argument("--online-labels", type=int, default=None,
@@ -351,6 +356,14 @@ def main() -> None:
 
         args.n_envs = get_task(TASK).n_envs
     args.steps = math.ceil(args.frames / FRAME_SKIP)
+    if args.child is None:
+        from rlhf_control.config import resolve_device
+        from rlhf_control.errors import UserError
+
+        try:
+            args.device = resolve_device(args.device)
+        except UserError as e:
+            p.error(str(e))
     if args.online_labels is None:
         args.online_labels = online_labels(args.steps)
     if args.child is not None:

@@ -91,3 +91,20 @@ def test_on_cuda_the_fast_path_trains_as_on_the_cpu():
     assert abs(results[0][0] - results[1][0]) < 1e-3 * abs(results[0][0])
     # TF32 may be on for CUDA convolutions: a looser bound than between two CPU paths.
     assert torch.allclose(results[0][1], results[1][1], rtol=1e-2, atol=1e-2 * float(results[0][1].abs().max()))
+
+
+def test_bench_atari_refuses_cuda_without_it_in_one_line():
+    """The GPU benchmark's --device is checked before any run starts (scripts/gpu_check.sh uses it)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "bench_atari.py"), "--device", "cuda",
+                           "--frames", "8", "--out", "/nonexistent/never-made"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "'cuda' is not available" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("bench_atari.py: error: device 'cuda'")
+    assert not Path("/nonexistent/never-made").exists()
