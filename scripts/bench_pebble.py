@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from stable_baselines3.common.vec_env import VecNormalize
 
 from rlhf_control.agent.evaluation import evaluate_agent
 from rlhf_control.agent.factory import make_agent
@@ -33,15 +34,19 @@ from rlhf_control.tasks.catalogue import get_task
 
 def sac_true_reward(task_name: str, seed: int, steps: int, agent: dict, episodes: int, n_envs: int
                     ) -> tuple[float, float]:
-    """SAC with the task's settings on the true reward: (deterministic return, wall seconds)."""
+    """SAC with the task's settings on the true reward: (deterministic return, wall seconds). Its
+    observations are normalised where the task's are (``normalize``), as the RLHF loop's SAC sees them;
+    its rewards are not, as the loop's learned rewards are not."""
     r = resolve(RunConfig(task=task_name, algo="sac", steps=steps, seed=seed, unsup_steps=0, agent=agent,
                           n_envs=n_envs))
     t0 = time.perf_counter()
     venv = r.task.make_vec_env(r.n_envs, seed=seed)
+    if r.task.normalize:
+        venv = VecNormalize(venv, norm_obs=True, norm_reward=False)
     model = make_agent("sac", venv, r.agent_params, seed=seed, policy=r.task.policy)
     model.learn(total_timesteps=steps)
     wall = time.perf_counter() - t0
-    ret = evaluate_agent(model, r.task, episodes).mean
+    ret = evaluate_agent(model, r.task, episodes, agent_env=venv).mean
     venv.close()
     return ret, wall
 
@@ -57,7 +62,8 @@ def pebble(task_name: str, seed: int, steps: int, labels: int, args: argparse.Na
     trainer = RLHFTrainer(cfg, run_dir)
     trainer.run()
     wall = time.perf_counter() - t0
-    ret = evaluate_agent(trainer.agent, trainer.task, args.eval_episodes).mean
+    # With the agent's observation statistics (the task may normalise them), as the loop evaluates.
+    ret = evaluate_agent(trainer.agent, trainer.task, args.eval_episodes, agent_env=trainer.agent_env).mean
     op = trainer.offpolicy
     return {"return": ret, "wall": wall, "relabel_s": op.relabel_seconds, "relabels": op.relabels,
             "transitions": op.relabelled_transitions}
