@@ -21,7 +21,7 @@ from rlhf_control.errors import UserError
 from rlhf_control.queries.schedule import SCHEDULES
 from rlhf_control.rundir import read_toml, write_atomic
 from rlhf_control.tasks.catalogue import get_task
-from rlhf_control.tasks.spec import ALGOS, OFF_POLICY, TaskSpec, algo_class
+from rlhf_control.tasks.spec import ALGOS, OFF_POLICY, OFF_POLICY_REWARD_EPOCHS, TaskSpec, algo_class
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -76,7 +76,8 @@ class RunConfig:
     reward_members: int = 3
     """predictors in the reward ensemble"""
     reward_epochs: int | None = None
-    """passes over the label window per retraining (default: the task's)"""
+    """passes over the label window per retraining (default: the task's; 50, PEBBLE's, when sac runs a
+    task written for an on-policy agent)"""
     reward_noise: float = 0.1
     """assumed chance that an answer is uniformly random (the paper's 10%)"""
     reward_lr: float = 1e-3
@@ -291,7 +292,10 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         # defaults, keeping the task's discount and the user's own overrides (SAC: PEBBLE's 1,000
         # random steps, not SB3's 100).
         agent = {"gamma": task.agent.get("gamma", 0.99), **({"learning_starts": 1000} if algo == "sac" else {})}
-        task = dataclasses.replace(task, algo=algo, agent=agent)
+        # So do its reward epochs: per iteration for an on-policy entry, per label round off-policy.
+        epochs = ({"reward_epochs": OFF_POLICY_REWARD_EPOCHS}
+                  if algo in OFF_POLICY and task.algo not in OFF_POLICY else {})
+        task = dataclasses.replace(task, algo=algo, agent=agent, **epochs)
     if cfg.agent:
         task = task.with_overrides(agent=dict(cfg.agent))
     labels = cfg.labels or task.label_budget

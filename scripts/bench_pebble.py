@@ -57,7 +57,8 @@ def pebble(task_name: str, seed: int, steps: int, labels: int, args: argparse.Na
                     n_envs=args.n_envs,
                     schedule="bpref", label_batch=max(1, labels // args.rounds), unsup_steps=args.unsup_steps,
                     iteration_steps=args.iteration_steps, eval_episodes=args.eval_episodes, eval_every=10**6,
-                    relabel=not args.no_relabel, agent=agent_overrides(args))
+                    relabel=not args.no_relabel, agent=agent_overrides(args),
+                    reward_epochs=args.reward_epochs or None, selector=args.selector)
     t0 = time.perf_counter()
     trainer = RLHFTrainer(cfg, run_dir)
     trainer.run()
@@ -128,6 +129,11 @@ def main() -> None:
     ap.add_argument("--net", type=int, default=64, help="SAC hidden width (0: the task's, 256)")
     ap.add_argument("--batch-size", type=int, default=128, help="SAC batch size (0: the task's, 256)")
     ap.add_argument("--no-relabel", action="store_true", help="the no-relabelling ablation")
+    ap.add_argument("--reward-epochs", type=int, default=0,
+                    help="reward epochs per label round after the first (0: the task's)")
+    ap.add_argument("--selector", default="variance", help="query selector (default: variance, the ensemble's disagreement)")
+    ap.add_argument("--skip-sac", action="store_true",
+                    help="no SAC on the true reward (its return and the score print as nan)")
     ap.add_argument("--on-policy-labels", type=int, default=0,
                     help="also run the on-policy loop with this many labels (0: not)")
     ap.add_argument("--on-policy", default="ppo", help="the on-policy agent for tasks whose own agent is off-policy")
@@ -146,8 +152,8 @@ def main() -> None:
         task = get_task(task_name)
         for seed in args.seeds:
             rand, _ = random_policy_return(task, seed=seed + 1000, episodes=args.eval_episodes)
-            sac, sac_wall = sac_true_reward(task_name, seed, args.steps, agent_overrides(args), args.eval_episodes,
-                                            args.n_envs)
+            sac, sac_wall = (float("nan"), float("nan")) if args.skip_sac else sac_true_reward(
+                task_name, seed, args.steps, agent_overrides(args), args.eval_episodes, args.n_envs)
             for labels in args.labels:
                 res = pebble(task_name, seed, args.steps, labels, args, out / f"{task_name}-L{labels}-s{seed}")
                 score = (res["return"] - rand) / (sac - rand) if sac != rand else float("nan")

@@ -283,3 +283,13 @@ def test_a_person_labels_a_sac_run_first_round_included(tmp_path):
     assert _count(run, "SELECT COUNT(*) FROM answers WHERE skipped = 0") == 6
     assert _count(run, "SELECT MIN(created_step) FROM queries") == 300  # after 100 random and 200 unsupervised steps
     assert len(list((run / "clips").glob("*.mp4"))) >= 12
+
+
+def test_sac_on_a_task_written_for_an_on_policy_agent_retrains_its_reward_fifty_epochs_a_round():
+    # HalfCheetah's entry trains 6 epochs per TRPO iteration (hundreds of them); a SAC run retrains once
+    # per label round, and 6 a round left its reward barely fitted.
+    assert resolve(RunConfig(task="HalfCheetah-v5")).reward_epochs == 6
+    assert resolve(RunConfig(task="HalfCheetah-v5", algo="sac")).reward_epochs == 50
+    assert resolve(RunConfig(task="HalfCheetah-v5", algo="sac", reward_epochs=7)).reward_epochs == 7
+    assert resolve(RunConfig(task="HalfCheetah-v5", algo="ppo")).reward_epochs == 6
+    assert resolve(RunConfig(task="walker-walk")).reward_epochs == 50

@@ -30,6 +30,11 @@ from rlhf_control.tasks.wrappers import WRAPPERS, AtariFrames, GymReturn, ScoreM
 
 ALGOS = ("ppo", "a2c", "trpo", "sac")  # the agents a task can name; agent/factory.py builds them
 OFF_POLICY = ("sac",)  # agents that learn from a replay buffer (continuous actions only)
+# Reward epochs per label round when a task written for an on-policy agent runs an off-policy one:
+# PEBBLE's reward_update. An on-policy entry's reward_epochs are passes per iteration, of which a run
+# has hundreds; an off-policy run retrains only once per round (7-10 times), and 6 passes a round left
+# the reward barely fitted (HalfCheetah, README: "PEBBLE").
+OFF_POLICY_REWARD_EPOCHS = 50
 REWARD_NETS = ("mlp", "cnn")
 POLICIES = ("MlpPolicy", "CnnPolicy", "MultiInputPolicy")
 ACTIVATIONS = ("relu", "tanh", "elu", "leaky_relu", "gelu", "silu")
