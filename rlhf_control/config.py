@@ -132,6 +132,10 @@ class RunConfig:
     relabel: bool = field(default=True, metadata={"flag": "--no-relabel", "invert": True})
     """sac: after each reward update recompute the reward of every transition in the replay buffer (off:
     stored transitions keep the reward they were stored with, an ablation)"""
+    critic_reset: bool = field(default=True, metadata={"flag": "--no-critic-reset", "invert": True})
+    """sac: at the first labels, after the buffer is relabelled, start SAC's critics afresh and take 100
+    gradient steps (PEBBLE's reset after unsupervised pre-training; off: keep the critics trained on the
+    state entropy, an ablation)"""
     eval_episodes: int | None = None
     """episodes of each deterministic evaluation of the policy on the true reward (fixed seeds, its own
     env) that fills eval_true_return; 0 turns evaluation off (default: the task's, 10; 2 for Atari)"""
@@ -347,6 +351,8 @@ def _off_policy_start(cfg: RunConfig, task: TaskSpec, algo: str, agent_params: d
         if cfg.unsup_steps:
             raise UserError(f"unsup-steps {cfg.unsup_steps} is for off-policy agents (sac); algo {algo!r} has "
                             "no replay buffer (give 0 or leave it out)")
+        if not cfg.critic_reset:
+            raise UserError(f"no-critic-reset is for off-policy agents (sac); algo {algo!r} has no critic to reset")
         return 0
     params = inspect.signature(algo_class(algo)).parameters
     random_steps = int(agent_params.get("learning_starts", params["learning_starts"].default))

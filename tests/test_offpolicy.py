@@ -293,3 +293,76 @@ def test_sac_on_a_task_written_for_an_on_policy_agent_retrains_its_reward_fifty_
     assert resolve(RunConfig(task="HalfCheetah-v5", algo="sac", reward_epochs=7)).reward_epochs == 7
     assert resolve(RunConfig(task="HalfCheetah-v5", algo="ppo")).reward_epochs == 6
     assert resolve(RunConfig(task="walker-walk")).reward_epochs == 50
+
+
+def _first_round_spy(monkeypatch):
+    """Critic and actor weights and the critic's Adam step count just before and just after PEBBLE's
+    first round."""
+    from rlhf_control.loop.offpolicy import OffPolicyPhases
+
+    seen = {}
+    original = OffPolicyPhases.first_round
+
+    def state(agent):
+        critic = agent.policy.critic
+        steps = [float(s["step"]) for s in critic.optimizer.state.values()]
+        return ([p.detach().clone() for p in critic.parameters()],
+                [p.detach().clone() for p in agent.policy.actor.parameters()], max(steps, default=0.0))
+
+    def spy(self, step):
+        seen["before"] = state(self.t.agent)
+        original(self, step)
+        seen["after"] = state(self.t.agent)
+        seen["target"] = [p.detach().clone() for p in self.t.agent.policy.critic_target.parameters()]
+
+    monkeypatch.setattr(OffPolicyPhases, "first_round", spy)
+    return seen
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_the_first_labels_start_sacs_critics_afresh_as_pebble_does(tmp_path, monkeypatch, reset):
+    from rlhf_control.agent.factory import RESET_UPDATES
+
+    seen = _first_round_spy(monkeypatch)
+    cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=700, labels=6, pretrain_labels=0,
+                    schedule="bpref", label_batch=3, unsup_steps=300, iteration_steps=300, eval_episodes=0,
+                    critic_reset=reset, reward_async=False, agent={"learning_starts": 100, "batch_size": 32})
+    RLHFTrainer(cfg, tmp_path / "run").run()
+    (critic0, actor0, steps0), (critic1, actor1, steps1) = seen["before"], seen["after"]
+    assert steps0 == 299  # the critic trained on the state entropy, one step per unsupervised step
+    moved = max(float((a - b).abs().mean()) for a, b in zip(critic0, critic1, strict=True))
+    actor_moved = max(float((a - b).abs().max()) for a, b in zip(actor0, actor1, strict=True))
+    if reset:
+        # a fresh initialisation then RESET_UPDATES Adam steps (each moves a weight by about the learning
+        # rate, 3e-4, at most): far from the trained critic; the actor only took those steps
+        assert steps1 == RESET_UPDATES
+        assert moved > 0.05 and actor_moved < RESET_UPDATES * 3e-4 * 1.5
+        target_lag = max(float((a - b).abs().max()) for a, b in zip(seen["target"], critic1, strict=True))
+        assert target_lag < 0.05  # the targets copied the fresh critics, then followed them at tau
+    else:
+        assert steps1 == steps0 and moved == 0.0 and actor_moved == 0.0
+
+
+def test_no_critic_reset_is_refused_for_an_on_policy_agent():
+    with pytest.raises(UserError, match="no-critic-reset is for off-policy agents"):
+        resolve(RunConfig(task="Pendulum-v1", algo="ppo", critic_reset=False))
+
+
+def test_the_first_round_asks_random_pairs_and_later_rounds_the_runs_selector(tmp_path, monkeypatch):
+    from rlhf_control.queries import selection
+
+    used = []
+    for cls in (selection.RandomSelector, selection.VarianceSelector):
+        original = cls.select
+
+        def spy(self, segments, n, *a, _original=original, **kw):
+            used.append((type(self).__name__, n))
+            return _original(self, segments, n, *a, **kw)
+
+        monkeypatch.setattr(cls, "select", spy)
+    cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=1000, labels=6, pretrain_labels=0,
+                    schedule="bpref", label_batch=3, unsup_steps=200, iteration_steps=300, eval_episodes=0,
+                    selector="variance", reward_async=False, agent={"learning_starts": 100, "batch_size": 32})
+    RLHFTrainer(cfg, tmp_path / "run").run()
+    assert used[0] == ("RandomSelector", 3)  # PEBBLE: an untrained ensemble's disagreement says nothing
+    assert used[1:] and all(name == "VarianceSelector" for name, _ in used[1:])

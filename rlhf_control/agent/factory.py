@@ -112,3 +112,24 @@ def pretrain_actor(agent: BaseAlgorithm, agent_env: VecEnv, recorder: VecEnv, ho
             return policy.predict(norm(obs), deterministic=False)[0]
 
     return act
+
+
+RESET_UPDATES = 100
+"""gradient steps SAC takes right after :func:`reset_critic` (PEBBLE's ``reset_update``)"""
+
+
+def reset_critic(agent: BaseAlgorithm) -> None:
+    """PEBBLE's reset after its unsupervised phase: SAC's critics start again from a fresh initialisation
+    (PyTorch's default for linear layers, as SB3 builds them), the target critics copy them, and the
+    critic's Adam state starts afresh; the actor and the entropy coefficient are kept. A critic fitted
+    to the state-entropy reward would otherwise carry its values into learning the preference reward."""
+    policy = agent.policy
+    critic = policy.critic
+    for module in critic.modules():
+        if module is not critic and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    policy.critic_target.load_state_dict(critic.state_dict())
+    shared = getattr(policy, "share_features_extractor", False)
+    params = [p for name, p in critic.named_parameters() if not (shared and "features_extractor" in name)]
+    critic.optimizer = policy.optimizer_class(params, lr=agent.lr_schedule(agent._current_progress_remaining),
+                                              **policy.optimizer_kwargs)

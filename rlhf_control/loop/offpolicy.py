@@ -4,8 +4,10 @@ learned reward in the replay buffer.
 An off-policy run has no pretraining on random-policy clips before ``learn``. Instead, inside SB3's
 ``learn``: ``learning_starts`` random steps; then, unless ``unsup_steps`` is 0, PEBBLE's unsupervised
 pre-training (SAC trains on the state entropy of the replay buffer's states); then, at step
-``Resolved.rl_start``, the first round of labels on the clips gathered so far, the reward trained here
-and now, the replay buffer relabelled, a checkpoint, and SAC trains on the learned reward from then on.
+``Resolved.rl_start``, the first round of labels on random pairs of the clips gathered so far, the
+reward trained here and now, the replay buffer relabelled, SAC's critics started afresh with 100
+gradient steps on the relabelled buffer (PEBBLE's reset; ``critic_reset``), a checkpoint, and SAC
+trains on the learned reward from then on.
 
 SB3 ends an off-policy "rollout" every ``train_freq`` steps; an RLHF iteration comes every
 ``iteration_steps`` of them. The reward worker keeps training while SAC does: each time its job is
@@ -19,7 +21,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from rlhf_control.agent.factory import RESET_UPDATES, reset_critic
 from rlhf_control.agent.replay import REPLAY_FILE, SampleRewards, StateEntropy, relabel_replay, save_replay
+from rlhf_control.queries.selection import make_selector
 
 
 class OffPolicyPhases:
@@ -59,12 +63,13 @@ class OffPolicyPhases:
             t.iteration(step)
 
     def first_round(self, step: int) -> None:
-        """PEBBLE's first labels, from every clip so far (random and unsupervised steps), then the
-        reward trained here, the buffer relabelled, and the learned reward from now on."""
+        """PEBBLE's first labels, random pairs of every clip so far (random and unsupervised steps: an
+        untrained ensemble's disagreement says nothing, as in the on-policy loop's pretraining), then the
+        reward trained here, the buffer relabelled, the critics reset, and the learned reward from now on."""
         t = self.t
         t.query_mark = t.rl_start_uid = 0
         n = t.schedule.target(step)
-        pick = {"segments": t.pool.segments()}
+        pick = {"selector": make_selector("random"), "segments": t.pool.segments()}
         if t.pacer is not None:
             t._status(state="pretraining", step=step, wanted=n)
             t.pacer.top_up(step, target=n, **pick)
@@ -76,6 +81,9 @@ class OffPolicyPhases:
         t.updater.train_now(max(1, t.r.pretrain_epochs))
         self.samples.fn = None
         self.sync()
+        if t.cfg.critic_reset:  # PEBBLE: critics fitted to the state entropy start afresh on the new reward
+            reset_critic(t.agent)
+            t.agent.train(gradient_steps=RESET_UPDATES, batch_size=t.agent.batch_size)
         t.pretrain_done = True
         t.last_iteration_step = step
         t.query_mark = t.rl_start_uid = t._iteration_mark = t.pool.next_uid
