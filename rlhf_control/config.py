@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import tomli_w
 
 from rlhf_control.errors import UserError
@@ -22,6 +23,9 @@ from rlhf_control.queries.schedule import SCHEDULES
 from rlhf_control.rundir import read_toml, write_atomic
 from rlhf_control.tasks.catalogue import get_task
 from rlhf_control.tasks.spec import ALGOS, OFF_POLICY, OFF_POLICY_REWARD_EPOCHS, TaskSpec, algo_class
+
+QUERY_MIN_CLIPS = 256  # the on-policy query window's floor (README: measured against 64 and 1,024)
+OFF_POLICY_QUERY_EPISODES = 100  # B-Pref's RewardModel max_size: the episodes queries are sampled from
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -43,10 +47,11 @@ class RunConfig:
     options as name:key=value), or human"""
     selector: str = "variance"
     """how query pairs are chosen: random, variance (the paper's), entropy, kcenter-variance"""
-    query_min_clips: int = 256
+    query_min_clips: int | None = None
     """online queries are drawn from the clips of the rollouts since the last query round, widened to at
-    least this many of the newest clips of the agent (random-policy clips are never candidates once RL
-    starts)"""
+    least this many of the newest clips of the agent (default 256; random-policy clips are never
+    candidates once RL starts). sac: default B-Pref's window, the clips of the agent's last 100 episodes,
+    its random and unsupervised steps included"""
     labels: int | None = None
     """label budget of the run (default: the task's)"""
     pretrain_labels: int | None = None
@@ -162,7 +167,7 @@ class RunConfig:
                 raise UserError(f"{name.replace('_', '-')} {value!r} must be a non-negative integer")
         for name, low in (("query_min_clips", 2), ("eval_episodes", 0), ("eval_every", 1)):
             value = getattr(self, name)
-            if value is None and name != "query_min_clips":
+            if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"{name.replace('_', '-')} {value!r} must be an integer >= {low}")
@@ -283,6 +288,7 @@ class Resolved:
     eval_episodes: int
     eval_every: int
     rl_start: int = 0  # off-policy agents: the step of the first labels (random + unsupervised steps)
+    query_min_clips: int = QUERY_MIN_CLIPS  # the floor of the query window, in clips
 
 
 def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
@@ -339,7 +345,22 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         eval_episodes=task.eval_episodes if cfg.eval_episodes is None else cfg.eval_episodes,
         eval_every=cfg.eval_every or task.eval_every,
         rl_start=rl_start,
+        query_min_clips=cfg.query_min_clips or _query_window(task, algo),
     )
+
+
+def _query_window(task: TaskSpec, algo: str) -> int:
+    """The default floor of the query window in clips: 256 on-policy; off-policy, B-Pref's (its reward
+    model samples queries from the last 100 episodes it stored): 100 episodes' worth of clips."""
+    if algo not in OFF_POLICY:
+        return QUERY_MIN_CLIPS
+    episode = task.horizon
+    if episode is None:
+        try:
+            episode = gym.spec(task.env_id).max_episode_steps
+        except gym.error.Error:  # an id outside Gymnasium's registry: DeepMind Control's episode length
+            episode = None
+    return OFF_POLICY_QUERY_EPISODES * max(1, int(episode or 1000) // task.clip_length)
 
 
 def _off_policy_start(cfg: RunConfig, task: TaskSpec, algo: str, agent_params: dict[str, Any], steps: int,

@@ -64,6 +64,47 @@ def saved_activation_mb(ens: RewardEnsemble, ds: PreferenceDataset, batch_size: 
     return sum(kept.values()) / 2**20
 
 
+def cnn_flops(ens: RewardEnsemble) -> tuple[float, float]:
+    """Floating-point operations (2 per multiply-add) of one 84x84x4 frame stack through one member:
+    ``(forward, training step)``. A training step is the forward, every layer's weight gradient (as many
+    multiply-adds as its forward) and the input gradient of every layer but the first (the pixels
+    need none); batch norm, activations and dropout are left out (they are not multiply-adds)."""
+    member = ens.members[0]
+    macs: list[float] = []
+
+    def count(module: torch.nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            macs.append(float(out[0].numel() * k))
+        elif isinstance(module, torch.nn.Linear):
+            macs.append(float(module.in_features * module.out_features))
+
+    hooks = [m.register_forward_hook(count) for m in member.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    was = member.training
+    member.eval()
+    with torch.no_grad():
+        member(torch.zeros(1, 84, 84, 4, dtype=torch.uint8, device=ens.device))
+    member.train(was)
+    for h in hooks:
+        h.remove()
+    forward = 2 * sum(macs)
+    return forward, forward + forward + 2 * sum(macs[1:])
+
+
+def sgemm_gflops(size: int = 1024, seconds: float = 1.0) -> float:
+    """This machine's float32 matrix-multiply speed at torch's thread setting, a ceiling no convolution
+    of the same arithmetic beats: GFLOP/s of ``size`` x ``size`` products, best of repeated runs."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best, end = math.inf, time.perf_counter() + seconds
+    torch.mm(a, b)
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
 def bench_cnn_paths(ds: PreferenceDataset, members: int, cfg: RewardTrainerConfig, epochs: int, repeats: int,
                     scale: float, device: torch.device) -> None:
     """The plain and the fast CNN path, alternately, from the same start; the best time of each."""
@@ -84,6 +125,19 @@ def bench_cnn_paths(ds: PreferenceDataset, members: int, cfg: RewardTrainerConfi
         print(f"  {name:27s} per epoch {best[fast] * scale:8.2f} s{note} = {best[fast] / len(ds):.4f} s per pair-epoch; "
               f"train/val loss {losses[fast][0]:.4f}/{losses[fast][1]:.4f}")
     print(f"  speed-up fast/plain: {best[False] / best[True]:.2f}x")
+    # The arithmetic a pair-epoch needs: each member trains on as many draws as there are pairs (2 clips
+    # of `t` stacks each), and the evaluation after the epoch runs every member over every pair.
+    fwd, step = cnn_flops(ens)
+    t = len(ds.labels[0].pair.first)
+    need = members * 2 * t * (step + fwd)
+    ceiling = sgemm_gflops() if device.type == "cpu" else math.nan
+    print(f"  arithmetic: {need / 1e9:.2f} GFLOP per pair-epoch ({fwd / 1e6:.2f} MFLOP forward, {step / 1e6:.2f} "
+          f"a training step, per stack); float32 matrix multiply here: {ceiling:.0f} GFLOP/s")
+    for fast, name in ((False, "plain"), (True, "fast")):
+        rate = need / (best[fast] / len(ds)) / 1e9
+        print(f"  {name}: {rate:.1f} GFLOP/s, {100 * rate / ceiling:.0f}% of the matrix multiply's speed")
+    print(f"  at the matrix multiply's speed a pair-epoch would take {need / ceiling / 1e9:.4f} s "
+          f"({best[False] / len(ds) / (need / ceiling / 1e9):.2f}x faster than plain): the floor in float32")
 
 
 def bench(name: str, ens: RewardEnsemble, ds: PreferenceDataset, cfg: RewardTrainerConfig, epochs: int,

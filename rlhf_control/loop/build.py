@@ -103,7 +103,7 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
 
     # Queries come from the newest clips (query_min_clips), the scale from the newest NORM_CLIPS and the
     # pretraining round from 2 x its labels: the pool holds that, not the whole run (Atari clips are big).
-    capacity = max(POOL_CLIPS, 2 * r.pretrain_labels, cfg.query_min_clips, NORM_CLIPS)
+    capacity = max(POOL_CLIPS, 2 * r.pretrain_labels, r.query_min_clips, NORM_CLIPS)
     # Image frames in a ring file of the run directory, not in memory (2,000 Atari clips: 377 MB); the
     # extra slots keep an evicted clip readable while the reward worker may still use it.
     ring = FrameRing(run_dir / POOL_FRAMES_FILE, capacity + capacity // 2) if task.frame_stack else None

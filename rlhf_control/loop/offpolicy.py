@@ -86,7 +86,9 @@ class OffPolicyPhases:
             t.agent.train(gradient_steps=RESET_UPDATES, batch_size=t.agent.batch_size)
         t.pretrain_done = True
         t.last_iteration_step = step
-        t.query_mark = t.rl_start_uid = t._iteration_mark = t.pool.next_uid
+        # Later queries may still come from these clips: B-Pref samples from the agent's last 100
+        # episodes, its random and unsupervised ones included (rl_start_uid stays 0).
+        t.query_mark = t._iteration_mark = t.pool.next_uid
         t.checkpoint(step)  # a kill must never make the run redo the first round
 
     def sync(self) -> None:

@@ -95,9 +95,9 @@ class RLHFTrainer:
         """The clips online queries are chosen from: those of the rollouts since the last query round,
         widened to the ``query_min_clips`` newest clips of the agent's own (post-pretraining) behaviour."""
         fresh = self.pool.since(self.query_mark)
-        if len(fresh) >= self.cfg.query_min_clips:
+        if len(fresh) >= self.r.query_min_clips:
             return fresh
-        return self.pool.since(self.rl_start_uid)[-self.cfg.query_min_clips:]
+        return self.pool.since(self.rl_start_uid)[-self.r.query_min_clips:]
 
     def _ask(self, n: int, step: int, selector=None, segments: list[Segment] | None = None) -> int:
         """Select up to ``n`` pairs from ``segments`` (default: :meth:`candidates`), store them as queries
