@@ -128,7 +128,7 @@ def bench_cnn_paths(ds: PreferenceDataset, members: int, cfg: RewardTrainerConfi
     # The arithmetic a pair-epoch needs: each member trains on as many draws as there are pairs (2 clips
     # of `t` stacks each), and the evaluation after the epoch runs every member over every pair.
     fwd, step = cnn_flops(ens)
-    t = len(ds.labels[0].pair.first)
+    t = ds.labels[0].pair.first.length
     need = members * 2 * t * (step + fwd)
     ceiling = sgemm_gflops() if device.type == "cpu" else math.nan
     print(f"  arithmetic: {need / 1e9:.2f} GFLOP per pair-epoch ({fwd / 1e6:.2f} MFLOP forward, {step / 1e6:.2f} "
