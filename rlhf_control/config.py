@@ -26,6 +26,7 @@ from rlhf_control.tasks.spec import ALGOS, OFF_POLICY, OFF_POLICY_REWARD_EPOCHS,
 
 QUERY_MIN_CLIPS = 256  # the on-policy query window's floor (README: measured against 64 and 1,024)
 OFF_POLICY_QUERY_EPISODES = 100  # B-Pref's RewardModel max_size: the episodes queries are sampled from
+RECENT_REPLAY_EPISODES = 10  # hybrid replay's window (QPA's policy-aligned buffer)
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -141,6 +142,10 @@ class RunConfig:
     """sac: at the first labels, after the buffer is relabelled, start SAC's critics afresh and take 100
     gradient steps (PEBBLE's reset after unsupervised pre-training; off: keep the critics trained on the
     state entropy, an ablation)"""
+    recent_replay: float = 0.0
+    """sac: share of each SAC batch drawn from the transitions of the agent's last 10 episodes, the rest
+    from the whole buffer (QPA's hybrid experience replay, Hu et al. 2024, uses 0.5); 0 samples the whole
+    buffer uniformly, as SB3 and PEBBLE do"""
     eval_episodes: int | None = None
     """episodes of each deterministic evaluation of the policy on the true reward (fixed seeds, its own
     env) that fills eval_true_return; 0 turns evaluation off (default: the task's, 10; 2 for Atari)"""
@@ -179,6 +184,9 @@ class RunConfig:
             raise UserError(f"reward-members {self.reward_members} must be at least 1")
         if self.reward_epochs is not None and (not isinstance(self.reward_epochs, int) or self.reward_epochs < 1):
             raise UserError(f"reward-epochs {self.reward_epochs!r} must be a positive integer")
+        if isinstance(self.recent_replay, bool) or not isinstance(self.recent_replay, (int, float)) \
+                or not 0.0 <= self.recent_replay <= 1.0:
+            raise UserError(f"recent-replay {self.recent_replay!r} must be a fraction in [0, 1]")
         if not 0.0 <= self.reward_noise < 1.0:
             raise UserError(f"reward-noise {self.reward_noise} must be in [0, 1)")
         if self.torch_threads < 1:
@@ -289,6 +297,7 @@ class Resolved:
     eval_every: int
     rl_start: int = 0  # off-policy agents: the step of the first labels (random + unsupervised steps)
     query_min_clips: int = QUERY_MIN_CLIPS  # the floor of the query window, in clips
+    recent_replay_steps: int = 0  # off-policy agents: the newest transitions hybrid replay draws from
 
 
 def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
@@ -346,6 +355,7 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         eval_every=cfg.eval_every or task.eval_every,
         rl_start=rl_start,
         query_min_clips=cfg.query_min_clips or _query_window(task, algo),
+        recent_replay_steps=RECENT_REPLAY_EPISODES * _episode_steps(task),
     )
 
 
@@ -354,13 +364,19 @@ def _query_window(task: TaskSpec, algo: str) -> int:
     model samples queries from the last 100 episodes it stored): 100 episodes' worth of clips."""
     if algo not in OFF_POLICY:
         return QUERY_MIN_CLIPS
+    return OFF_POLICY_QUERY_EPISODES * max(1, _episode_steps(task) // task.clip_length)
+
+
+def _episode_steps(task: TaskSpec) -> int:
+    """Agent steps of one of the task's episodes: its fixed horizon, else its env's time limit (1,000,
+    DeepMind Control's, when there is none)."""
     episode = task.horizon
     if episode is None:
         try:
             episode = gym.spec(task.env_id).max_episode_steps
-        except gym.error.Error:  # an id outside Gymnasium's registry: DeepMind Control's episode length
+        except gym.error.Error:  # an id outside Gymnasium's registry
             episode = None
-    return OFF_POLICY_QUERY_EPISODES * max(1, int(episode or 1000) // task.clip_length)
+    return int(episode or 1000)
 
 
 def _off_policy_start(cfg: RunConfig, task: TaskSpec, algo: str, agent_params: dict[str, Any], steps: int,
@@ -374,6 +390,9 @@ def _off_policy_start(cfg: RunConfig, task: TaskSpec, algo: str, agent_params: d
                             "no replay buffer (give 0 or leave it out)")
         if not cfg.critic_reset:
             raise UserError(f"no-critic-reset is for off-policy agents (sac); algo {algo!r} has no critic to reset")
+        if cfg.recent_replay:
+            raise UserError(f"recent-replay {cfg.recent_replay} is for off-policy agents (sac); algo {algo!r} has "
+                            "no replay buffer (give 0 or leave it out)")
         return 0
     params = inspect.signature(algo_class(algo)).parameters
     random_steps = int(agent_params.get("learning_starts", params["learning_starts"].default))

@@ -394,3 +394,43 @@ def test_sac_queries_come_from_b_prefs_window_of_its_last_hundred_episodes(tmp_p
     assert len(seen) == 2
     for steps in seen:
         assert min(steps) < 100 and max(steps) > 300
+
+
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_hybrid_replay_draws_its_share_of_each_batch_from_the_newest_transitions(monkeypatch, share):
+    from rlhf_control.agent.replay import HybridReplay
+
+    agent = _sac(buffer_size=500, steps=300)  # 300 transitions stored, positions 0-299
+    buf = agent.replay_buffer
+    drawn = []
+    original = buf._get_samples
+    monkeypatch.setattr(buf, "_get_samples", lambda inds, env=None: drawn.append(inds) or original(inds, env))
+    HybridReplay(agent, share, window=40)
+    np.random.seed(0)
+    for _ in range(50):
+        batch = buf.sample(64)
+        assert batch.observations.shape == (64, 3)
+    inds = np.stack(drawn)
+    recent = round(share * 64)
+    assert inds.min() >= 0 and inds.max() < 300
+    assert (inds[:, :recent] >= 260).all()  # the newest 40 positions
+    if recent < 64:  # the rest from the whole buffer, as SB3 samples it
+        rest = inds[:, recent:]
+        assert (rest < 260).mean() > 0.8 and rest.min() < 30
+
+
+def test_recent_replay_reaches_the_run_and_bad_values_are_refused(tmp_path):
+    assert resolve(RunConfig(task="walker-walk")).recent_replay_steps == 10 * 1000
+    assert resolve(RunConfig(task="Pendulum-v1", algo="sac")).recent_replay_steps == 10 * 200
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(UserError, match="recent-replay .* must be a fraction in \\[0, 1\\]"):
+            RunConfig(task="walker-walk", recent_replay=bad)
+    with pytest.raises(UserError, match="recent-replay 0.5 is for off-policy agents"):
+        resolve(RunConfig(task="Pendulum-v1", algo="ppo", recent_replay=0.5))
+    cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=700, labels=4, pretrain_labels=0,
+                    schedule="bpref", label_batch=2, unsup_steps=0, iteration_steps=300, eval_episodes=0,
+                    recent_replay=0.5, reward_async=False, agent={"learning_starts": 100, "batch_size": 32})
+    trainer = RLHFTrainer(cfg, tmp_path / "run")
+    trainer.run()
+    hybrid = trainer.offpolicy.hybrid
+    assert hybrid is not None and (hybrid.share, hybrid.window) == (0.5, 2000)

@@ -8,6 +8,8 @@
   particle-based state entropy of the sampled states among the buffer's states (the distance to the
   k-th nearest neighbour, divided by a running standard deviation), put into each sampled batch in
   place of the stored reward while the hook is on.
+- :class:`HybridReplay`: QPA's hybrid experience replay (Hu et al. 2024), an option: a share of each
+  sampled batch comes from the newest transitions, where the policy and the latest queries are.
 - :func:`save_replay` / :func:`load_replay`: the buffer's filled part as an ``.npz`` (no pickle), so a
   resumed run continues with the transitions it had at its checkpoint.
 """
@@ -113,6 +115,35 @@ class StateEntropy:
         dist = self.knn_distance(obs, env)
         self.stats.update(dist.detach().cpu().numpy().astype(np.float64))
         return (dist / float(np.sqrt(self.stats.var) + 1e-8)).reshape(-1, 1)
+
+
+class HybridReplay:
+    """Makes ``agent.replay_buffer.sample`` draw ``round(share * batch_size)`` of each batch uniformly
+    from the newest ``window`` transitions (per env) and the rest uniformly from the whole buffer, as
+    SB3 does; ``share`` 0 leaves sampling as it was. Install before :class:`SampleRewards`."""
+
+    def __init__(self, agent: Any, share: float, window: int) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share={share} is not allowed; use a fraction in [0, 1]")
+        if window < 1:
+            raise ValueError(f"window={window} is not allowed; use an integer >= 1")
+        buf = agent.replay_buffer
+        if getattr(buf, "optimize_memory_usage", False):
+            raise ValueError("hybrid replay needs a buffer without optimize_memory_usage")
+        self.share, self.window = float(share), int(window)
+        original = buf.sample
+
+        def sample(batch_size: int, env: Any = None) -> Any:
+            n = filled(buf)
+            recent = int(round(self.share * batch_size))
+            if recent == 0 or n == 0:
+                return original(batch_size, env=env)
+            span = min(n, max(1, self.window // buf.n_envs))
+            newest = (buf.pos - 1 - np.random.randint(0, span, size=recent)) % buf.buffer_size
+            anywhere = np.random.randint(0, n, size=batch_size - recent)
+            return buf._get_samples(np.concatenate([newest, anywhere]), env=env)
+
+        buf.sample = sample
 
 
 class SampleRewards:

@@ -22,7 +22,14 @@ import sys
 from typing import Any
 
 from rlhf_control.agent.factory import RESET_UPDATES, reset_critic
-from rlhf_control.agent.replay import REPLAY_FILE, SampleRewards, StateEntropy, relabel_replay, save_replay
+from rlhf_control.agent.replay import (
+    REPLAY_FILE,
+    HybridReplay,
+    SampleRewards,
+    StateEntropy,
+    relabel_replay,
+    save_replay,
+)
 from rlhf_control.queries.selection import make_selector
 
 
@@ -32,6 +39,9 @@ class OffPolicyPhases:
     def __init__(self, t: Any) -> None:
         self.t = t
         self.rl_start = t.r.rl_start
+        self.hybrid = None  # (installed before SampleRewards, which then wraps its batches)
+        if t.cfg.recent_replay:
+            self.hybrid = HybridReplay(t.agent, t.cfg.recent_replay, t.r.recent_replay_steps)
         self.samples = SampleRewards(t.agent)
         self.entropy = StateEntropy(t.agent.replay_buffer, k=5)
         self._seen_report = t.updater.last_report
