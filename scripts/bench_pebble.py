@@ -58,7 +58,8 @@ def pebble(task_name: str, seed: int, steps: int, labels: int, args: argparse.Na
                     schedule="bpref", label_batch=max(1, labels // args.rounds), unsup_steps=args.unsup_steps,
                     iteration_steps=args.iteration_steps, eval_episodes=args.eval_episodes, eval_every=10**6,
                     relabel=not args.no_relabel, critic_reset=not args.no_critic_reset,
-                    recent_replay=args.recent_replay, agent=agent_overrides(args),
+                    recent_replay=args.recent_replay, query_min_clips=args.query_min_clips or None,
+                    agent=agent_overrides(args),
                     reward_epochs=args.reward_epochs or None, selector=args.selector)
     t0 = time.perf_counter()
     trainer = RLHFTrainer(cfg, run_dir)
@@ -130,6 +131,8 @@ def main() -> None:
     ap.add_argument("--net", type=int, default=64, help="SAC hidden width (0: the task's, 256)")
     ap.add_argument("--batch-size", type=int, default=128, help="SAC batch size (0: the task's, 256)")
     ap.add_argument("--no-relabel", action="store_true", help="the no-relabelling ablation")
+    ap.add_argument("--query-min-clips", type=int, default=0,
+                    help="the query window's floor in clips (0: the run's default, B-Pref's last 100 episodes)")
     ap.add_argument("--recent-replay", type=float, default=0.0,
                     help="share of each SAC batch from the last 10 episodes (QPA's hybrid replay: 0.5; 0: off)")
     ap.add_argument("--no-critic-reset", action="store_true",
