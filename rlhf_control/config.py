@@ -24,8 +24,7 @@ from rlhf_control.rundir import read_toml, write_atomic
 from rlhf_control.tasks.catalogue import get_task
 from rlhf_control.tasks.spec import ALGOS, OFF_POLICY, OFF_POLICY_REWARD_EPOCHS, TaskSpec, algo_class
 
-QUERY_MIN_CLIPS = 256  # the on-policy query window's floor (README: measured against 64 and 1,024)
-OFF_POLICY_QUERY_EPISODES = 100  # B-Pref's RewardModel max_size: the episodes queries are sampled from
+QUERY_MIN_CLIPS = 256  # the query window's floor (README: measured against 64 and 1,024 on-policy)
 RECENT_REPLAY_EPISODES = 10  # hybrid replay's window (QPA's policy-aligned buffer)
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -51,8 +50,8 @@ class RunConfig:
     query_min_clips: int | None = None
     """online queries are drawn from the clips of the rollouts since the last query round, widened to at
     least this many of the newest clips of the agent (default 256; random-policy clips are never
-    candidates once RL starts). sac: default B-Pref's window, the clips of the agent's last 100 episodes,
-    its random and unsupervised steps included"""
+    candidates once RL starts; sac: its random and unsupervised steps are its own clips, and a task
+    entry's query_episodes, B-Pref's window on the DeepMind Control tasks, sets the default)"""
     labels: int | None = None
     """label budget of the run (default: the task's)"""
     pretrain_labels: int | None = None
@@ -140,7 +139,7 @@ class RunConfig:
     stored transitions keep the reward they were stored with, an ablation)"""
     critic_reset: bool = field(default=True, metadata={"flag": "--no-critic-reset", "invert": True})
     """sac: at the first labels, after the buffer is relabelled, start SAC's critics afresh and take 100
-    gradient steps (PEBBLE's reset after unsupervised pre-training; off: keep the critics trained on the
+    gradient steps (PEBBLE's reset after its unsupervised phase; off: keep the critics trained on the
     state entropy, an ablation)"""
     recent_replay: float = 0.0
     """sac: share of each SAC batch drawn from the transitions of the agent's last 10 episodes, the rest
@@ -360,11 +359,12 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
 
 
 def _query_window(task: TaskSpec, algo: str) -> int:
-    """The default floor of the query window in clips: 256 on-policy; off-policy, B-Pref's (its reward
-    model samples queries from the last 100 episodes it stored): 100 episodes' worth of clips."""
-    if algo not in OFF_POLICY:
+    """The default floor of the query window in clips: 256; for an off-policy agent on a task whose entry
+    sets ``query_episodes`` (the DeepMind Control tasks: B-Pref's reward model samples queries from the
+    last 100 episodes it stored), that many episodes' worth of clips."""
+    if algo not in OFF_POLICY or not task.query_episodes:
         return QUERY_MIN_CLIPS
-    return OFF_POLICY_QUERY_EPISODES * max(1, _episode_steps(task) // task.clip_length)
+    return task.query_episodes * max(1, _episode_steps(task) // task.clip_length)
 
 
 def _episode_steps(task: TaskSpec) -> int:

@@ -132,7 +132,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128, help="SAC batch size (0: the task's, 256)")
     ap.add_argument("--no-relabel", action="store_true", help="the no-relabelling ablation")
     ap.add_argument("--query-min-clips", type=int, default=0,
-                    help="the query window's floor in clips (0: the run's default, B-Pref's last 100 episodes)")
+                    help="the query window's floor in clips (0: the run's default, 256, or B-Pref's 100 "
+                         "episodes on a DeepMind Control task)")
     ap.add_argument("--recent-replay", type=float, default=0.0,
                     help="share of each SAC batch from the last 10 episodes (QPA's hybrid replay: 0.5; 0: off)")
     ap.add_argument("--no-critic-reset", action="store_true",

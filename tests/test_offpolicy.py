@@ -368,14 +368,16 @@ def test_the_first_round_asks_random_pairs_and_later_rounds_the_runs_selector(tm
     assert used[1:] and all(name == "VarianceSelector" for name, _ in used[1:])
 
 
-def test_sac_queries_come_from_b_prefs_window_of_its_last_hundred_episodes(tmp_path, monkeypatch):
+def test_sac_queries_may_come_from_its_own_first_steps_and_dmc_uses_b_prefs_window(tmp_path, monkeypatch):
     from rlhf_control.queries import selection
 
-    # On-policy the floor stays 256 clips; off-policy it is 100 episodes' clips (B-Pref's max_size).
+    # The floor is 256 clips, but a DeepMind Control entry asks B-Pref's: its last 100 episodes' clips.
     assert resolve(RunConfig(task="Pendulum-v1", algo="ppo")).query_min_clips == 256
+    assert resolve(RunConfig(task="Pendulum-v1", algo="sac")).query_min_clips == 256
+    assert resolve(RunConfig(task="HalfCheetah-v5", algo="sac")).query_min_clips == 256
     assert resolve(RunConfig(task="walker-walk")).query_min_clips == 100 * 1000 // 50
-    assert resolve(RunConfig(task="Pendulum-v1", algo="sac")).query_min_clips == 100 * 200 // 25
     assert resolve(RunConfig(task="walker-walk", query_min_clips=64)).query_min_clips == 64
+    assert resolve(RunConfig(task="walker-walk", algo="sac", query_min_clips=None)).task.query_episodes == 100
 
     seen = []
     original = selection.VarianceSelector.select
@@ -389,8 +391,8 @@ def test_sac_queries_come_from_b_prefs_window_of_its_last_hundred_episodes(tmp_p
                     schedule="bpref", label_batch=3, unsup_steps=200, iteration_steps=300, eval_episodes=0,
                     reward_async=False, agent={"learning_starts": 100, "batch_size": 32})
     RLHFTrainer(cfg, tmp_path / "run").run()
-    # The rounds after the first (at step 300) choose among every clip so far: the random and
-    # unsupervised steps' clips too, not only those since the last round.
+    # The rounds after the first (at step 300) choose among the newest 256 clips (here: all 40 so far),
+    # the random and unsupervised steps' clips too: in PEBBLE they are the agent's own.
     assert len(seen) == 2
     for steps in seen:
         assert min(steps) < 100 and max(steps) > 300

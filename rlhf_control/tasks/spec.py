@@ -118,6 +118,7 @@ class TaskSpec:
     eval_every: int = 5  # iterations between evaluations
     iteration_steps: int | None = None  # agent steps per iteration (None: one rollout; see config.resolve)
     unsup_steps: int = 9000  # off-policy agents: PEBBLE's unsupervised (state-entropy) steps after learning_starts
+    query_episodes: int = 0  # off-policy agents: query candidates from the agent's last N episodes' clips (B-Pref: 100); 0: query_min_clips
     schedule_horizon: float = 2e6  # c of the paper's rate c/(T+c), T in emulator frames (see frames_per_step)
     reward_net: str = "mlp"
     reward_net_kwargs: dict[str, Any] = field(default_factory=dict)  # EnsembleConfig fields
@@ -165,6 +166,7 @@ class TaskSpec:
             (self.iteration_steps is None or self.iteration_steps >= 1,
              f"iteration_steps={self.iteration_steps} must be >= 1"),
             (self.unsup_steps >= 0, f"unsup_steps={self.unsup_steps} must be >= 0"),
+            (self.query_episodes >= 0, f"query_episodes={self.query_episodes} must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
