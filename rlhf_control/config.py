@@ -15,16 +15,22 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import tomli_w
 
 from rlhf_control.errors import UserError
 from rlhf_control.queries.schedule import SCHEDULES
 from rlhf_control.rundir import read_toml, write_atomic
 from rlhf_control.tasks.catalogue import get_task
-from rlhf_control.tasks.spec import ALGOS, OFF_POLICY, OFF_POLICY_REWARD_EPOCHS, TaskSpec, algo_class
+from rlhf_control.tasks.spec import (
+    ALGOS,
+    OFF_POLICY,
+    OFF_POLICY_REWARD_EPOCHS,
+    TaskSpec,
+    algo_class,
+    default_iteration_steps,
+    default_query_window,
+)
 
-QUERY_MIN_CLIPS = 256  # the query window's floor (README: measured against 64 and 1,024 on-policy)
 RECENT_REPLAY_EPISODES = 10  # hybrid replay's window (QPA's policy-aligned buffer)
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -49,9 +55,8 @@ class RunConfig:
     """how query pairs are chosen: random, variance (the paper's), entropy, kcenter-variance"""
     query_min_clips: int | None = None
     """online queries are drawn from the clips of the rollouts since the last query round, widened to at
-    least this many of the newest clips of the agent (default 256; random-policy clips are never
-    candidates once RL starts; sac: its random and unsupervised steps are its own clips, and a task
-    entry's query_episodes, B-Pref's window on the DeepMind Control tasks, sets the default)"""
+    least this many of the newest clips of the agent (default 256, or a task entry's query_episodes for
+    sac; random-policy clips are never candidates once RL starts; sac's random steps are its own)"""
     labels: int | None = None
     """label budget of the run (default: the task's)"""
     pretrain_labels: int | None = None
@@ -142,9 +147,8 @@ class RunConfig:
     gradient steps (PEBBLE's reset after its unsupervised phase; off: keep the critics trained on the
     state entropy, an ablation)"""
     recent_replay: float = 0.0
-    """sac: share of each SAC batch drawn from the transitions of the agent's last 10 episodes, the rest
-    from the whole buffer (QPA's hybrid experience replay, Hu et al. 2024, uses 0.5); 0 samples the whole
-    buffer uniformly, as SB3 and PEBBLE do"""
+    """sac: share of each SAC batch drawn from the agent's last 10 episodes, the rest from the whole buffer
+    (QPA's hybrid experience replay uses 0.5); 0 samples the whole buffer uniformly, as PEBBLE does"""
     eval_episodes: int | None = None
     """episodes of each deterministic evaluation of the policy on the true reward (fixed seeds, its own
     env) that fills eval_true_return; 0 turns evaluation off (default: the task's, 10; 2 for Atari)"""
@@ -183,8 +187,7 @@ class RunConfig:
             raise UserError(f"reward-members {self.reward_members} must be at least 1")
         if self.reward_epochs is not None and (not isinstance(self.reward_epochs, int) or self.reward_epochs < 1):
             raise UserError(f"reward-epochs {self.reward_epochs!r} must be a positive integer")
-        if isinstance(self.recent_replay, bool) or not isinstance(self.recent_replay, (int, float)) \
-                or not 0.0 <= self.recent_replay <= 1.0:
+        if type(self.recent_replay) not in (int, float) or not 0.0 <= self.recent_replay <= 1.0:
             raise UserError(f"recent-replay {self.recent_replay!r} must be a fraction in [0, 1]")
         if not 0.0 <= self.reward_noise < 1.0:
             raise UserError(f"reward-noise {self.reward_noise} must be in [0, 1)")
@@ -295,7 +298,7 @@ class Resolved:
     eval_episodes: int
     eval_every: int
     rl_start: int = 0  # off-policy agents: the step of the first labels (random + unsupervised steps)
-    query_min_clips: int = QUERY_MIN_CLIPS  # the floor of the query window, in clips
+    query_min_clips: int = 256  # the floor of the query window, in clips
     recent_replay_steps: int = 0  # off-policy agents: the newest transitions hybrid replay draws from
 
 
@@ -348,35 +351,14 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         label_window=cfg.label_window or task.label_window,
         agent_params=agent_params,
         iteration_steps=(cfg.iteration_steps or task.iteration_steps
-                         or _default_iteration_steps(algo, agent_params, n_envs, steps)),
+                         or default_iteration_steps(algo, agent_params, n_envs, steps)),
         schedule_horizon=task.schedule_horizon / task.frames_per_step,
         eval_episodes=task.eval_episodes if cfg.eval_episodes is None else cfg.eval_episodes,
         eval_every=cfg.eval_every or task.eval_every,
         rl_start=rl_start,
-        query_min_clips=cfg.query_min_clips or _query_window(task, algo),
-        recent_replay_steps=RECENT_REPLAY_EPISODES * _episode_steps(task),
+        query_min_clips=cfg.query_min_clips or default_query_window(task, algo),
+        recent_replay_steps=RECENT_REPLAY_EPISODES * task.episode_steps,
     )
-
-
-def _query_window(task: TaskSpec, algo: str) -> int:
-    """The default floor of the query window in clips: 256; for an off-policy agent on a task whose entry
-    sets ``query_episodes`` (the DeepMind Control tasks: B-Pref's reward model samples queries from the
-    last 100 episodes it stored), that many episodes' worth of clips."""
-    if algo not in OFF_POLICY or not task.query_episodes:
-        return QUERY_MIN_CLIPS
-    return task.query_episodes * max(1, _episode_steps(task) // task.clip_length)
-
-
-def _episode_steps(task: TaskSpec) -> int:
-    """Agent steps of one of the task's episodes: its fixed horizon, else its env's time limit (1,000,
-    DeepMind Control's, when there is none)."""
-    episode = task.horizon
-    if episode is None:
-        try:
-            episode = gym.spec(task.env_id).max_episode_steps
-        except gym.error.Error:  # an id outside Gymnasium's registry
-            episode = None
-    return int(episode or 1000)
 
 
 def _off_policy_start(cfg: RunConfig, task: TaskSpec, algo: str, agent_params: dict[str, Any], steps: int,
@@ -405,21 +387,6 @@ def _off_policy_start(cfg: RunConfig, task: TaskSpec, algo: str, agent_params: d
         raise UserError(f"replay buffer_size {buffer} ({buffer // n_envs} per env) is smaller than one segment of "
                         f"{task.clip_length} steps; allowed: at least {task.clip_length * n_envs}")
     return random_steps + unsup
-
-
-def _default_n_steps(algo: str) -> int:
-    """SB3's default rollout length of ``algo`` (PPO 2048, A2C 5, TRPO 2048), read from its constructor."""
-    return int(inspect.signature(algo_class(algo)).parameters["n_steps"].default)
-
-
-def _default_iteration_steps(algo: str, agent_params: dict[str, Any], n_envs: int, total_steps: int) -> int:
-    """One rollout, but at least 2,048 steps: A2C's rollouts (80 steps for Atari) are far too short to
-    retrain the reward, log and checkpoint after each. A run shorter than 16,384 steps still gets
-    about eight iterations."""
-    if algo in OFF_POLICY:  # SB3 ends a "rollout" every train_freq steps: B-Pref's 20,000 (num_interact)
-        return max(1, min(20_000, total_steps // 8))
-    rollout = int(agent_params.get("n_steps", _default_n_steps(algo))) * n_envs
-    return max(rollout, min(2048, total_steps // 8))
 
 
 def resolve_device(name: str) -> str:

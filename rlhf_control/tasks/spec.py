@@ -35,6 +35,7 @@ OFF_POLICY = ("sac",)  # agents that learn from a replay buffer (continuous acti
 # has hundreds; an off-policy run retrains only once per round (7-10 times), and 6 passes a round left
 # the reward barely fitted (HalfCheetah, README: "PEBBLE").
 OFF_POLICY_REWARD_EPOCHS = 50
+QUERY_MIN_CLIPS = 256  # the query window's floor (README: measured against 64 and 1,024 on-policy)
 REWARD_NETS = ("mlp", "cnn")
 POLICIES = ("MlpPolicy", "CnnPolicy", "MultiInputPolicy")
 ACTIVATIONS = ("relu", "tanh", "elu", "leaky_relu", "gelu", "silu")
@@ -63,6 +64,25 @@ def algo_class(algo: str) -> type:
 
         return SAC
     raise UserError(f"unknown algorithm {algo!r}; allowed: {', '.join(ALGOS)}")
+
+
+def default_iteration_steps(algo: str, agent_params: dict[str, Any], n_envs: int, total_steps: int) -> int:
+    """One rollout, but at least 2,048 steps: A2C's rollouts (80 steps for Atari) are far too short to
+    retrain the reward, log and checkpoint after each. A run shorter than 16,384 steps still gets
+    about eight iterations."""
+    if algo in OFF_POLICY:  # SB3 ends a "rollout" every train_freq steps: B-Pref's 20,000 (num_interact)
+        return max(1, min(20_000, total_steps // 8))
+    n_steps = agent_params.get("n_steps", inspect.signature(algo_class(algo)).parameters["n_steps"].default)
+    return max(int(n_steps) * n_envs, min(2048, total_steps // 8))
+
+
+def default_query_window(task: TaskSpec, algo: str) -> int:
+    """The default floor of the query window in clips: 256; for an off-policy agent on a task whose entry
+    sets ``query_episodes`` (the DeepMind Control tasks: B-Pref's reward model samples queries from the
+    last 100 episodes it stored), that many episodes' worth of clips."""
+    if algo not in OFF_POLICY or not task.query_episodes:
+        return QUERY_MIN_CLIPS
+    return task.query_episodes * max(1, task.episode_steps // task.clip_length)
 
 
 def _agent_params(algo: str) -> list[str]:
@@ -289,6 +309,18 @@ class TaskSpec:
             if w["name"] == "atari_frames":
                 frames *= int(w["kwargs"].get("frame_skip", default))
         return frames
+
+    @property
+    def episode_steps(self) -> int:
+        """Agent steps of one episode: the fixed horizon, else the env's registered time limit (1,000,
+        DeepMind Control's, when it has none)."""
+        if self.horizon is not None:
+            return self.horizon
+        try:
+            limit = gym.spec(self.env_id).max_episode_steps
+        except gym.error.Error:  # an id outside Gymnasium's registry
+            limit = None
+        return int(limit or 1000)
 
     @property
     def reward_obs_fn(self) -> Callable[[np.ndarray], np.ndarray] | None:
