@@ -357,7 +357,7 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         eval_every=cfg.eval_every or task.eval_every,
         rl_start=rl_start,
         query_min_clips=cfg.query_min_clips or default_query_window(task, algo),
-        recent_replay_steps=RECENT_REPLAY_EPISODES * task.episode_steps,
+        recent_replay_steps=RECENT_REPLAY_EPISODES * task.episode_steps if algo in OFF_POLICY else 0,
     )
 
 
