@@ -94,6 +94,9 @@ class RunConfig:
     """learning rate of the reward predictors"""
     reward_l2: bool = field(default=True, metadata={"flag": "--no-reward-l2", "invert": True})
     """adaptive L2 on the reward predictors (off: the paper's no-regularization ablation)"""
+    reward_crop: int = 0
+    """temporal cropping (SURF's augmentation): each training pair's returns are summed over a random
+    window of each clip, its length drawn per pair from clip length minus up to this many steps (0: off)"""
     reward_async: bool = field(default=True, metadata={"flag": "--sync-reward", "invert": True,
                                                        "resumable": True})
     """retrain the reward in a second process during the next rollout (off: in this process, between
@@ -183,19 +186,14 @@ class RunConfig:
             raise UserError(f"reward-norm {self.reward_norm!r} is not allowed; use reference or recent")
         if self.pretrain_policy not in ("untrained", "uniform"):
             raise UserError(f"pretrain-policy {self.pretrain_policy!r} is not allowed; use untrained or uniform")
-        if self.reward_members < 1:
-            raise UserError(f"reward-members {self.reward_members} must be at least 1")
         if self.reward_epochs is not None and (not isinstance(self.reward_epochs, int) or self.reward_epochs < 1):
             raise UserError(f"reward-epochs {self.reward_epochs!r} must be a positive integer")
         if type(self.recent_replay) not in (int, float) or not 0.0 <= self.recent_replay <= 1.0:
             raise UserError(f"recent-replay {self.recent_replay!r} must be a fraction in [0, 1]")
         if not 0.0 <= self.reward_noise < 1.0:
             raise UserError(f"reward-noise {self.reward_noise} must be in [0, 1)")
-        if self.torch_threads < 1:
-            raise UserError(f"torch-threads {self.torch_threads} must be at least 1")
-        if self.checkpoint_every < 1:
-            raise UserError(f"checkpoint-every {self.checkpoint_every} must be at least 1")
-        for name, low in (("label_slack", 0), ("label_buffer", 1)):
+        for name, low in (("label_slack", 0), ("label_buffer", 1), ("reward_crop", 0), ("reward_members", 1),
+                          ("torch_threads", 1), ("checkpoint_every", 1), ("max_pending", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"{name.replace('_', '-')} {value!r} must be an integer >= {low}")
@@ -204,8 +202,6 @@ class RunConfig:
         if isinstance(self.checkpoint_minutes, bool) or not isinstance(self.checkpoint_minutes, (int, float)) \
                 or not 0 <= self.checkpoint_minutes < float("inf"):
             raise UserError(f"checkpoint-minutes {self.checkpoint_minutes!r} must be a number >= 0")
-        if self.max_pending < 1:
-            raise UserError(f"max-pending {self.max_pending} must be at least 1")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"seed {self.seed!r} must be a non-negative integer")
         if isinstance(self.label_port, bool) or not isinstance(self.label_port, int) or not 0 <= self.label_port <= 65535:
@@ -234,7 +230,6 @@ def field_docs(cls: type = RunConfig) -> dict[str, str]:
                 and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
             docs[node.target.id] = " ".join(after.value.value.split())
     return docs
-
 
 
 def run_config_from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:

@@ -59,7 +59,7 @@ def pebble(task_name: str, seed: int, steps: int, labels: int, args: argparse.Na
                     iteration_steps=args.iteration_steps, eval_episodes=args.eval_episodes, eval_every=10**6,
                     relabel=not args.no_relabel, critic_reset=not args.no_critic_reset,
                     recent_replay=args.recent_replay, query_min_clips=args.query_min_clips or None,
-                    agent=agent_overrides(args),
+                    reward_l2=not args.no_reward_l2, reward_crop=args.reward_crop, agent=agent_overrides(args),
                     reward_epochs=args.reward_epochs or None, selector=args.selector)
     t0 = time.perf_counter()
     trainer = RLHFTrainer(cfg, run_dir)
@@ -138,6 +138,10 @@ def main() -> None:
                     help="share of each SAC batch from the last 10 episodes (QPA's hybrid replay: 0.5; 0: off)")
     ap.add_argument("--no-critic-reset", action="store_true",
                     help="keep SAC's critics trained on the state entropy at the first labels (PEBBLE resets them)")
+    ap.add_argument("--no-reward-l2", action="store_true",
+                    help="no adaptive L2 on the reward predictors (PEBBLE's reward model has none)")
+    ap.add_argument("--reward-crop", type=int, default=0,
+                    help="SURF's temporal crop of the reward's training clips, in steps (0: off)")
     ap.add_argument("--reward-epochs", type=int, default=0,
                     help="reward epochs per label round after the first (0: the task's)")
     ap.add_argument("--selector", default="variance", help="query selector (default: variance, the ensemble's disagreement)")

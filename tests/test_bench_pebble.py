@@ -23,7 +23,7 @@ def _args(**kw):
     base = dict(n_envs=1, rounds=2, unsup_steps=200, iteration_steps=400, eval_episodes=1, no_relabel=False,
                 random_steps=200, net=16, batch_size=32, reward_epochs=0, selector="variance",
                 no_critic_reset=False, recent_replay=0.0,
-                query_min_clips=0)
+                query_min_clips=0, no_reward_l2=False, reward_crop=0)
     base.update(kw)
     return argparse.Namespace(**base)
 

@@ -19,7 +19,7 @@ from rlhf_control.reward import (
     preference_loss,
 )
 from rlhf_control.reward.l2_control import AdaptiveL2
-from rlhf_control.reward.training import SPLIT_SCHEME
+from rlhf_control.reward.training import SPLIT_SCHEME, cropped_sums
 from rlhf_control.types import Label, Segment, SegmentPair
 
 OBS, ACT, T = 4, 2, 8
@@ -268,6 +268,8 @@ def test_a_trainer_state_of_another_split_scheme_is_refused_in_one_line():
         ({"l2_smoothing": 0.0}, "l2_smoothing=0.0 is not allowed; use a weight in (0, 1]"),
         ({"l2_smoothing": 1.5}, "l2_smoothing=1.5"),
         ({"l2_init": -1.0}, "l2_init=-1.0"),
+        ({"crop": -1}, "crop=-1 is not allowed; use an int >= 0"),
+        ({"crop": 2.5}, "crop=2.5"),
     ],
 )
 def test_bad_config_raises_one_line(kwargs, fragment):
@@ -384,3 +386,37 @@ def test_the_l2_coefficient_settles_near_the_band_without_touching_the_clamps():
     # magnitude: the problem is hard enough to tell the two apart.
     old, _, _ = l2_history(replace(cfg, l2_step=1.5, l2_smoothing=1.0))
     assert np.max(old[half:].max(axis=0) / old[half:].min(axis=0)) > 1000
+
+
+def test_cropped_sums_add_one_contiguous_window_per_segment_of_a_length_shared_by_the_pair():
+    torch.manual_seed(0)
+    b, t, crop = 400, 10, 3
+    # Powers of two: each sum says exactly which steps it covered.
+    steps = (2.0 ** torch.arange(t, dtype=torch.float64)).expand(b, 2, t).contiguous()
+    sums = cropped_sums(steps, crop).long()
+    lengths, starts = set(), set()
+    for row in sums.tolist():
+        covered = [[i for i in range(t) if v >> i & 1] for v in row]
+        for c in covered:  # contiguous, within the segment
+            assert c == list(range(c[0], c[0] + len(c)))
+            starts.add(c[0])
+        assert len(covered[0]) == len(covered[1])  # one length per pair
+        lengths.add(len(covered[0]))
+    assert lengths == set(range(t - crop, t + 1))
+    assert starts == set(range(crop + 1))  # every start a window of the shortest length can have
+    # A crop longer than the segment still leaves one step.
+    assert cropped_sums(torch.ones(50, 2, 4), 10).min() >= 1
+
+
+def test_temporal_crop_changes_the_training_steps_and_still_learns_the_ranking():
+    world = World(9)
+    ds = world.dataset(300)
+    test = [world.segment() for _ in range(200)]
+    truth = [s.true_return for s in test]
+    runs = {}
+    for crop in (0, 2):
+        ens = ensemble()
+        RewardTrainer(ens, RewardTrainerConfig(crop=crop), np.random.default_rng(0)).train(ds, epochs=15)
+        runs[crop] = ens.member_segment_returns(test).mean(axis=0)
+    assert not np.allclose(runs[0], runs[2])  # the crop is applied
+    assert spearmanr(runs[2], truth)[0] >= 0.85

@@ -420,3 +420,15 @@ def test_a_run_writes_nothing_into_the_temporary_directory(tmp_path, monkeypatch
             "--iteration-steps", "256", "--sync-reward", "--run-dir", str(tmp_path / "run"), "--no-progress"]
     assert main(args) == 0
     assert [p.name for p in scratch.iterdir() if p.name.startswith("SB3-")] == []
+
+
+def test_the_temporal_crop_reaches_the_reward_trainer_in_both_processes(tmp_path, monkeypatch):
+    from rlhf_control.reward import training
+
+    crops = []
+    real = training.cropped_sums
+    monkeypatch.setattr(training, "cropped_sums", lambda steps, crop: crops.append(crop) or real(steps, crop))
+    trainer = RLHFTrainer(_tiny(reward_crop=5, reward_async=False), tmp_path / "run")
+    assert trainer.updater.worker_args["trainer_config"].crop == 5
+    trainer.run()
+    assert crops and set(crops) == {5}

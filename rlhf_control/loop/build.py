@@ -132,7 +132,8 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     # The agent may see normalised observations (RL Zoo's `normalize`); the reward model never does.
     agent_env: VecEnv = VecNormalize(learned, norm_obs=True, norm_reward=False) if task.normalize else learned
     trainer_config = RewardTrainerConfig(lr=cfg.reward_lr, noise=cfg.reward_noise, adaptive_l2=cfg.reward_l2,
-                                         **({} if cfg.reward_l2 else {"l2_init": 0.0}), seed=cfg.seed)
+                                         **({} if cfg.reward_l2 else {"l2_init": 0.0}), seed=cfg.seed,
+                                         crop=cfg.reward_crop)
     fitter = make_fitter(cfg.reward_fitter, ensemble, trainer_config, np.random.default_rng(cfg.seed + 1))
     if ckpt_dir is not None:
         fitter.load_state_dict(torch.load(ckpt_dir / FITTER_FILE, weights_only=True))

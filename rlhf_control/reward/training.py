@@ -71,11 +71,14 @@ class RewardTrainerConfig:
     l2_min: float = 1e-6
     l2_max: float = 10.0
     prestack_mb: float = 256.0
+    crop: int = 0
 
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> UserError:
             return UserError(f"{name}={getattr(self, name)!r} is not allowed; use {allowed}")
 
+        if isinstance(self.crop, bool) or int(self.crop) != self.crop or self.crop < 0:
+            raise bad("crop", "an int >= 0 (steps a training window may be shorter than its segment; 0 = off)")
         for name in ("batch_size", "epochs"):
             v = getattr(self, name)
             if isinstance(v, bool) or int(v) != v or v < 1:
@@ -298,7 +301,8 @@ class RewardTrainer:
 
     def _step(self, window: _Window, m: int, idx: np.ndarray) -> None:
         x, t = window.batch(idx)
-        sums = self.ensemble.member_forward_t(m, x).view(len(idx), 2, t).sum(dim=2)
+        steps = self.ensemble.member_forward_t(m, x).view(len(idx), 2, t)
+        sums = cropped_sums(steps, self.config.crop) if self.config.crop and t > 1 else steps.sum(dim=2)
         rows = torch.as_tensor(idx, device=self.ensemble.device)
         loss = preference_loss(sums[:, 0], sums[:, 1], window.targets[rows], self.config.noise).mean()
         opt = self.optimizers[m]
@@ -368,6 +372,17 @@ class RewardTrainer:
             opt.load_state_dict(s)
             opt.param_groups[0]["weight_decay"] = l2
         self.epochs_done = int(state.get("epochs_done", 0))
+
+
+def cropped_sums(steps: torch.Tensor, crop: int) -> torch.Tensor:
+    """Temporal cropping (SURF, Park et al. 2022): ``(B, 2, T)`` step rewards -> ``(B, 2)`` sums over
+    a random window of each segment. Per pair one length, uniform in ``[T - crop, T]`` (at least 1);
+    per segment its own start. Uses torch's global generator (seeded per train() call)."""
+    b, _, t = steps.shape
+    lengths = t - torch.randint(0, min(int(crop), t - 1) + 1, (b, 1), device=steps.device)
+    starts = (torch.rand(b, 2, device=steps.device) * (t - lengths + 1)).long().clamp_max(t - lengths)
+    cs = torch.nn.functional.pad(steps.cumsum(dim=2), (1, 0))
+    return cs.gather(2, (starts + lengths)[..., None]).squeeze(2) - cs.gather(2, starts[..., None]).squeeze(2)
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
