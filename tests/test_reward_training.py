@@ -19,7 +19,8 @@ from rlhf_control.reward import (
     preference_loss,
 )
 from rlhf_control.reward.l2_control import AdaptiveL2
-from rlhf_control.reward.training import SPLIT_SCHEME, cropped_sums
+from rlhf_control.reward.losses import cropped_sums
+from rlhf_control.reward.training import SPLIT_SCHEME
 from rlhf_control.types import Label, Segment, SegmentPair
 
 OBS, ACT, T = 4, 2, 8

@@ -2,8 +2,9 @@
 
 from rlhf_control.reward.dataset import PreferenceDataset
 from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble
+from rlhf_control.reward.losses import preference_loss
 from rlhf_control.reward.nets import CNNReward, MLPReward
-from rlhf_control.reward.training import RewardTrainer, RewardTrainerConfig, TrainReport, preference_loss
+from rlhf_control.reward.training import RewardTrainer, RewardTrainerConfig, TrainReport
 
 __all__ = [
     "CNNReward",
