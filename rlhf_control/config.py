@@ -25,6 +25,7 @@ from rlhf_control.tasks.spec import (
     ALGOS,
     OFF_POLICY,
     OFF_POLICY_REWARD_EPOCHS,
+    QUERY_MIN_CLIPS,
     TaskSpec,
     algo_class,
     default_iteration_steps,
@@ -293,7 +294,7 @@ class Resolved:
     eval_episodes: int
     eval_every: int
     rl_start: int = 0  # off-policy agents: the step of the first labels (random + unsupervised steps)
-    query_min_clips: int = 256  # the floor of the query window, in clips
+    query_min_clips: int = QUERY_MIN_CLIPS  # the floor of the query window, in clips
     recent_replay_steps: int = 0  # off-policy agents: the newest transitions hybrid replay draws from
 
 

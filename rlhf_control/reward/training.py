@@ -286,7 +286,7 @@ class RewardTrainer:
     def _step(self, window: _Window, m: int, idx: np.ndarray) -> None:
         x, t = window.batch(idx)
         steps = self.ensemble.member_forward_t(m, x).view(len(idx), 2, t)
-        sums = cropped_sums(steps, self.config.crop) if self.config.crop and t > 1 else steps.sum(dim=2)
+        sums = cropped_sums(steps, self.config.crop) if self.config.crop else steps.sum(dim=2)
         rows = torch.as_tensor(idx, device=self.ensemble.device)
         loss = preference_loss(sums[:, 0], sums[:, 1], window.targets[rows], self.config.noise).mean()
         opt = self.optimizers[m]
