@@ -182,11 +182,25 @@ def trained_agent(spec: SweepSpec, out: Path) -> Path:
     return latest_checkpoint(run_dir) / AGENT_FILE
 
 
+def given_agent(path: Path) -> Path:
+    """``--policy``'s agent file, checked: an SB3 .zip (a zip archive), else a one-line error."""
+    import zipfile
+
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        raise UserError(f"--policy {str(path)!r} is not an agent file; allowed: an SB3 agent .zip "
+                        "(a run's checkpoints/ckpt-*/agent.zip)")
+    return path
+
+
 # ----------------------------------------------------------------------------- (b)
 def quality_clips(r: Any, agent_zip: Path, n_clips: int, seed: int, cache: Path) -> dict[str, list]:
     """Clips of the random and the trained policy, from ``cache`` when recorded before (the agent
     is copied there as ``trained.zip``, which ``brq.record_clips`` loads)."""
     cache.mkdir(parents=True, exist_ok=True)
+    kept = cache / "trained.zip"
+    if kept.exists() and kept.read_bytes() != Path(agent_zip).read_bytes():
+        raise UserError(f"the clips cached in {str(cache)!r} were recorded with another trained policy than "
+                        f"{str(agent_zip)!r}; remove that folder or give another --out")
     out = {}
     for i, policy in enumerate(("random", "trained")):
         path = cache / f"clips-{policy}-{n_clips}-s{seed}.npz"
@@ -272,6 +286,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     g = p.add_argument_group("(a) A2C on the true reward")
     g.add_argument("--frames", type=positive, default=None, help=f"emulator frames (default {DEFAULTS['frames']:,})")
     g = p.add_argument_group("(b) reward-model quality")
+    g.add_argument("--policy", type=Path, default=None,
+                   help="the trained policy's agent file (an SB3 .zip) instead of (a)'s last checkpoint")
     g.add_argument("--labels", type=positive, nargs="+", default=None, help=f"label counts N (default {DEFAULTS['labels']})")
     g.add_argument("--seeds", type=int, nargs="+", default=[0], help="label and ensemble seeds per N (default 0)")
     g.add_argument("--clips", type=positive, default=None, help=f"clips per policy (default {DEFAULTS['clips']})")
@@ -350,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.dry_run:
                     print(f"  would measure N = {args.labels} into {out / QUALITY_FILE} (needs (a) finished)")
                     continue
-                agent = trained_agent(pspec, out / "policy")
+                agent = given_agent(args.policy) if args.policy else trained_agent(pspec, out / "policy")
                 results = measure_quality(task, agent, args, out)
                 print("  Spearman of the predicted against the true clip return on held-out clips (whole episodes "
                       "held out); 'non-zero clips': only clips whose true return is not 0")
@@ -370,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     b_flags = (f"--labels {' '.join(map(str, args.labels))} --seeds {' '.join(map(str, args.seeds))} --clips {args.clips} "
                f"--pretrain-epochs {args.pretrain_epochs} --reward-epochs {args.reward_epochs} --rounds {args.rounds} "
                f"--selector {args.selector} --device {args.device}"
-               + ("" if args.pretrain_labels is None else f" --pretrain-labels {args.pretrain_labels}"))
+               + ("" if args.pretrain_labels is None else f" --pretrain-labels {args.pretrain_labels}")
+               + ("" if args.policy is None else f" --policy {args.policy}"))
     print(f"  (b)   {me} --stages quality --frames {args.frames} {b_flags} --out {out}")
     print(f"  (c)   rlhf-control sweep {files['a2c']} --out {out / 'curve'} --workers 1"
           f"\n        rlhf-control sweep {files['rlhf']} --out {out / 'curve'} --workers 1"

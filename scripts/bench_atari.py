@@ -90,7 +90,7 @@ def child_rlhf(args: argparse.Namespace) -> dict[str, Any]:
     cfg = RunConfig(task=TASK, oracle="perfect", selector="variance", labels=labels,
                     pretrain_labels=args.pretrain_labels, pretrain_epochs=args.pretrain_epochs,
                     steps=args.steps, seed=args.seed, n_envs=args.n_envs, torch_threads=1, device=args.device,
-                    reward_async=not args.sync_reward)
+                    reward_async=not args.sync_reward, eval_episodes=0)  # A2C's side evaluates nothing either
     t0 = time.perf_counter()
     trainer = RLHFTrainer(cfg, args.run_dir)
     setup = time.perf_counter() - t0

@@ -29,6 +29,7 @@ from rlhf_control.reward import (
     RewardTrainerConfig,
     preference_loss,
 )
+from rlhf_control.reward.pixels import segment_frames
 from rlhf_control.types import Label, Segment, SegmentPair, StackedFrames, segment_steps
 
 
@@ -103,6 +104,24 @@ def sgemm_gflops(size: int = 1024, seconds: float = 1.0) -> float:
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best / 1e9
+
+
+def host_batch_ms(ds: PreferenceDataset, batch_size: int, pairs: int, members: int) -> None:
+    """Host time to make one training batch's pixels: the stacks expanded on the host (segment_steps,
+    what a CPU device trains on) against the frames gathered to be expanded on the device
+    (reward/pixels.py, what a GPU device gets); best of 3. Each member makes its own batches."""
+    segs = [s for lb in ds.labels[:batch_size] for s in (lb.pair.first, lb.pair.second)]
+    times = {}
+    for name, fn in (("stacks on the host", lambda: segment_steps(segs)), ("frames only", lambda: segment_frames(segs))):
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        times[name] = best
+    per = {k: v / len(segs) * 2 * members for k, v in times.items()}
+    print(f"[atari-cnn] host work per {len(segs) // 2}-pair batch: " + ", ".join(
+        f"{k} {1e3 * v:.1f} ms ({per[k]:.4f} s per pair-epoch for {members} members)" for k, v in times.items()))
 
 
 def bench_cnn_paths(ds: PreferenceDataset, members: int, cfg: RewardTrainerConfig, epochs: int, repeats: int,
@@ -207,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[atari-cnn] window frames held as StackedFrames: {mb:.0f} MiB for {n} pairs "
               f"(full 84x84x4 stacks would be {mb * 4 * args.atari_steps / (args.atari_steps + 3):.0f} MiB)")
         cfg = RewardTrainerConfig(batch_size=args.atari_batch_size)
+        host_batch_ms(ds, cfg.batch_size, args.pairs, args.members)
         bench_cnn_paths(ds, args.members, cfg, args.atari_epochs, args.atari_repeats, args.pairs / n, device)
         ens = RewardEnsemble(EnsembleConfig.atari(n_members=args.members), (84, 84, 4), (), n_actions=6, device=device)
         print(f"  peak RSS so far (ru_maxrss): {rss_mb():.0f} MiB; torch saved-for-backward per batch: "

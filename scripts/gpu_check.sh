@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
-# Atari on a GPU (issue 13, item 1): the checks a session runs when it is lent a GPU machine, as one
-# prepared command that ends within about 9 minutes, writing its figures under $OUT.
+# Atari on a GPU (issue 13): the checks a session runs when it is lent a GPU machine, as one prepared
+# command that ends within about 9 minutes, writing its figures under $OUT.
 #
 #   scripts/gpu_check.sh --wheels       # here, once: the packages the GPU image lacks, as wheels in .whl/
 #                                       # (cp312, about 4 MB; .whl/ is git-ignored)
-#   device run: bash scripts/gpu_check.sh   with carry [".whl"] and timeout_s 600
+#   mkdir -p .pong && cp <a Pong run>/checkpoints/ckpt-*/agent.zip .pong/   # the trained policy of (b)
+#   device run: bash scripts/gpu_check.sh   with carry [".whl", ".pong"] and timeout_s 600
 #   DEVICE=cpu QUICK=1 OUT=/tmp/gpu-check scripts/gpu_check.sh   # the same steps, tiny, on a CPU
 #
-# Steps, each under its own time limit (seconds in brackets), each writing one file to $OUT:
-#   env.txt           nvidia-smi, Python, torch and the GPU torch sees                      [30]
-#   tests.txt         the device tests (the CUDA-only one runs where CUDA is) and fast_cnn's [150]
-#   bench_reward.txt  the CNN reward's pair-epoch, plain and fast path, on the device        [120]
-#   bench_atari.txt   Pong, RLHF loop against plain A2C in one run: frames/s (target >= 0.8) [240]
-#   pong.txt          an RLHF run on Pong (perfect labels, the paper's schedule) for the time left,
-#   pong_metrics.csv  stopped with SIGINT (a checkpoint), its metrics
+# Steps, each under its own time limit, each writing its output to $OUT:
+#   env.txt           nvidia-smi, Python, torch and the GPU torch sees; how the package was made importable
+#   record.txt        (background, CPU) clips of the random and the trained Pong policy for quality
+#   bench_reward.txt  the CNN reward's pair-epoch, plain and fast path, on the device
+#   tests.txt         the device tests (the CUDA-only one runs where CUDA is) and fast_cnn's
+#   bench_atari.txt   Pong, RLHF loop against plain A2C in one run: frames/s (target >= 0.8)
+#   quality.txt       scripts/atari_evidence.py (b): the CNN reward from 3,000 then 1,000 perfect
+#   reward_quality.json  labels on those clips, on the device, for the time left
+# The image's own Python (3.12, its torch) runs everything; the project's pins do not apply there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-WHEELS=(gymnasium farama-notifications stable-baselines3 sb3-contrib ale-py tomli-w pytest-xdist pytest-timeout)
+WHEELS=(gymnasium farama-notifications stable-baselines3 sb3-contrib ale-py tomli-w)
 if [[ "${1:-}" == "--wheels" ]]; then
   mkdir -p .whl
-  grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
   exec python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${WHEELS[@]}"
@@ -29,64 +31,96 @@ fi
 OUT=${OUT:-/tmp/gpu-check}
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-0}
+POLICY=${POLICY:-.pong/agent.zip}
+BUDGET=${BUDGET:-550}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MUJOCO_GL=egl
+START=$(date +%s)
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+stamp() { echo "[$(( $(date +%s) - START )) s] $*"; }
+
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "installing .whl/ failed" | tee "$OUT/env.txt"; exit 1; }
   export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-START=$(date +%s)
-left() { echo $((${BUDGET:-540} - ($(date +%s) - START))); }
+# The package maps rlhf_control.envs to envs/ (pyproject.toml): an install without its dependencies,
+# or, where that cannot be built, the same mapping as a link inside this copy of the tree.
+how="installed (pip -e, no deps)"
+if ! python3 -c "import rlhf_control.envs" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
+    || { ln -sfn ../envs rlhf_control/envs; how="linked (rlhf_control/envs -> envs)"; }
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+  how="already importable"
+fi
 
 if [[ $QUICK == 1 ]]; then
   REWARD_ARGS=(--pairs 64 --atari-pairs 8 --atari-epochs 1 --atari-repeats 1 --skip-mujoco)
   ATARI_ARGS=(--frames 2000 --pretrain-labels 6 --pretrain-epochs 1 --n-envs 4)
-  PONG_ARGS=(--labels 20 --pretrain-labels 10 --pretrain-epochs 1 --n-envs 4 --steps 4000)
-  PONG_S=60
+  CLIPS=60; Q_ARGS=(--labels 30 20 --pretrain-epochs 1 --rounds 2 --reward-epochs 1)
 else
   REWARD_ARGS=(--pairs 3000 --atari-pairs 1000 --atari-repeats 2 --skip-mujoco)
-  ATARI_ARGS=(--frames 400000)
-  PONG_ARGS=()
-  PONG_S=0  # the time left
+  ATARI_ARGS=(--frames 200000)
+  CLIPS=2000; Q_ARGS=(--labels 3000 1000)
 fi
 
 {
-  date -u; nvidia-smi || echo "no nvidia-smi"
+  date -u; nvidia-smi || echo "no nvidia-smi"; nproc
   python3 -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
-  python3 -c "import gymnasium, stable_baselines3, ale_py; print('gymnasium', gymnasium.__version__,
-'sb3', stable_baselines3.__version__, 'ale-py', ale_py.__version__)"
+  python3 -c "import numpy, gymnasium, stable_baselines3, ale_py; print('numpy', numpy.__version__, 'gymnasium',
+gymnasium.__version__, 'sb3', stable_baselines3.__version__, 'ale-py', ale_py.__version__)"
+  python3 -c "import rlhf_control.envs; print('rlhf_control: $how')"
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-echo "== tests"
-timeout 150 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_device.py tests/test_fast_cnn.py \
+# Clips for (b) on the CPU while the GPU steps below run (the emulators and the policy on CPU cores).
+AE=/tmp/atari-evidence
+RECORD_PID=""
+if [[ -f "$POLICY" ]]; then
+  stamp "recording $CLIPS clips of each Pong policy (background)"
+  python3 -c "
+import sys; sys.path.insert(0, 'scripts')
+from pathlib import Path
+import atari_evidence as ae
+from rlhf_control.config import RunConfig, resolve
+ae.quality_clips(resolve(RunConfig(task='ALE/Pong-v5', seed=0)), Path('$POLICY'), $CLIPS, 0, Path('$AE/clips'))
+" > "$OUT/record.txt" 2>&1 &
+  RECORD_PID=$!
+else
+  echo "no $POLICY: quality (b) is skipped" | tee "$OUT/record.txt"
+fi
+
+stamp "bench_reward ($DEVICE)"
+timeout 100 python3 scripts/bench_reward.py --device "$DEVICE" "${REWARD_ARGS[@]}" > "$OUT/bench_reward.txt" 2>&1
+echo "exit code $?" >> "$OUT/bench_reward.txt"
+tail -10 "$OUT/bench_reward.txt"
+
+stamp "tests"
+timeout 90 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_device.py tests/test_fast_cnn.py -rs \
   > "$OUT/tests.txt" 2>&1
-tail -3 "$OUT/tests.txt"
+tail -4 "$OUT/tests.txt"
 
-echo "== bench_reward ($DEVICE)"
-timeout 120 python3 scripts/bench_reward.py --device "$DEVICE" "${REWARD_ARGS[@]}" > "$OUT/bench_reward.txt" 2>&1
-tail -8 "$OUT/bench_reward.txt"
+if [[ -n $RECORD_PID ]]; then
+  stamp "waiting for the clips"
+  wait "$RECORD_PID"; echo "exit code $?" >> "$OUT/record.txt"
+  cat "$OUT/record.txt"
+fi
 
-echo "== bench_atari ($DEVICE)"
-timeout 240 python3 scripts/bench_atari.py --device "$DEVICE" --out /tmp/bench_atari "${ATARI_ARGS[@]}" \
+stamp "bench_atari ($DEVICE)"
+timeout 220 python3 scripts/bench_atari.py --device "$DEVICE" --out /tmp/bench_atari "${ATARI_ARGS[@]}" \
   > "$OUT/bench_atari.txt" 2>&1
-grep -E "^(A2C|RLHF|ratio|\|)" "$OUT/bench_atari.txt" || tail -20 "$OUT/bench_atari.txt"
+echo "exit code $?" >> "$OUT/bench_atari.txt"
+grep -E "^(A2C|RLHF|ratio|\||exit)" "$OUT/bench_atari.txt" || tail -20 "$OUT/bench_atari.txt"
 
 secs=$(left)
-[[ $PONG_S -gt 0 ]] && secs=$PONG_S
-echo "== Pong RLHF run for ${secs} s ($DEVICE)"
-if [[ $secs -gt 30 ]]; then
-  rm -rf /tmp/pong-run
-  timeout -s INT -k 60 "$secs" python3 -m rlhf_control.cli train --task Pong --device "$DEVICE" --no-progress \
-    --run-dir /tmp/pong-run "${PONG_ARGS[@]}" > "$OUT/pong.txt" 2>&1
-  echo "exit code $? (130 or 124: stopped at its time, after a checkpoint)" >> "$OUT/pong.txt"
-  cp /tmp/pong-run/metrics.csv "$OUT/pong_metrics.csv" 2>/dev/null
-  tail -4 "$OUT/pong.txt"
-  [[ -f "$OUT/pong_metrics.csv" ]] && tail -3 "$OUT/pong_metrics.csv" | cut -c1-200
-else
-  echo "no time left for it" > "$OUT/pong.txt"
+stamp "quality (b) on $DEVICE for at most $secs s"
+if [[ -n $RECORD_PID && $secs -gt 20 ]]; then
+  timeout -k 10 "$secs" python3 scripts/atari_evidence.py --stages quality --policy "$POLICY" --device "$DEVICE" \
+    --threads 4 --clips "$CLIPS" "${Q_ARGS[@]}" --out "$AE" > "$OUT/quality.txt" 2>&1
+  echo "exit code $? (124: stopped at its time; the finished label counts are in reward_quality.json)" >> "$OUT/quality.txt"
+  cp "$AE/reward_quality.json" "$OUT/" 2>/dev/null
+  grep -E "N [0-9]+|exit" "$OUT/quality.txt"
 fi
-echo "done in $(( $(date +%s) - START )) s"
+stamp "done"

@@ -152,6 +152,28 @@ def test_stacked_clips_round_trip_and_are_cached(tmp_path, monkeypatch):
     first = ae.quality_clips(None, agent, 4, 0, tmp_path / "cache")
     again = ae.quality_clips(None, agent, 4, 0, tmp_path / "cache")
     assert calls == ["random", "trained"] and len(again["trained"]) == len(first["random"]) == 4
+    other = tmp_path / "other.zip"  # clips of another trained policy are not taken from this cache
+    other.write_bytes(b"another agent")
+    with pytest.raises(UserError, match="recorded with another trained policy than"):
+        ae.quality_clips(None, other, 4, 0, tmp_path / "cache")
+    assert calls == ["random", "trained"]
+
+
+def test_a_given_policy_must_be_an_agent_zip(tmp_path, capsys):
+    import zipfile
+
+    with pytest.raises(UserError, match=r"--policy '.*nothing.zip' is not an agent file; allowed: an SB3 agent .zip"):
+        ae.given_agent(tmp_path / "nothing.zip")
+    (tmp_path / "text.zip").write_text("not a zip")
+    with pytest.raises(UserError, match="is not an agent file"):
+        ae.given_agent(tmp_path / "text.zip")
+    with zipfile.ZipFile(tmp_path / "agent.zip", "w") as z:
+        z.writestr("data", "{}")
+    assert ae.given_agent(tmp_path / "agent.zip") == tmp_path / "agent.zip"
+    # Through main: refused in one line before anything is recorded.
+    rc = ae.main(["--stages", "quality", "--policy", str(tmp_path / "text.zip"), "--out", str(tmp_path / "o")])
+    assert rc == 2 and capsys.readouterr().err.strip().count("\n") == 0
+    assert not (tmp_path / "o" / "clips").exists()
 
 
 def test_plan_pair_epochs():

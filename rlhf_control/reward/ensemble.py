@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from rlhf_control.errors import UserError
-from rlhf_control.reward.fast_cnn import ensemble_forward, member_forward
+from rlhf_control.reward.fast_cnn import ensemble_forward, float32_convolutions, member_forward
 from rlhf_control.reward.fast_mlp import FastMLP
 from rlhf_control.reward.nets import CNNReward, MLPReward, _check_dropout, _check_sizes
+from rlhf_control.reward.pixels import encode_segments
 from rlhf_control.rundir import atomic_path
-from rlhf_control.types import Segment, segment_steps
+from rlhf_control.types import Segment
 
 NETS = ("mlp", "cnn")
 # Largest float input fed to the networks in one forward pass when no grad is needed; bounds the
@@ -127,8 +128,8 @@ class RewardEnsemble:
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(self.seed)
             self.members = nn.ModuleList([self._make_net() for _ in range(config.n_members)])
-        self.members.to(self.device)
-        self.members.eval()
+        self.members.to(self.device).eval()
+        float32_convolutions(self.device)
         k = config.n_members
         self.norm_mean = torch.zeros(k, dtype=torch.float64, device=self.device)
         self.norm_std = torch.ones(k, dtype=torch.float64, device=self.device)
@@ -300,13 +301,15 @@ class RewardEnsemble:
         starts = np.cumsum([0] + [s.length for s in segments[:-1]])
         return np.add.reduceat(per_step, starts, axis=1)
 
+    @torch.no_grad()
     def _segment_step_outputs(self, segments: Sequence[Segment]) -> torch.Tensor:
-        """Raw outputs ``(K, sum T)``; segments are expanded a few at a time to bound memory."""
+        """Raw outputs ``(K, sum T)`` in eval mode; segments are encoded a few at a time to bound memory."""
+        self.members.eval()
         max_steps = max(1, EVAL_CHUNK_BYTES // self.step_bytes())
         outs, group, steps = [], [], 0
         for seg in [*segments, None]:
             if group and (seg is None or steps + seg.length > max_steps):
-                outs.append(self._raw_outputs(*segment_steps(group)))
+                outs.append(self.raw_member_outputs_t(encode_segments(self, group)))
                 group, steps = [], 0
             if seg is not None:
                 group.append(seg)
@@ -332,8 +335,8 @@ class RewardEnsemble:
         self.weights_changed()
         self.device = torch.device(device)
         self.members.to(self.device)
-        self.norm_mean = self.norm_mean.to(self.device)
-        self.norm_std = self.norm_std.to(self.device)
+        float32_convolutions(self.device)
+        self.norm_mean, self.norm_std = self.norm_mean.to(self.device), self.norm_std.to(self.device)
         return self
 
     def blob(self) -> dict[str, Any]:
@@ -360,11 +363,8 @@ class RewardEnsemble:
         self.members.load_state_dict(blob["state_dict"])
         self.norm_mean = blob["norm_mean"].double().to(self.device)
         self.norm_std = blob["norm_std"].double().to(self.device)
-        if blob.get("in_mean") is not None:
-            self.in_mean = blob["in_mean"].numpy().astype(np.float32)
-            self.in_inv_std = blob["in_inv_std"].numpy().astype(np.float32)
-        else:
-            self.in_mean = self.in_inv_std = None
+        stats = (blob["in_mean"], blob["in_inv_std"]) if blob.get("in_mean") is not None else (None, None)
+        self.in_mean, self.in_inv_std = (None if v is None else v.numpy().astype(np.float32) for v in stats)
 
     @classmethod
     def from_blob(cls, blob: dict[str, Any], device: str | torch.device = "cpu") -> RewardEnsemble:

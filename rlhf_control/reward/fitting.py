@@ -32,8 +32,9 @@ import torch
 from rlhf_control.registry import Registry
 from rlhf_control.reward.dataset import PreferenceDataset
 from rlhf_control.reward.ensemble import RewardEnsemble
+from rlhf_control.reward.pixels import encode_segments
 from rlhf_control.reward.training import RewardTrainer, RewardTrainerConfig
-from rlhf_control.types import Segment, segment_steps
+from rlhf_control.types import Segment
 
 WEIGHT_DECAY = 1e-4
 BATCH_SEGMENTS = 64
@@ -60,8 +61,7 @@ class RegressionReport:
 
 def _batch_returns(ensemble, segs: list[Segment]) -> torch.Tensor:
     """Per-member segment sums of raw outputs, ``(K, B)``, with gradients."""
-    obs, acts = segment_steps(segs)
-    out = ensemble.raw_member_outputs_t(ensemble.encode(obs, acts))  # (K, B*T)
+    out = ensemble.raw_member_outputs_t(encode_segments(ensemble, segs))  # (K, B*T)
     return out.reshape(out.shape[0], len(segs), -1).sum(dim=-1)
 
 

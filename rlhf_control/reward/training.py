@@ -29,7 +29,8 @@ from rlhf_control.reward.dataset import PreferenceDataset
 from rlhf_control.reward.ensemble import EVAL_CHUNK_BYTES, Encoded, RewardEnsemble
 from rlhf_control.reward.l2_control import AdaptiveL2
 from rlhf_control.reward.losses import cropped_sums, preference_loss
-from rlhf_control.types import Label, segment_steps
+from rlhf_control.reward.pixels import encode_segments
+from rlhf_control.types import Label
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class _Window:
     def _encode(self, idx: np.ndarray, lead: tuple[int, ...]) -> Encoded:
         """Inputs of pairs ``idx`` (same length T), steps ordered (pair, first/second, t)."""
         segs = [s for i in idx for s in (self.labels[i].pair.first, self.labels[i].pair.second)]
-        x = self.ens.encode(*segment_steps(segs))
+        x = encode_segments(self.ens, segs)
         if isinstance(x, tuple):
             return tuple(v.reshape(*lead, *v.shape[1:]) for v in x)
         return x.reshape(*lead, *x.shape[1:])
