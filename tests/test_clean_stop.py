@@ -118,3 +118,49 @@ def test_a_kill_never_redoes_pretraining_and_resume_cuts_the_metrics_back(tmp_pa
     with sqlite3.connect(run / "preferences.sqlite") as con:
         assert con.execute("SELECT COUNT(*) FROM queries WHERE created_step = 0").fetchone()[0] == pretrain_queries
         assert con.execute("SELECT COUNT(*) FROM answers WHERE skipped = 0").fetchone()[0] == 40
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def test_sigterm_to_a_sweep_stops_its_runs_after_their_checkpoints(tmp_path):
+    """Before, SIGTERM ended the sweep's process at once and its pool's run went on alone."""
+    import tomli_w
+
+    from rlhf_control.experiments.sweep import expand_grid, plan_sweep, spec_from_dict
+
+    spec = {"sweep": {"tasks": ["Pendulum-v1"], "seeds": [0], "labels": [20], "baseline": False},
+            "run": {"steps": 40000, "pretrain_labels": 4, "n_envs": 2, "iteration_steps": 2048,
+                    "checkpoint_every": 100, "checkpoint_minutes": 0, "eval_episodes": 0}}
+    (tmp_path / "spec.toml").write_text(tomli_w.dumps(spec))
+    out = tmp_path / "out"
+    run = out / expand_grid(spec_from_dict(spec, where="test"))[0].name
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "sweep", str(tmp_path / "spec.toml"),
+                             "--out", str(out), "--workers", "1"], text=True, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    below: list[int] = []
+    try:
+        _wait_rows(proc, run, 2)
+        below = _descendants(proc.pid)
+        assert below  # the pool's worker running the run, and the run's reward worker
+        logged = _steps(run)[-1]
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        time.sleep(0.5)
+        survivors = [p for p in below if _alive(p)]
+        for p in survivors:  # not left running whatever this test finds
+            os.kill(p, signal.SIGKILL)
+    assert rc == 130, proc.stderr.read()
+    assert "run the same command again to continue it" in proc.stdout.read()
+    assert not survivors, "a run went on after its sweep was stopped"
+    assert load_checkpoint_state(latest_checkpoint(run))["step"] >= logged > 0  # the stop's checkpoint
+    assert plan_sweep(spec_from_dict(spec, where="test"), out)[0][1] == "resume"

@@ -114,8 +114,59 @@ def default_workers(cpus_per_run: float) -> int:
     return max(1, int(cores // max(cpus_per_run, 1e-9)))
 
 
+class Terminated(KeyboardInterrupt):
+    """The sweep was sent SIGTERM (:func:`stop_on_sigterm`): stopped as Ctrl-C stops it, runs included."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """While in this block, SIGTERM raises :class:`Terminated` in the main thread (the default would
+    end this process at once and leave its pool's runs running on, unseen)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+STOP_SECONDS = 120.0  # how long stopped runs get to checkpoint before they are killed
+
+
+def stop_pool(pool: Any, forward: bool, timeout: float = STOP_SECONDS) -> None:
+    """Stop a process pool's runs as Ctrl-C stops one ``train``: queued runs are cancelled; with
+    ``forward`` each running one gets SIGINT (it checkpoints and exits; a Ctrl-C at a terminal has
+    already sent it that, and a second one would cut its checkpoint short); every worker gets
+    ``timeout`` seconds to exit, then is killed."""
+    import signal
+
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # the executor's own workers
+    pool.shutdown(wait=False, cancel_futures=True)
+    if forward:
+        for proc in procs:
+            with contextlib.suppress(OSError, ValueError):
+                if proc.is_alive():
+                    os.kill(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        with contextlib.suppress(OSError, ValueError):
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+
+
 def run_local(payloads: list[Payload], workers: int | None, on_result: OnResult) -> None:
-    """Run the payloads on a spawned process pool (``workers`` at once)."""
+    """Run the payloads on a spawned process pool (``workers`` at once). Stopped (Ctrl-C, or SIGTERM
+    under :func:`stop_on_sigterm`), it stops its runs after their checkpoints (:func:`stop_pool`)."""
     if not payloads:
         return
     import multiprocessing
@@ -132,8 +183,8 @@ def run_local(payloads: list[Payload], workers: int | None, on_result: OnResult)
             except Exception as exc:  # the worker process died (killed, out of memory)
                 res = _failed(futures[fut], exc)
             on_result(res)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+    except BaseException as exc:
+        stop_pool(pool, forward=isinstance(exc, Terminated))
         raise
     pool.shutdown(wait=True)
 

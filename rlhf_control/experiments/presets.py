@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_control.errors import UserError
-from rlhf_control.experiments.backends import ERROR_FILE
+from rlhf_control.experiments.backends import ERROR_FILE, stop_on_sigterm
 from rlhf_control.experiments.sweep import SweepSpec, format_plan, plan_sweep, run_sweep
 
 # Christiano et al. 2017: the eight MuJoCo tasks and seven Atari games, in the paper's order.
@@ -63,8 +63,9 @@ def execute_spec(spec: SweepSpec, out: Path, args: Any) -> int:
         print(format_plan(plan_sweep(spec, out)))
         return 0
     try:
-        result = run_sweep(spec, out, backend=args.backend, address=args.address, workers=args.workers)
-    except KeyboardInterrupt:
+        with stop_on_sigterm():
+            result = run_sweep(spec, out, backend=args.backend, address=args.address, workers=args.workers)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (backends.Terminated): the runs checkpointed first
         print("sweep interrupted; run the same command again to continue it", flush=True)
         return 130
     if result.failed:
