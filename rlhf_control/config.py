@@ -114,6 +114,9 @@ class RunConfig:
     """divide the learned reward an on-policy agent trains on by the running std of its discounted
     return, as the RL baseline does with the true reward (SB3's VecNormalize); the reward model is
     unchanged, and an off-policy agent (sac) keeps the ensemble's reward in its replay buffer"""
+    reward_obs: str = field(default="before", metadata={"choices": ("before", "after")})
+    """the observation each step's learned reward is computed from: before (the one the action was taken
+    from, the paper's r(o_t, a_t)) or after (the one the action led to; not for frame-stacked tasks)"""
     reward_fitter: str = "comparisons"
     """how the reward is fitted: comparisons (the paper's) or true-return-regression (an ablation)"""
     clip_length: int | None = None
@@ -183,10 +186,11 @@ class RunConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"{name.replace('_', '-')} {value!r} must be an integer >= {low}")
-        if self.reward_norm not in ("reference", "recent"):
-            raise UserError(f"reward-norm {self.reward_norm!r} is not allowed; use reference or recent")
-        if self.pretrain_policy not in ("untrained", "uniform"):
-            raise UserError(f"pretrain-policy {self.pretrain_policy!r} is not allowed; use untrained or uniform")
+        for f in fields(self):  # reward-norm, pretrain-policy, reward-obs, algo (None: the task's)
+            value, allowed = getattr(self, f.name), f.metadata.get("choices", ())
+            if allowed and value is not None and value not in allowed:
+                raise UserError(f"{f.name.replace('_', '-')} {value!r} is not allowed; use "
+                                f"{', '.join(allowed[:-1])} or {allowed[-1]}")
         if self.reward_epochs is not None and (not isinstance(self.reward_epochs, int) or self.reward_epochs < 1):
             raise UserError(f"reward-epochs {self.reward_epochs!r} must be a positive integer")
         if type(self.recent_replay) not in (int, float) or not 0.0 <= self.recent_replay <= 1.0:
@@ -211,8 +215,6 @@ class RunConfig:
             raise UserError(f"reward-lr {self.reward_lr!r} must be a number > 0")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise UserError(f"device {self.device!r} is not allowed; use one of {', '.join(DEVICES)}")
-        if self.algo is not None and self.algo not in ALGOS:
-            raise UserError(f"algo {self.algo!r} is not allowed; use {', '.join(ALGOS[:-1])} or {ALGOS[-1]}")
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)

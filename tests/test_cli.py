@@ -119,6 +119,8 @@ def _snapshot(d: Path) -> dict:
         (["train", "--labels", "0"], "positive"),
         (["train", "--steps", "-5"], "positive"),
         (["train", "--oracle", "mistake:epsilon=2"], "epsilon"),
+        (["train", "--reward-obs", "later"], "invalid choice: 'later'"),
+        (["train", "--task", "ALE/Pong-v5", "--reward-obs", "after"], "reward-obs after is not supported for frame"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needle):
@@ -257,3 +259,17 @@ def test_diag_learned_reward_rolls_out_the_evaluated_policy(tiny_run, tmp_path, 
     assert diag.main([str(tiny_run), str(other)]) == 2
     assert "is of task 'CartPole-v1', not 'Pendulum-v1'" in capsys.readouterr().err
     assert np.isfinite(obs).all()
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("reward_obs", "later", "before or after"), ("reward_norm", "x", "reference or recent"),
+    ("pretrain_policy", "x", "untrained or uniform"), ("algo", "dqn", "ppo, a2c, trpo or sac"),
+])
+def test_run_config_choices_are_refused_in_one_line(field, value, allowed):
+    """What a config file reaches (argparse refuses a bad choice on the command line first)."""
+    from rlhf_control.config import RunConfig
+    from rlhf_control.errors import UserError
+
+    with pytest.raises(UserError, match=f"^{field.replace('_', '-')} '{value}' is not allowed; use {allowed}$"):
+        RunConfig(**{field: value})
+    RunConfig(algo=None)  # None: the task's agent

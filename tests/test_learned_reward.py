@@ -278,3 +278,30 @@ def test_return_scale_gives_ppo_the_rollout_vecnormalize_gives_the_true_reward_p
     np.testing.assert_array_equal(fresh(r, d), got_env.scale(r, d))
     with pytest.raises(ValueError, match="state for 2 envs does not fit a run with 3 envs"):
         ReturnScale(3, gamma=0.95).load_state_dict(state)
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_next_obs_rewards_come_from_the_observation_each_action_led_to(deferred):
+    fn = RecordingRewardFn()
+    env = LearnedReward(counter_venv(), fn, deferred=deferred, next_obs=True)
+    rng = np.random.default_rng(0)
+    env.reset()
+    expected_obs, rewards = [], []
+    for _ in range(17):
+        acts = rng.integers(0, 3, size=2)
+        obs, rews, dones, infos = env.step(acts)
+        after = np.array([infos[i]["terminal_observation"] if dones[i] else obs[i] for i in range(2)])
+        assert np.all(after[:, 2] >= 1)  # never a reset observation (step 0)
+        expected_obs.append((after, acts))
+        rewards.append(rews)
+    if deferred:
+        got = env.flush()
+        seen = fn.calls[-1][0].reshape(17, 2, 3)
+        for t, (after, acts) in enumerate(expected_obs):
+            np.testing.assert_array_equal(seen[t], after)
+            np.testing.assert_allclose(got[t], after[:, 2] * 0.5 - acts + after[:, 0])
+    else:
+        assert len(fn.calls) == 17
+        for (seen, _), (after, acts), rews in zip(fn.calls, expected_obs, rewards, strict=True):
+            np.testing.assert_array_equal(seen, after)
+            np.testing.assert_allclose(rews, after[:, 2] * 0.5 - acts + after[:, 0])

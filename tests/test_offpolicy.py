@@ -59,6 +59,11 @@ def test_relabelling_gives_every_transition_the_ensembles_reward_of_its_env_acti
     # The buffer's scaled actions would give other rewards: the unscaling matters.
     assert not np.allclose(ens.reward(obs, scaled), expected, atol=1e-3)
     np.testing.assert_allclose(batch_rewards(ens, obs, env_actions, chunk=7), expected, rtol=1e-5, atol=1e-5)
+    # reward-obs after: each transition's reward from the observation its action led to.
+    relabel_replay(agent, ens, chunk=64, next_obs=True)
+    after = buf.next_observations[:300, 0]
+    assert not np.allclose(after, obs)
+    np.testing.assert_allclose(buf.rewards[:300, 0], ens.reward(after, env_actions), rtol=1e-5, atol=1e-5)
 
 
 def test_replay_buffer_round_trips_through_its_file(tmp_path):

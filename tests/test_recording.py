@@ -337,3 +337,24 @@ def test_clips_carry_the_agent_step_they_began_at():
                                pool=SegmentPool(10, rng=np.random.default_rng(0)))
     other.load_state_dict(state)
     assert other.step_origin == rec.step_origin == 10
+
+
+@pytest.mark.parametrize("use_obs_fn", [False, True])
+def test_next_obs_records_the_observation_each_action_led_to_and_the_terminal_one(use_obs_fn):
+    pool = SegmentPool(1000, np.random.default_rng(0))
+    obs_fn = (lambda o: o + SHIFT) if use_obs_fn else None
+    rec = TrajectoryRecorder(make_counter_venv(), clip_length=3, pool=pool, obs_fn=obs_fn, next_obs=True)
+    log, _ = run_random(rec, 80, 3)
+    acted = {(int(o[i, 0]), int(o[i, 1]), int(o[i, 2])): int(a[i]) for o, a in log for i in range(2)}
+    lengths = {0: [7, 12, 5], 1: [9, 6]}
+    ends = 0
+    for seg in pool.segments():
+        raw = seg.obs - SHIFT if use_obs_fn else seg.obs
+        tag, ep = int(raw[0, 0]), int(raw[0, 1])
+        assert np.all(raw[:, :2] == [tag, ep]), "a clip holds another episode's observation"
+        np.testing.assert_array_equal(raw[:, 2], seg.start_step + 1 + np.arange(3))  # one step later
+        np.testing.assert_array_equal(seg.acts, [acted[(tag, ep, seg.start_step + j)] for j in range(3)])
+        ends += seg.start_step + 3 == lengths[tag][ep % len(lengths[tag])]
+    assert ends > 0  # clips that end with their episode hold its terminal observation, not the reset one
+    with pytest.raises(ValueError, match="next_obs=True is not supported with frame_stack"):
+        TrajectoryRecorder(DummyVecEnv([lambda: ImageEnv(0, [5])]), 3, pool, frame_stack=1, next_obs=True)

@@ -432,3 +432,16 @@ def test_the_temporal_crop_reaches_the_reward_trainer_in_both_processes(tmp_path
     assert trainer.updater.worker_args["trainer_config"].crop == 5
     trainer.run()
     assert crops and set(crops) == {5}
+
+
+def test_reward_obs_after_reaches_the_recorder_and_the_agents_reward_and_a_run_completes(tmp_path):
+    # What each wrapper then records and computes is checked in test_recording.py / test_learned_reward.py.
+    trainer = RLHFTrainer(_tiny(reward_obs="after", reward_async=False), tmp_path / "run")
+    assert trainer.recorder.next_obs and trainer.learned.next_obs
+    trainer.run()
+    assert (tmp_path / "run" / "DONE").exists()
+    plain = RLHFTrainer(_tiny(), tmp_path / "plain")
+    try:
+        assert not plain.recorder.next_obs and not plain.learned.next_obs  # the paper's, by default
+    finally:
+        plain.close()

@@ -10,7 +10,7 @@ import numpy as np
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvStepReturn, VecEnvWrapper
 
-from rlhf_control.tasks.wrappers import GYM_RETURN_KEY
+from rlhf_control.tasks.wrappers import GYM_RETURN_KEY, with_terminal_obs
 
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 ObsFn = Callable[[np.ndarray], np.ndarray]
@@ -89,6 +89,9 @@ class LearnedReward(VecEnvWrapper):
 
     ``scale``: a :class:`ReturnScale` applied to the rewards the agent gets; the episode returns
     counted here stay on the ensemble's scale.
+
+    ``next_obs=True``: ``reward_fn`` gets the observations the actions led to instead (at an
+    episode's end ``info["terminal_observation"]``), so a step's reward is computed after it.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class LearnedReward(VecEnvWrapper):
         history: int = 100,
         deferred: bool = False,
         scale: ReturnScale | None = None,
+        next_obs: bool = False,
     ) -> None:
         super().__init__(venv)
         if not callable(reward_fn):
@@ -120,6 +124,7 @@ class LearnedReward(VecEnvWrapper):
         self._batch: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # obs, acts, true, dones
         self._pending_acts: np.ndarray | None = None
         self.scale = scale
+        self.next_obs = bool(next_obs)
 
     @property
     def reward_fn(self) -> RewardFn:
@@ -155,7 +160,7 @@ class LearnedReward(VecEnvWrapper):
             raise RuntimeError("LearnedReward: call reset() before step()")
         acts = np.asarray(actions)
         self.venv.step_async(actions)
-        if self.deferred:
+        if self.deferred or self.next_obs:
             self._pending_acts = np.array(acts, copy=True)
             return
         self._pending = self._checked(self._reward_fn(self._last_obs, acts), self.num_envs)
@@ -175,10 +180,15 @@ class LearnedReward(VecEnvWrapper):
             infos[i]["true_reward"] = float(true[i])
             if dones[i] and GYM_RETURN_KEY in infos[i]:
                 self._recent_gym.append(float(infos[i][GYM_RETURN_KEY]))
+        seen = self._last_obs
+        if self.next_obs:
+            seen = self._transform(with_terminal_obs(obs, dones, infos))
         if self.deferred:
-            self._batch.append((self._last_obs, self._pending_acts, true, np.array(dones, dtype=bool)))
+            self._batch.append((seen, self._pending_acts, true, np.array(dones, dtype=bool)))
             learned = np.zeros(self.num_envs, dtype=np.float32)
         else:
+            if self.next_obs:
+                self._pending = self._checked(self._reward_fn(seen, self._pending_acts), self.num_envs)
             learned, self._pending = self._pending, None
             for i, ret_learned, ret_true in self._count_step(learned, true, dones):
                 infos[i]["episode_learned_return"] = ret_learned

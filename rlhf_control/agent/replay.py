@@ -61,12 +61,12 @@ def batch_rewards(ensemble: Any, obs: np.ndarray, acts: np.ndarray, chunk: int =
 
 
 def relabel_replay(agent: Any, ensemble: Any, obs_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-                   chunk: int = RELABEL_CHUNK) -> RelabelCost:
+                   chunk: int = RELABEL_CHUNK, next_obs: bool = False) -> RelabelCost:
     """Recompute the reward of every transition in ``agent.replay_buffer`` with ``ensemble``.
 
     The buffer holds actions scaled to [-1, 1]; the reward model saw the env's actions, so they are
     unscaled first (``policy.unscale_action``), and observations go through ``obs_fn`` as in
-    ``LearnedReward``.
+    ``LearnedReward`` (``next_obs``: the observations the actions led to, as ``LearnedReward(next_obs=True)``).
     """
     t0 = time.perf_counter()
     buf = agent.replay_buffer
@@ -74,7 +74,7 @@ def relabel_replay(agent: Any, ensemble: Any, obs_fn: Callable[[np.ndarray], np.
     if n == 0:
         return RelabelCost(0, 0.0)
     rows = n * buf.n_envs
-    obs = buf.observations[:n].reshape(rows, *buf.obs_shape)
+    obs = (buf.next_observations if next_obs else buf.observations)[:n].reshape(rows, *buf.obs_shape)
     acts = buf.actions[:n].reshape(rows, buf.action_dim)
     out = np.empty(rows, dtype=np.float32)
     for a in range(0, rows, chunk):

@@ -84,6 +84,9 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     run_dir = Path(run_dir)
     r = resolve(cfg, task)
     cfg, task = r.cfg, r.task
+    if cfg.reward_obs == "after" and task.frame_stack:
+        raise UserError(f"reward-obs after is not supported for frame-stacked task {task.name!r} (Atari); "
+                        "use before")
     device = resolve_device(cfg.device)
     # The paper's networks are tiny: one thread per process beats several on a CPU.
     torch.set_num_threads(cfg.torch_threads)
@@ -120,7 +123,7 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
         render_fn = render_state_fn(task)  # only runs shown to a person keep what clips are drawn from
     recorder = TrajectoryRecorder(venv, task.clip_length, pool, obs_fn=task.reward_obs_fn,
                                   frame_stack=task.frame_stack, render_state_fn=render_fn,
-                                  keep_true_rewards=task.has_true_reward)
+                                  keep_true_rewards=task.has_true_reward, next_obs=cfg.reward_obs == "after")
     ensemble = (RewardEnsemble.load(ckpt_dir / ENSEMBLE_FILE, device=device) if ckpt_dir is not None
                 else _new_ensemble(cfg, task, venv, device))
     # Rewards are computed once per rollout, in one batch (relabel_rollouts), not once per step.
@@ -128,7 +131,8 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     on_policy = r.algo not in OFF_POLICY
     scale = (ReturnScale(recorder.num_envs, float(r.agent_params.get("gamma", 0.99)))
              if cfg.reward_return_norm and on_policy else None)
-    learned = LearnedReward(recorder, ensemble.reward, obs_fn=task.reward_obs_fn, deferred=on_policy, scale=scale)
+    learned = LearnedReward(recorder, ensemble.reward, obs_fn=task.reward_obs_fn, deferred=on_policy, scale=scale,
+                            next_obs=cfg.reward_obs == "after")
     # The agent may see normalised observations (RL Zoo's `normalize`); the reward model never does.
     agent_env: VecEnv = VecNormalize(learned, norm_obs=True, norm_reward=False) if task.normalize else learned
     trainer_config = RewardTrainerConfig(lr=cfg.reward_lr, noise=cfg.reward_noise, adaptive_l2=cfg.reward_l2,

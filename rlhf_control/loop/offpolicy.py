@@ -109,7 +109,8 @@ class OffPolicyPhases:
         self._seen_report = report
         if not self.t.cfg.relabel:
             return
-        cost = relabel_replay(self.t.agent, self.t.ensemble, obs_fn=self.t.task.reward_obs_fn)
+        cost = relabel_replay(self.t.agent, self.t.ensemble, obs_fn=self.t.task.reward_obs_fn,
+                              next_obs=self.t.cfg.reward_obs == "after")
         self.relabels += 1
         self.relabel_seconds += cost.seconds
         self.relabelled_transitions += cost.transitions

@@ -16,6 +16,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvStepReturn, VecEnvWrapper
 
 from rlhf_control.recording.pool import SegmentPool
+from rlhf_control.tasks.wrappers import with_terminal_obs
 from rlhf_control.types import Segment, StackedFrames
 
 ObsFn = Callable[[np.ndarray], np.ndarray]
@@ -37,6 +38,8 @@ class TrajectoryRecorder(VecEnvWrapper):
 
     ``render_state_fn(venv) -> list`` (one opaque state per env, e.g. copies of MuJoCo qpos/qvel) is
     called after each reset/step; a segment's ``render_ref`` is the list of its T states.
+    ``next_obs=True``: each step keeps the observation its action led to instead (at an episode's end
+    ``info["terminal_observation"]``), for a reward model of (o_{t+1}, a_t); not with ``frame_stack``.
     Observations, rewards, dones and infos pass through unchanged.
     """
 
@@ -49,6 +52,7 @@ class TrajectoryRecorder(VecEnvWrapper):
         frame_stack: int = 0,
         render_state_fn: RenderStateFn | None = None,
         keep_true_rewards: bool = True,
+        next_obs: bool = False,
     ) -> None:
         super().__init__(venv)
         if isinstance(clip_length, bool) or not isinstance(clip_length, (int, np.integer)) or clip_length < 1:
@@ -66,6 +70,9 @@ class TrajectoryRecorder(VecEnvWrapper):
             raise ValueError(
                 f"frame_stack={frame_stack} needs (H, W, {frame_stack}) channels-last observations, got {space.shape}"
             )
+        if next_obs and frame_stack:
+            raise ValueError("next_obs=True is not supported with frame_stack; use the observations before")
+        self.next_obs = bool(next_obs)
         self.clip_length = int(clip_length)
         self.pool = pool
         self.obs_fn = obs_fn
@@ -113,8 +120,13 @@ class TrajectoryRecorder(VecEnvWrapper):
         obs, rews, dones, infos = self.venv.step_wait()
         acts = self._actions
         length = self.clip_length
+        after = self._reward_obs(with_terminal_obs(obs, dones, infos)) if self.next_obs else None
         for i in range(self.num_envs):
             pos = self._pos[i]
+            if after is not None:
+                if self._obs_buf[i] is None:
+                    self._obs_buf[i] = np.empty((length, *after.shape[1:]), dtype=after.dtype)
+                self._obs_buf[i][pos] = after[i]
             if self._act_buf[i] is None:
                 self._act_buf[i] = np.empty((length, *acts.shape[1:]), dtype=acts.dtype)
                 self._rew_buf[i] = np.empty(length, dtype=np.float64)
@@ -169,11 +181,16 @@ class TrajectoryRecorder(VecEnvWrapper):
         self._next_episode_id += 1
         self._ep_step[i] = 0
 
-    def _observe(self, obs: np.ndarray) -> None:
-        """Write each env's new observation (the one its next action is taken from) into its buffer."""
+    def _reward_obs(self, obs: np.ndarray) -> np.ndarray:
         x = obs if self.obs_fn is None else np.asarray(self.obs_fn(obs))
         if x.shape != obs.shape:
             raise ValueError(f"obs_fn must keep the observation shape {obs.shape}, got {x.shape}")
+        return x
+
+    def _observe(self, obs: np.ndarray) -> None:
+        """Write each env's new observation (the one its next action is taken from) into its buffer
+        (with ``next_obs``, only the render states: step_wait wrote the observation the step led to)."""
+        x = None if self.next_obs else self._reward_obs(obs)
         states = None
         if self.render_state_fn is not None:
             states = self.render_state_fn(self.venv)
@@ -183,15 +200,16 @@ class TrajectoryRecorder(VecEnvWrapper):
         for i in range(self.num_envs):
             pos = self._pos[i]
             buf = self._obs_buf[i]
-            if buf is None:
-                shape = (self.clip_length + k - 1, *x.shape[1:-1]) if k else (self.clip_length, *x.shape[1:])
-                buf = self._obs_buf[i] = np.empty(shape, dtype=x.dtype)
-            if not k:
-                buf[pos] = x[i]
-            elif pos == 0:
-                buf[:k] = np.moveaxis(x[i], -1, 0)  # the first step's whole stack, oldest frame first
-            else:
-                buf[pos + k - 1] = x[i, ..., -1]  # later steps add only their newest frame
+            if x is not None:
+                if buf is None:
+                    shape = (self.clip_length + k - 1, *x.shape[1:-1]) if k else (self.clip_length, *x.shape[1:])
+                    buf = self._obs_buf[i] = np.empty(shape, dtype=x.dtype)
+                if not k:
+                    buf[pos] = x[i]
+                elif pos == 0:
+                    buf[:k] = np.moveaxis(x[i], -1, 0)  # the first step's whole stack, oldest frame first
+                else:
+                    buf[pos + k - 1] = x[i, ..., -1]  # later steps add only their newest frame
             if states is not None:
                 if pos == 0:
                     self._render_buf[i] = [states[i]]

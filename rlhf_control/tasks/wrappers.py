@@ -54,6 +54,17 @@ ORACLE_KEY = "oracle_reward"
 GYM_REWARD_KEY = "gym_reward"
 GYM_RETURN_KEY = "gym_return"
 
+
+def with_terminal_obs(obs: np.ndarray, dones: np.ndarray, infos: list[dict]) -> np.ndarray:
+    """A vector step's observations with each finished episode's last one (SB3's
+    ``info["terminal_observation"]``) in place of the next episode's first, which SB3's auto-reset returns."""
+    if not np.any(dones):
+        return obs
+    out = np.array(obs, copy=True)
+    for i in np.flatnonzero(dones):
+        out[i] = infos[i]["terminal_observation"]
+    return out
+
 WRAPPERS: Registry[gym.Env] = Registry("wrapper")
 
 
