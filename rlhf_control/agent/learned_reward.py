@@ -195,8 +195,9 @@ class LearnedReward(VecEnvWrapper):
                 infos[i]["episode_true_return"] = ret_true
             if self.scale is not None:
                 learned = self.scale(learned, dones)
-        # After an auto-reset this is the new episode's first obs, which the next action is taken from.
-        self._last_obs = self._transform(obs)
+        # After an auto-reset this is the new episode's first obs, which the next action is taken from
+        # (with next_obs it is not read again, only checked for having been set: no obs_fn, no copy).
+        self._last_obs = obs if self.next_obs else self._transform(obs)
         return obs, learned, dones, infos
 
     def _count_step(self, learned: np.ndarray, true: np.ndarray, dones: np.ndarray) -> list[tuple[int, float, float]]:

@@ -65,6 +65,7 @@ def with_terminal_obs(obs: np.ndarray, dones: np.ndarray, infos: list[dict]) -> 
         out[i] = infos[i]["terminal_observation"]
     return out
 
+
 WRAPPERS: Registry[gym.Env] = Registry("wrapper")
 
 
