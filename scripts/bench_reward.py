@@ -106,7 +106,7 @@ def sgemm_gflops(size: int = 1024, seconds: float = 1.0) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def host_batch_ms(ds: PreferenceDataset, batch_size: int, pairs: int, members: int) -> None:
+def host_batch_ms(ds: PreferenceDataset, batch_size: int, members: int) -> None:
     """Host time to make one training batch's pixels: the stacks expanded on the host (segment_steps,
     what a CPU device trains on) against the frames gathered to be expanded on the device
     (reward/pixels.py, what a GPU device gets); best of 3. Each member makes its own batches."""
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[atari-cnn] window frames held as StackedFrames: {mb:.0f} MiB for {n} pairs "
               f"(full 84x84x4 stacks would be {mb * 4 * args.atari_steps / (args.atari_steps + 3):.0f} MiB)")
         cfg = RewardTrainerConfig(batch_size=args.atari_batch_size)
-        host_batch_ms(ds, cfg.batch_size, args.pairs, args.members)
+        host_batch_ms(ds, cfg.batch_size, args.members)
         bench_cnn_paths(ds, args.members, cfg, args.atari_epochs, args.atari_repeats, args.pairs / n, device)
         ens = RewardEnsemble(EnsembleConfig.atari(n_members=args.members), (84, 84, 4), (), n_actions=6, device=device)
         print(f"  peak RSS so far (ru_maxrss): {rss_mb():.0f} MiB; torch saved-for-backward per batch: "
