@@ -248,15 +248,20 @@ def measure_quality(task: str, agent_zip: Path, args: Any, out: Path) -> list[di
                    **brq.clip_scores(ens, heldout)}
             results.append(res)
             done.append(res)
+            ens.save(out / f"reward-N{n}-s{seed}.pt")  # to read the model again after the scores
             rundir.write_atomic(path, json.dumps({"task": task, "results": done}, indent=1) + "\n")
             print(f"  N {n}: {fmt_scores(res)}", flush=True)
     return results
 
 
+def ceiling_note(c: dict[str, float] | None) -> str:
+    return f" (ceiling with ties broken: all {c['all']:.3f}, non-zero {c['nonzero']:.3f})" if c else ""
+
+
 def fmt_scores(res: dict[str, Any]) -> str:
     s, nz, h = res["spearman"], res["nonzero"], res["heldout"]
     return (f"Spearman all {s['all']:.3f}, random {s['random']:.3f}, trained {s['trained']:.3f}, non-zero clips "
-            f"{s['nonzero']:.3f}; pair accuracy {res['pair_accuracy']:.3f}; held out "
+            f"{s['nonzero']:.3f}{ceiling_note(res.get('spearman_ceiling'))}; pair accuracy {res['pair_accuracy']:.3f}; held out "
             + ", ".join(f"{p} {nz[p]}/{h[p]} non-zero" for p in h) + f" ({res['seconds']:.0f} s)")
 
 

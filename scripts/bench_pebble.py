@@ -60,7 +60,7 @@ def pebble(task_name: str, seed: int, steps: int, labels: int, args: argparse.Na
                     relabel=not args.no_relabel, critic_reset=not args.no_critic_reset,
                     recent_replay=args.recent_replay, query_min_clips=args.query_min_clips or None,
                     reward_l2=not args.no_reward_l2, reward_crop=args.reward_crop, agent=agent_overrides(args),
-                    reward_epochs=args.reward_epochs or None, selector=args.selector)
+                    reward_epochs=args.reward_epochs or None, selector=args.selector, reward_obs=args.reward_obs)
     t0 = time.perf_counter()
     trainer = RLHFTrainer(cfg, run_dir)
     trainer.run()
@@ -144,6 +144,9 @@ def main() -> None:
                     help="SURF's temporal crop of the reward's training clips, in steps (0: off)")
     ap.add_argument("--reward-epochs", type=int, default=0,
                     help="reward epochs per label round after the first (0: the task's)")
+    ap.add_argument("--reward-obs", choices=("before", "after"), default="before",
+                    help="the learned reward reads the observation before each step (the paper's) or the one it "
+                         "led to")
     ap.add_argument("--selector", default="variance", help="query selector (default: variance, the ensemble's disagreement)")
     ap.add_argument("--skip-sac", action="store_true",
                     help="no SAC on the true reward (its return and the score print as nan)")

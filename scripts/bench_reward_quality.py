@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 from stable_baselines3.common.vec_env import VecNormalize
 
 import rlhf_control
@@ -176,7 +176,9 @@ def clip_scores(ensemble: Any, heldout: dict[str, list]) -> dict[str, Any]:
     (:func:`rank_scores`: over all clips, within each policy) plus ``spearman["nonzero"]`` over the
     clips of all policies whose true return is not 0, ``nonzero`` (how many there are per policy),
     ``pair_accuracy`` (share of pairs of held-out clips, over all policies, with different true
-    returns that the predicted returns order the same way). NaN where undefined (one value only)."""
+    returns that the predicted returns order the same way), ``pair_accuracy_by`` (the same over the pairs
+    in which one clip's true return is 0, and over those in which neither is), ``spearman_ceiling``
+    (:func:`tie_ceiling` of each group). NaN where undefined (one value only)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a constant group's Spearman is NaN, and says so
         spear = rank_scores(ensemble, heldout)
@@ -187,9 +189,22 @@ def clip_scores(ensemble: Any, heldout: dict[str, list]) -> dict[str, Any]:
         spear["nonzero"] = float(spearmanr(pred[nz], true[nz]).statistic) if nz.sum() > 1 else float("nan")
     dt, dp = np.subtract.outer(true, true), np.subtract.outer(pred, pred)
     differ = np.triu(dt != 0, 1)
-    acc = float((np.sign(dt[differ]) == np.sign(dp[differ])).mean()) if differ.any() else float("nan")
-    return {"spearman": spear, "pair_accuracy": acc, "heldout": {p: len(v) for p, v in heldout.items()},
+    right = np.sign(dt) == np.sign(dp)
+    acc = float(right[differ].mean()) if differ.any() else float("nan")
+    zero = np.logical_or.outer(~nz, ~nz)  # at least one clip of the pair has a true return of 0
+    kinds = {"one_zero": differ & zero, "both_nonzero": differ & ~zero}
+    groups = {p: np.array([s.true_return for s in v]) for p, v in heldout.items()}
+    groups.update({"all": true, "nonzero": true[nz]})
+    return {"spearman": spear, "spearman_ceiling": {k: tie_ceiling(v) for k, v in groups.items()},
+            "pair_accuracy": acc, "pair_accuracy_by": {k: float(right[m].mean()) if m.any() else np.nan
+                                                       for k, m in kinds.items()}, "heldout": {p: len(v) for p, v in heldout.items()},
             "nonzero": {p: int(sum(s.true_return != 0 for s in v)) for p, v in heldout.items()}}
+
+
+def tie_ceiling(true: np.ndarray) -> float:
+    """Spearman with ``true`` of a predictor that orders all pairs of different true returns right and ties
+    none (below 1 where true returns tie, as most Pong clips at 0; how ties break does not change it)."""
+    return float(spearmanr(true, rankdata(true, method="ordinal")).statistic) if len(set(true)) > 1 else np.nan
 
 
 # ----------------------------------------------------------------------------- policies and clips

@@ -129,6 +129,23 @@ def test_clip_scores_on_known_cases():
     s = brq.clip_scores(Predicts(lambda r: float(r < 0) * -1), half)
     assert s["pair_accuracy"] == pytest.approx(2 / 3) and s["nonzero"] == {"g": 2}
     assert np.isnan(s["spearman"]["nonzero"])  # constant prediction on the non-zero clips
+    assert s["pair_accuracy_by"] == pytest.approx({"one_zero": 1.0, "both_nonzero": 0.0})
+
+
+def test_tie_ceiling_is_what_a_right_predictor_without_ties_reaches():
+    rng = np.random.default_rng(2)
+    true = rng.choice([-1.0, 0.0, 0.0, 1.0], 300)  # sparse returns: many ties at 0
+    ceiling = brq.tie_ceiling(true)
+    for _ in range(5):  # right on every pair of different returns, ties broken at random
+        pred = true + rng.uniform(0, 0.5, true.size)
+        assert brq.spearmanr(pred, true).statistic == pytest.approx(ceiling)
+    assert 0.7 < ceiling < 0.95  # ties cost something, and Spearman of the true returns themselves is 1
+    assert brq.tie_ceiling(rng.normal(size=50)) == pytest.approx(1.0)  # no ties: no ceiling below 1
+    assert np.isnan(brq.tie_ceiling(np.zeros(10)))
+    held = {"g": [clip([v, 0, 0, 0, 0], i) for i, v in enumerate(true[:60])]}
+    scores = brq.clip_scores(Predicts(lambda r: r), held)
+    assert scores["spearman_ceiling"]["g"] == pytest.approx(brq.tie_ceiling(true[:60]))
+    assert scores["spearman_ceiling"]["all"] == scores["spearman_ceiling"]["g"]
 
 
 def test_stacked_clips_round_trip_and_are_cached(tmp_path, monkeypatch):
