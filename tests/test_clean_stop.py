@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from rlhf_control.loop.checkpoint import latest_checkpoint, load_checkpoint_state
 
 ROOT = Path(__file__).parents[1]
@@ -70,7 +72,7 @@ def test_sigterm_checkpoints_and_stops_worker_server_and_renderer(tmp_path):
                    "--checkpoint-minutes", "0", "--label-port", "0", "--run-dir", str(run)])
     try:
         port = int(re.search(r"127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1))
-        _wait_rows(proc, run, 2)
+        _wait_rows(proc, run, 2, timeout=240)
         workers = _children(proc.pid)
         assert workers  # the reward worker
         logged = _steps(run)[-1]
@@ -100,7 +102,7 @@ def test_a_kill_never_redoes_pretraining_and_resume_cuts_the_metrics_back(tmp_pa
             "--eval-episodes", "0"]
     proc = _start([*args, "--run-dir", str(run)])
     try:
-        _wait_rows(proc, run, 2)
+        _wait_rows(proc, run, 2, timeout=240)
         proc.kill()  # SIGKILL: no chance to checkpoint; only the one after pretraining exists
         proc.wait(timeout=30)
     finally:
@@ -129,8 +131,11 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def test_sigterm_to_a_sweep_stops_its_runs_after_their_checkpoints(tmp_path):
-    """Before, SIGTERM ended the sweep's process at once and its pool's run went on alone."""
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_sigterm_to_a_sweep_stops_its_runs_after_their_checkpoints(tmp_path, backend):
+    """Before, SIGTERM ended the sweep's process at once and its pool's run went on alone. The sweep is
+    started with SIGINT ignored, as a script's ``cmd &`` starts it: its runs used to inherit that and
+    go on until killed (the pool's after 2 minutes; Ray's cancel, which simulates SIGINT, did nothing)."""
     import tomli_w
 
     from rlhf_control.experiments.sweep import expand_grid, plan_sweep, spec_from_dict
@@ -142,11 +147,12 @@ def test_sigterm_to_a_sweep_stops_its_runs_after_their_checkpoints(tmp_path):
     out = tmp_path / "out"
     run = out / expand_grid(spec_from_dict(spec, where="test"))[0].name
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "sweep", str(tmp_path / "spec.toml"),
-                             "--out", str(out), "--workers", "1"], text=True, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--out", str(out), "--workers", "1", "--backend", backend], text=True, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     below: list[int] = []
     try:
-        _wait_rows(proc, run, 2)
+        _wait_rows(proc, run, 2, timeout=240)
         below = _descendants(proc.pid)
         assert below  # the pool's worker running the run, and the run's reward worker
         logged = _steps(run)[-1]

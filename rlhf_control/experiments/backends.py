@@ -53,10 +53,22 @@ def _init_worker() -> None:
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 
+def _interruptible() -> None:
+    """SIGINT raises KeyboardInterrupt here again: a sweep stops its runs with SIGINT (pool) or Ray's
+    cancel (which simulates it), but a sweep started in the background by a script (``cmd &``) ignores
+    SIGINT, and its pool workers and Ray's would inherit that and never stop."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def execute_point(payload: Payload) -> dict[str, Any]:
     """Run one grid point to the end (resuming if asked); never raises: a failure comes back as a
     one-line error and its traceback goes to ``error.txt`` in the run directory."""
     _init_worker()
+    _interruptible()
     t0 = time.time()
     run_dir = Path(payload["run_dir"])
     res: dict[str, Any] = {"name": payload["name"], "status": "ok", "error": None}
@@ -201,6 +213,20 @@ def _check_reachable(address: str) -> None:
                          "start the cluster (ray start --head) or leave out --address for a local one") from None
 
 
+def _ray_init(ray: Any, **kw: Any) -> None:
+    """``ray.init``, keeping this process's Python SIGTERM handler: Ray's core installs a C handler over
+    it that logs and ends the process (so :func:`stop_on_sigterm` could not stop the runs)."""
+    import signal
+    import threading
+
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        ray.init(**kw)
+    finally:
+        if callable(handler) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+
+
 def connect_ray(address: str | None, workers: int | None) -> bool:
     """Connect to the cluster at ``address`` (or start a local one); True if this call started Ray."""
     try:
@@ -215,14 +241,14 @@ def connect_ray(address: str | None, workers: int | None) -> bool:
     kw: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     if address is None:
         try:
-            ray.init(address="local", num_cpus=workers, include_dashboard=False, **kw)
+            _ray_init(ray, address="local", num_cpus=workers, include_dashboard=False, **kw)
         except Exception as exc:
             raise UserError(f"cannot start a local Ray cluster: {_one_line(exc)}") from None
         return True
     error = None
     with _captured_stderr() as captured:
         try:
-            ray.init(address=address, **kw)
+            _ray_init(ray, address=address, **kw)
         except Exception as exc:
             error = exc
     log = "".join(captured)
@@ -267,14 +293,32 @@ def run_ray(payloads: list[Payload], workers: int | None, on_result: OnResult) -
     waiting = list(payloads)
     inflight: dict[Any, Payload] = {}
     limit = workers or len(payloads)
-    while waiting or inflight:
-        while waiting and len(inflight) < limit:
-            p = waiting.pop(0)
-            inflight[remote.options(num_cpus=p["cpus"], num_gpus=p["gpus"]).remote(p)] = p
-        ready, _ = ray.wait(list(inflight), num_returns=1)
-        payload = inflight.pop(ready[0])
-        try:
-            res = ray.get(ready[0])
-        except Exception as exc:  # the worker died or the task was lost
-            res = _failed(payload, exc)
-        on_result(res)
+    try:
+        while waiting or inflight:
+            while waiting and len(inflight) < limit:
+                p = waiting.pop(0)
+                inflight[remote.options(num_cpus=p["cpus"], num_gpus=p["gpus"]).remote(p)] = p
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            payload = inflight.pop(ready[0])
+            try:
+                res = ray.get(ready[0])
+            except Exception as exc:  # the worker died or the task was lost
+                res = _failed(payload, exc)
+            on_result(res)
+    except BaseException:
+        stop_ray_tasks(list(inflight))
+        raise
+
+
+def stop_ray_tasks(refs: list[Any], timeout: float = STOP_SECONDS) -> None:
+    """Stop running Ray tasks as Ctrl-C stops one ``train``: each gets a KeyboardInterrupt (Ray's
+    non-forced cancel), so its run checkpoints and exits; waited for up to ``timeout`` seconds (then
+    the cluster, if this sweep started it, is shut down with whatever is still running)."""
+    import ray
+
+    for ref in refs:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=False)
+    if refs:
+        with contextlib.suppress(Exception):
+            ray.wait(refs, num_returns=len(refs), timeout=timeout)
