@@ -155,14 +155,14 @@ STOP_SECONDS = 120.0  # how long stopped runs get to checkpoint before they are 
 
 
 def stop_pool(pool: Any, forward: bool, timeout: float = STOP_SECONDS) -> None:
-    """Stop a process pool's runs as Ctrl-C stops one ``train``: queued runs are cancelled; with
+    """Stop a process pool's runs as Ctrl-C stops one ``train`` (the caller queues nothing more): with
     ``forward`` each running one gets SIGINT (it checkpoints and exits; a Ctrl-C at a terminal has
     already sent it that, and a second one would cut its checkpoint short); every worker gets
-    ``timeout`` seconds to exit, then is killed."""
+    ``timeout`` seconds to exit, then is killed; then the pool is shut down. (Shutting it down first,
+    without waiting, made Python 3.11's pool thread fail when a worker of ``max_tasks_per_child`` left.)"""
     import signal
 
     procs = list((getattr(pool, "_processes", None) or {}).values())  # the executor's own workers
-    pool.shutdown(wait=False, cancel_futures=True)
     if forward:
         for proc in procs:
             with contextlib.suppress(OSError, ValueError):
@@ -174,27 +174,45 @@ def stop_pool(pool: Any, forward: bool, timeout: float = STOP_SECONDS) -> None:
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_local(payloads: list[Payload], workers: int | None, on_result: OnResult) -> None:
-    """Run the payloads on a spawned process pool (``workers`` at once). Stopped (Ctrl-C, or SIGTERM
-    under :func:`stop_on_sigterm`), it stops its runs after their checkpoints (:func:`stop_pool`)."""
+    """Run the payloads on a spawned process pool, ``workers`` at once, each submitted when a worker is
+    free (so none waits in the pool's queue to start after a stop). Stopped (Ctrl-C, or SIGTERM under
+    :func:`stop_on_sigterm`), it stops its runs after their checkpoints (:func:`stop_pool`). A worker
+    that dies (killed, out of memory) fails its run, and the runs after it get a new pool."""
     if not payloads:
         return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     n = min(workers or default_workers(max(p["cpus"] for p in payloads)), len(payloads))
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, max_tasks_per_child=1)
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, max_tasks_per_child=1)
+
+    pool, waiting, running = new_pool(), list(payloads), {}
     try:
-        futures = {pool.submit(execute_point, p): p for p in payloads}
-        for fut in as_completed(futures):
-            try:
-                res = fut.result()
-            except Exception as exc:  # the worker process died (killed, out of memory)
-                res = _failed(futures[fut], exc)
-            on_result(res)
+        while waiting or running:
+            while waiting and len(running) < n:
+                try:
+                    fut = pool.submit(execute_point, waiting[0])
+                except BrokenProcessPool:  # a worker died: the pool takes no more work
+                    pool.shutdown(wait=True)
+                    pool = new_pool()
+                    continue
+                running[fut] = waiting.pop(0)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                payload = running.pop(fut)
+                try:
+                    res = fut.result()
+                except Exception as exc:  # the worker process died (killed, out of memory)
+                    res = _failed(payload, exc)
+                on_result(res)
     except BaseException as exc:
         stop_pool(pool, forward=isinstance(exc, Terminated))
         raise
