@@ -1,5 +1,5 @@
 """scripts/rl_on_speed.py: the reward is the observation's entry before or after each step (the
-terminal observation at an episode's end), or the env's own."""
+terminal observation at an episode's end), Gymnasium's own (the info's gym_reward), or the env's."""
 
 import importlib.util
 import sys
@@ -30,11 +30,12 @@ class Steps(gym.Env):
 
     def step(self, action):
         self.t += 1
-        return np.array([self.t], np.float32), 100.0 + self.t, self.t >= 4, False, {}
+        return np.array([self.t], np.float32), 100.0 + self.t, self.t >= 4, False, {"gym_reward": -self.t}
 
 
 @pytest.mark.parametrize("mode, expected", [("before", [0, 1, 2, 3, 0, 1]), ("after", [1, 2, 3, 4, 1, 2]),
-                                            ("true", [101, 102, 103, 104, 101, 102])])
+                                            ("true", [101, 102, 103, 104, 101, 102]),
+                                            ("gym", [-1, -2, -3, -4, -1, -2])])
 def test_speed_reward_reads_the_observation_before_or_after_each_step(mode, expected):
     env = mod.SpeedReward(DummyVecEnv([Steps]), mode, 0)
     env.reset()
