@@ -6,7 +6,8 @@ scale; normalisation lives in :class:`~rlhf_control.reward.ensemble.RewardEnsemb
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -149,3 +150,27 @@ class CNNReward(nn.Module):
         elif acts is not None:
             raise UserError("CNNReward built with act_dim=0 takes no actions; pass acts=None")
         return self.head(x).squeeze(-1)
+
+
+@contextlib.contextmanager
+def batch_norm_recalibration(net: nn.Module) -> Iterator[bool]:
+    """Within this block, forward passes of ``net`` re-estimate its batch-norm statistics as they are
+    at evaluation: dropout off, each batch norm layer's running mean and variance reset and averaged
+    over the batches with equal weight. Training sets them with dropout on, which inflates the variance
+    of every layer that follows a dropout (the CNN's layers 2-4) and so shrinks their evaluation-time
+    outputs. Yields whether ``net`` has batch norm (without, the block changes nothing); ``net`` is
+    left in eval mode."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    net.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+        m.train()
+    try:
+        with torch.no_grad():
+            yield bool(norms)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        net.eval()

@@ -29,8 +29,11 @@ from rlhf_control.reward.dataset import PreferenceDataset
 from rlhf_control.reward.ensemble import EVAL_CHUNK_BYTES, Encoded, RewardEnsemble
 from rlhf_control.reward.l2_control import AdaptiveL2
 from rlhf_control.reward.losses import cropped_sums, preference_loss
+from rlhf_control.reward.nets import batch_norm_recalibration
 from rlhf_control.reward.pixels import encode_segments
 from rlhf_control.types import Label
+
+RECALIBRATION_PAIRS = 256  # training pairs per member that re-estimate batch-norm statistics
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,7 @@ class RewardTrainer:
                 if (epoch + 1) % every and epoch + 1 < int(epochs):
                     self.epochs_done += 1
                     continue
+                self._recalibrate(window, train_idx, seed + epoch)
                 losses, correct = self._evaluate(window)
                 train_loss = _weighted_mean(losses, counts)
                 val_loss = _weighted_mean(losses, val)
@@ -294,6 +298,19 @@ class RewardTrainer:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        self.ensemble.weights_changed()
+
+    def _recalibrate(self, window: _Window, train_idx: list[np.ndarray], seed: int) -> None:
+        """Each member's batch-norm statistics from up to RECALIBRATION_PAIRS of its training pairs,
+        dropout off (:func:`batch_norm_recalibration`): what evaluation, the L2 controller and the
+        agent's reward then use."""
+        rng = np.random.default_rng(seed)
+        for m, member in enumerate(self.ensemble.members):
+            with batch_norm_recalibration(member) as has_norm:
+                if has_norm and len(train_idx[m]):
+                    idx = rng.choice(train_idx[m], min(RECALIBRATION_PAIRS, len(train_idx[m])), replace=False)
+                    for b in window.batches(idx, self.config.batch_size, rng):
+                        self.ensemble.member_forward_t(m, window.batch(b)[0])
         self.ensemble.weights_changed()
 
     @torch.no_grad()
