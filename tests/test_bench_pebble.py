@@ -23,7 +23,7 @@ def _args(**kw):
     base = dict(n_envs=1, rounds=2, unsup_steps=200, iteration_steps=400, eval_episodes=1, no_relabel=False,
                 random_steps=200, net=16, batch_size=32, reward_epochs=0, selector="variance",
                 no_critic_reset=False, recent_replay=0.0,
-                query_min_clips=0, no_reward_l2=False, reward_crop=0)
+                query_min_clips=0, no_reward_l2=False, reward_crop=0, reward_obs="before")
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -55,12 +55,13 @@ def test_the_sac_yardstick_normalises_observations_and_is_evaluated_with_its_sta
 
 def test_pebble_is_evaluated_with_its_agents_observation_statistics(tmp_path, evaluations):
     res = bp.pebble(TASK, 0, 1400, 4, _args(reward_epochs=7, no_critic_reset=True, recent_replay=0.25,
-                                               query_min_clips=300), tmp_path / "run")
+                                               query_min_clips=300, reward_obs="after"), tmp_path / "run")
     written = (tmp_path / "run" / "config.toml").read_text()
     assert "reward_epochs = 7\n" in written  # --reward-epochs reaches the run
     assert "critic_reset = false\n" in written  # and --no-critic-reset
     assert "recent_replay = 0.25\n" in written  # and --recent-replay
     assert "query_min_clips = 300\n" in written  # and --query-min-clips
+    assert 'reward_obs = "after"\n' in written  # and --reward-obs
     env = evaluations[-1]
     assert isinstance(env, VecNormalize) and env.norm_obs
     assert env.obs_rms.count > 1000  # the statistics the agent trained with, not fresh ones
