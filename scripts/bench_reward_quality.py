@@ -195,9 +195,9 @@ def clip_scores(ensemble: Any, heldout: dict[str, list]) -> dict[str, Any]:
     kinds = {"one_zero": differ & zero, "both_nonzero": differ & ~zero}
     groups = {p: np.array([s.true_return for s in v]) for p, v in heldout.items()}
     groups.update({"all": true, "nonzero": true[nz]})
+    by_kind = {k: float(right[m].mean()) if m.any() else np.nan for k, m in kinds.items()}
     return {"spearman": spear, "spearman_ceiling": {k: tie_ceiling(v) for k, v in groups.items()},
-            "pair_accuracy": acc, "pair_accuracy_by": {k: float(right[m].mean()) if m.any() else np.nan
-                                                       for k, m in kinds.items()}, "heldout": {p: len(v) for p, v in heldout.items()},
+            "pair_accuracy": acc, "pair_accuracy_by": by_kind, "heldout": {p: len(v) for p, v in heldout.items()},
             "nonzero": {p: int(sum(s.true_return != 0 for s in v)) for p, v in heldout.items()}}
 
 

@@ -72,7 +72,7 @@ def test_sigterm_checkpoints_and_stops_worker_server_and_renderer(tmp_path):
                    "--checkpoint-minutes", "0", "--label-port", "0", "--run-dir", str(run)])
     try:
         port = int(re.search(r"127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1))
-        _wait_rows(proc, run, 2, timeout=240)
+        _wait_rows(proc, run, 2)
         workers = _children(proc.pid)
         assert workers  # the reward worker
         logged = _steps(run)[-1]
@@ -102,7 +102,7 @@ def test_a_kill_never_redoes_pretraining_and_resume_cuts_the_metrics_back(tmp_pa
             "--eval-episodes", "0"]
     proc = _start([*args, "--run-dir", str(run)])
     try:
-        _wait_rows(proc, run, 2, timeout=240)
+        _wait_rows(proc, run, 2)
         proc.kill()  # SIGKILL: no chance to checkpoint; only the one after pretraining exists
         proc.wait(timeout=30)
     finally:
@@ -152,7 +152,7 @@ def test_sigterm_to_a_sweep_stops_its_runs_after_their_checkpoints(tmp_path, bac
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     below: list[int] = []
     try:
-        _wait_rows(proc, run, 2, timeout=240)
+        _wait_rows(proc, run, 2, timeout=240 if backend == "ray" else 120)  # (Ray starts its cluster first)
         below = _descendants(proc.pid)
         assert below  # the pool's worker running the run, and the run's reward worker
         logged = _steps(run)[-1]
