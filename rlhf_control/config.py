@@ -1,8 +1,7 @@
 """Run configuration: one typed, frozen dataclass, read from and written to TOML.
 
-A run writes its whole resolved config (``config.toml``: the run settings plus the full task
-entry) next to its results; ``rlhf-control train --config FILE`` reruns it, and flags given
-beside ``--config`` override the file.
+A run writes its whole resolved config (``config.toml``: the run settings plus the full task entry) next
+to its results; ``rlhf-control train --config FILE`` reruns it, and flags beside ``--config`` override it.
 """
 
 from __future__ import annotations
@@ -105,6 +104,9 @@ class RunConfig:
     reward_continuous: bool = False
     """keep training the reward in the worker, one pass over the window at a time, until the next
     iteration takes its weights (the paper's predictor trains without pause); runs then depend on timing"""
+    reward_wait: bool = field(default=True, metadata={"flag": "--no-reward-wait", "invert": True, "resumable": True})
+    """each iteration waits for the worker's retraining (off: takes it only once finished, else the agent goes
+    on with the current reward and the labels go in the next job, as the paper's processes; runs depend on timing)"""
     reward_norm: str = field(default="reference", metadata={"choices": ("reference", "recent")})
     """where the reward's zero is set after each retraining: reference (mean 0 on the clips of the first
     query round, the pretraining clips, fixed for the run: a behaviour keeps its reward as the agent
@@ -202,8 +204,10 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UserError(f"{name.replace('_', '-')} {value!r} must be an integer >= {low}")
-        if self.wait_for_labels and self.run_ahead:
-            raise UserError("wait-for-labels and run-ahead contradict each other; give one of them")
+        for both, given in (("wait-for-labels and run-ahead", self.wait_for_labels and self.run_ahead),
+                            ("reward-continuous and no-reward-wait", self.reward_continuous and not self.reward_wait)):
+            if given:
+                raise UserError(f"{both} contradict each other; give one of them")
         if isinstance(self.checkpoint_minutes, bool) or not isinstance(self.checkpoint_minutes, (int, float)) \
                 or not 0 <= self.checkpoint_minutes < float("inf"):
             raise UserError(f"checkpoint-minutes {self.checkpoint_minutes!r} must be a number >= 0")
@@ -261,9 +265,7 @@ def load_config_file(path: Path) -> tuple[RunConfig, dict[str, Any] | None]:
 
 def write_config_file(path: Path, cfg: RunConfig, task: dict[str, Any], meta: dict[str, Any]) -> None:
     """Write the resolved config atomically."""
-    path = Path(path)
-    doc = {"meta": meta, "run": run_config_to_dict(cfg), "task": _drop_none(task)}
-    write_atomic(path, tomli_w.dumps(doc))
+    write_atomic(Path(path), tomli_w.dumps({"meta": meta, "run": run_config_to_dict(cfg), "task": _drop_none(task)}))
 
 
 def _drop_none(obj: Any) -> Any:

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -90,7 +91,8 @@ def child_rlhf(args: argparse.Namespace) -> dict[str, Any]:
     cfg = RunConfig(task=TASK, oracle="perfect", selector="variance", labels=labels,
                     pretrain_labels=args.pretrain_labels, pretrain_epochs=args.pretrain_epochs,
                     steps=args.steps, seed=args.seed, n_envs=args.n_envs, torch_threads=1, device=args.device,
-                    reward_async=not args.sync_reward, eval_episodes=0)  # A2C's side evaluates nothing either
+                    reward_async=not args.sync_reward, reward_wait=not args.no_reward_wait,
+                    eval_episodes=0)  # A2C's side evaluates nothing either
     t0 = time.perf_counter()
     trainer = RLHFTrainer(cfg, args.run_dir)
     setup = time.perf_counter() - t0
@@ -117,6 +119,15 @@ def child_rlhf(args: argparse.Namespace) -> dict[str, Any]:
         return start_job(epochs)
 
     updater.submit = start_counted
+    taken = {"jobs": 0}
+    take = updater.take
+
+    def counted_take(*a, **k):
+        took = take(*a, **k)
+        taken["jobs"] += bool(took)
+        return took
+
+    updater.take = counted_take
     pretrain = trainer.pretrain
     env_in_pretrain = {}
 
@@ -134,7 +145,8 @@ def child_rlhf(args: argparse.Namespace) -> dict[str, Any]:
     pool_segments = len(trainer.pool)
     return {"run": "rlhf", "device": args.device, "steps": steps, "frames": steps * FRAME_SKIP, "setup_s": setup, "wall_s": wall,
             "cpu_s": cpu, "peak_mb": peak_mb(), "worker_cpu_s": kids.ru_utime + kids.ru_stime,
-            "worker_peak_mb": kids.ru_maxrss / 1024, "reward_async": cfg.reward_async,
+            "worker_peak_mb": kids.ru_maxrss / 1024, "reward_async": cfg.reward_async, "reward_wait": cfg.reward_wait,
+            "iterations": trainer.iterations, "jobs_taken": taken["jobs"],
             "labels": labels, "pretrain_labels": args.pretrain_labels,
             "pretrain_epochs": args.pretrain_epochs, "online_labels": args.online_labels,
             "pair_epochs": pair_epochs, "phases_s": dict(pt.seconds), "calls": dict(pt.calls),
@@ -241,6 +253,9 @@ def run_child(kind: str, args: argparse.Namespace, extra: list[str]) -> dict[str
            "--seed", str(args.seed), "--pretrain-labels", str(args.pretrain_labels),
            "--pretrain-epochs", str(args.pretrain_epochs), "--online-labels", str(args.online_labels),
            "--device", args.device, *(["--sync-reward"] if args.sync_reward else []), *extra]
+    if kind == "rlhf-nowait":
+        cmd[cmd.index("rlhf-nowait")] = "rlhf"
+        cmd.append("--no-reward-wait")
     print(f"[{kind}] {' '.join(cmd[1:])}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -288,6 +303,10 @@ def report(a2c: dict[str, Any], rlhf: dict[str, Any], args: argparse.Namespace) 
           f"peak RSS {rlhf['peak_mb']:.0f} MiB (+ {rlhf['worker_peak_mb']:.0f} MiB reward worker)")
     print(f"      labels {rlhf['labels']} ({rlhf['pretrain_labels']} pretraining x {rlhf['pretrain_epochs']} epochs, "
           f"{rlhf['online_labels']} online); pool {rlhf['pool_segments']} clips at the end")
+    wait = "waits for each retraining" if rlhf.get("reward_wait", True) else \
+        "takes a retraining only once finished (--no-reward-wait)"
+    print(f"      each iteration {wait}: {rlhf.get('jobs_taken', '?')} jobs taken from the worker in "
+          f"{rlhf.get('iterations', '?')} iterations")
     print(f"ratio RLHF/A2C wall: {rlhf['wall_s'] / a2c['wall_s']:.2f} overall, {rl_phase / a2c['wall_s']:.2f} "
           f"after pretraining; CPU-time ratio {rlhf['cpu_s'] / a2c['cpu_s']:.2f} overall; "
           f"peak memory ratio {rlhf['peak_mb'] / a2c['peak_mb']:.2f}")
@@ -340,6 +359,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="directory for the RLHF run dir and results.json")
     p.add_argument("--only", choices=("a2c", "rlhf"), default=None, help="run one side only")
     p.add_argument("--sync-reward", action="store_true", help="retrain the reward in the main process (no worker)")
+    p.add_argument("--reward-wait", choices=("wait", "no-wait", "both"), default="wait",
+                   help="the RLHF run waits for each retraining (the default), goes on without it until it has "
+                        "finished (--no-reward-wait, the paper's asynchronous processes), or one run of each")
+    p.add_argument("--no-reward-wait", action="store_true", help=argparse.SUPPRESS)  # (the child's flag)
     p.add_argument("--window", action="store_true",
                    help="instead: peak memory of main + worker at the label window (--window-labels)")
     p.add_argument("--window-labels", type=int, default=3000, help="labels in the window (paper: 3,000)")
@@ -384,12 +407,16 @@ def main() -> None:
     if args.only in (None, "a2c"):
         results["a2c"] = run_child("a2c", args, [])
         print(f"  a2c: {results['a2c']['wall_s']:.1f} s, peak {results['a2c']['peak_mb']:.0f} MiB", flush=True)
-    if args.only in (None, "rlhf"):
-        results["rlhf"] = run_child("rlhf", args, ["--run-dir", str(args.out / "rlhf-run")])
-        print(f"  rlhf: {results['rlhf']['wall_s']:.1f} s, peak {results['rlhf']['peak_mb']:.0f} MiB", flush=True)
+    kinds = {"wait": ["rlhf"], "no-wait": ["rlhf-nowait"], "both": ["rlhf-nowait", "rlhf"]}[args.reward_wait]
+    for kind in kinds if args.only in (None, "rlhf") else []:
+        shutil.rmtree(args.out / f"{kind}-run", ignore_errors=True)  # (a bench's own run of an earlier call)
+        results[kind] = run_child(kind, args, ["--run-dir", str(args.out / f"{kind}-run")])
+        print(f"  {kind}: {results[kind]['wall_s']:.1f} s, peak {results[kind]['peak_mb']:.0f} MiB", flush=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    if len(results) == 2:
-        report(results["a2c"], results["rlhf"], args)
+    if "a2c" in results and len(results) > 1:
+        for kind in kinds:
+            report(results["a2c"], results[kind], args)
     else:
         print(json.dumps(results, indent=2))
 

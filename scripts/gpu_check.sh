@@ -5,17 +5,19 @@
 #   scripts/gpu_check.sh --wheels       # here, once: the packages the GPU image lacks, as wheels in .whl/
 #                                       # (cp312, about 4 MB; .whl/ is git-ignored)
 #   mkdir -p .pong && cp <a Pong run>/checkpoints/ckpt-*/agent.zip .pong/   # the trained policy of (b)
-#   device run: bash scripts/gpu_check.sh   with carry [".whl", ".pong"] and timeout_s 600
+#   device run: bash scripts/gpu_check.sh   with carry [".whl"] (QUALITY=1: [".whl", ".pong"]), timeout_s 600
 #   DEVICE=cpu QUICK=1 OUT=/tmp/gpu-check scripts/gpu_check.sh   # the same steps, tiny, on a CPU
 #
 # Steps, each under its own time limit, each writing its output to $OUT:
 #   env.txt           nvidia-smi, Python, torch and the GPU torch sees; how the package was made importable
-#   record.txt        (background, CPU) clips of the random and the trained Pong policy for quality
-#   bench_reward.txt  the CNN reward's pair-epoch, plain and fast path, on the device
 #   tests.txt         the device tests (the CUDA-only one runs where CUDA is) and fast_cnn's
-#   bench_atari.txt   Pong, RLHF loop against plain A2C in one run: frames/s (target >= 0.8)
-#   quality.txt       scripts/atari_evidence.py (b): the CNN reward from 3,000 then 1,000 perfect
-#   reward_quality.json  labels on those clips, on the device, for the time left
+#   bench_atari.txt   Pong, plain A2C and the RLHF loop in one run, the loop once with --no-reward-wait and
+#   bench_atari.json  once waiting for each retraining: frames/s of each against A2C's (target >= 0.8)
+#   bench_reward.txt  the CNN reward's pair-epoch, plain and fast path, on the device
+# With QUALITY=1 (and .pong/agent.zip) also, for the time left:
+#   record.txt        (background, CPU) clips of the random and the trained Pong policy for quality
+#   quality.txt       scripts/atari_evidence.py (b): the CNN reward from 1,000 perfect labels on those
+#   reward_quality.json  clips, on the device
 # The image's own Python (3.12, its torch) runs everything; the project's pins do not apply there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +34,7 @@ OUT=${OUT:-/tmp/gpu-check}
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-0}
 POLICY=${POLICY:-.pong/agent.zip}
-BUDGET=${BUDGET:-550}
+BUDGET=${BUDGET:-540}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MUJOCO_GL=egl
 START=$(date +%s)
@@ -60,9 +62,9 @@ if [[ $QUICK == 1 ]]; then
   ATARI_ARGS=(--frames 2000 --pretrain-labels 6 --pretrain-epochs 1 --n-envs 4)
   CLIPS=60; Q_ARGS=(--labels 30 20 --pretrain-epochs 1 --rounds 2 --reward-epochs 1)
 else
-  REWARD_ARGS=(--pairs 3000 --atari-pairs 1000 --atari-repeats 2 --skip-mujoco)
+  REWARD_ARGS=(--pairs 3000 --atari-pairs 500 --atari-repeats 1 --skip-mujoco)
   ATARI_ARGS=(--frames 200000)
-  CLIPS=2000; Q_ARGS=(--labels 3000 1000)
+  CLIPS=2000; Q_ARGS=(--labels 1000)
 fi
 
 {
@@ -75,52 +77,45 @@ gymnasium.__version__, 'sb3', stable_baselines3.__version__, 'ale-py', ale_py.__
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-# Clips for (b) on the CPU while the GPU steps below run (the emulators and the policy on CPU cores).
+stamp "tests"
+timeout 80 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_device.py tests/test_fast_cnn.py -rs \
+  > "$OUT/tests.txt" 2>&1
+tail -4 "$OUT/tests.txt"
+
+stamp "bench_atari ($DEVICE)"
+timeout 330 python3 scripts/bench_atari.py --device "$DEVICE" --out /tmp/bench_atari --reward-wait both "${ATARI_ARGS[@]}" \
+  > "$OUT/bench_atari.txt" 2>&1
+echo "exit code $?" >> "$OUT/bench_atari.txt"
+cp /tmp/bench_atari/results.json "$OUT/bench_atari.json" 2>/dev/null
+grep -E "^(A2C|RLHF|ratio|\||exit|      each)" "$OUT/bench_atari.txt" || tail -20 "$OUT/bench_atari.txt"
+
+secs=$(( $(left) - 10 ))
+stamp "bench_reward ($DEVICE) for at most $secs s"
+if [[ $secs -gt 20 ]]; then
+  timeout "$secs" python3 scripts/bench_reward.py --device "$DEVICE" "${REWARD_ARGS[@]}" > "$OUT/bench_reward.txt" 2>&1
+  echo "exit code $?" >> "$OUT/bench_reward.txt"
+  tail -10 "$OUT/bench_reward.txt"
+fi
+
 AE=/tmp/atari-evidence
-RECORD_PID=""
-if [[ -f "$POLICY" ]]; then
-  stamp "recording $CLIPS clips of each Pong policy (background)"
+if [[ ${QUALITY:-0} == 1 && -f "$POLICY" ]]; then
+  stamp "recording $CLIPS clips of each Pong policy"
   python3 -c "
 import sys; sys.path.insert(0, 'scripts')
 from pathlib import Path
 import atari_evidence as ae
 from rlhf_control.config import RunConfig, resolve
 ae.quality_clips(resolve(RunConfig(task='ALE/Pong-v5', seed=0)), Path('$POLICY'), $CLIPS, 0, Path('$AE/clips'))
-" > "$OUT/record.txt" 2>&1 &
-  RECORD_PID=$!
-else
-  echo "no $POLICY: quality (b) is skipped" | tee "$OUT/record.txt"
-fi
-
-stamp "bench_reward ($DEVICE)"
-timeout 100 python3 scripts/bench_reward.py --device "$DEVICE" "${REWARD_ARGS[@]}" > "$OUT/bench_reward.txt" 2>&1
-echo "exit code $?" >> "$OUT/bench_reward.txt"
-tail -10 "$OUT/bench_reward.txt"
-
-stamp "tests"
-timeout 90 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_device.py tests/test_fast_cnn.py -rs \
-  > "$OUT/tests.txt" 2>&1
-tail -4 "$OUT/tests.txt"
-
-if [[ -n $RECORD_PID ]]; then
-  stamp "waiting for the clips"
-  wait "$RECORD_PID"; echo "exit code $?" >> "$OUT/record.txt"
-  cat "$OUT/record.txt"
-fi
-
-stamp "bench_atari ($DEVICE)"
-timeout 220 python3 scripts/bench_atari.py --device "$DEVICE" --out /tmp/bench_atari "${ATARI_ARGS[@]}" \
-  > "$OUT/bench_atari.txt" 2>&1
-echo "exit code $?" >> "$OUT/bench_atari.txt"
-grep -E "^(A2C|RLHF|ratio|\||exit)" "$OUT/bench_atari.txt" || tail -20 "$OUT/bench_atari.txt"
-
-secs=$(left)
-stamp "quality (b) on $DEVICE for at most $secs s"
-if [[ -n $RECORD_PID && $secs -gt 20 ]]; then
-  timeout -k 10 "$secs" python3 scripts/atari_evidence.py --stages quality --policy "$POLICY" --device "$DEVICE" \
-    --threads 4 --clips "$CLIPS" "${Q_ARGS[@]}" --out "$AE" > "$OUT/quality.txt" 2>&1
-  echo "exit code $? (124: stopped at its time; the finished label counts are in reward_quality.json)" >> "$OUT/quality.txt"
-  cp "$AE/reward_quality.json" "$OUT/" 2>/dev/null
-  grep -E "N [0-9]+|exit" "$OUT/quality.txt"
+" > "$OUT/record.txt" 2>&1
+  echo "exit code $?" >> "$OUT/record.txt"
+  secs=$(left)
+  stamp "quality (b) on $DEVICE for at most $secs s"
+  if [[ $secs -gt 20 ]]; then
+    timeout -k 10 "$secs" python3 scripts/atari_evidence.py --stages quality --policy "$POLICY" --device "$DEVICE" \
+      --threads 4 --clips "$CLIPS" "${Q_ARGS[@]}" --out "$AE" > "$OUT/quality.txt" 2>&1
+    echo "exit code $? (124: stopped at its time; the finished label counts are in reward_quality.json)" >> "$OUT/quality.txt"
+    cp "$AE/reward_quality.json" "$OUT/" 2>/dev/null
+    grep -E "N [0-9]+|exit" "$OUT/quality.txt"
+  fi
 fi
 stamp "done"

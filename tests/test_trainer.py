@@ -15,6 +15,7 @@ import pytest
 from rlhf_control.agent.evaluation import make_eval_env
 from rlhf_control.cli import main
 from rlhf_control.config import RunConfig
+from rlhf_control.errors import UserError
 from rlhf_control.loop.evaluate import evaluate_run
 from rlhf_control.loop.trainer import RLHFTrainer
 from rlhf_control.tasks.catalogue import get_task
@@ -172,6 +173,51 @@ def test_retraining_runs_in_the_worker_during_the_next_rollout(tmp_path, monkeyp
     assert trainer.worker is None  # closed with the run
 
 
+def test_without_reward_wait_the_agent_goes_on_while_a_job_runs(tmp_path, monkeypatch):
+    """--no-reward-wait: an iteration takes a job's weights only once it has finished. Here every job
+    looks unfinished at the first iteration after its submission (then its result is waited for, so
+    that the test does not depend on timing): that iteration takes nothing and submits nothing, and the
+    labels that came meanwhile go into the next job; the last iteration takes and trains on everything."""
+    from rlhf_control.reward.worker import RewardWorker
+
+    events, polls = [], {}
+    submit, result = RewardWorker.submit, RewardWorker.result
+
+    def counted_submit(self, *a, **k):
+        events.append(("submit", trainer.iterations, len(trainer.dataset)))
+        polls[id(self)] = 0
+        return submit(self, *a, **k)
+
+    def slow_ready(self):
+        if not self.busy:
+            return False
+        polls[id(self)] += 1
+        return polls[id(self)] > 1 and self._recv_conn.poll(60)
+
+    monkeypatch.setattr(RewardWorker, "submit", counted_submit)
+    monkeypatch.setattr(RewardWorker, "ready", slow_ready)
+    monkeypatch.setattr(RewardWorker, "result", lambda self, *a, **k: (
+        events.append(("result", trainer.iterations, 0)), result(self, *a, **k))[1])
+    trainer = RLHFTrainer(_tiny(reward_wait=False), tmp_path / "run")
+    trainer.run()
+    submits = [e for e in events if e[0] == "submit"]
+    results = [e for e in events if e[0] == "result"]
+    assert len(submits) >= 3 and len(results) == len(submits)
+    assert [e[0] for e in events] == ["submit", "result"] * len(submits)  # one job at a time
+    last = trainer.iterations
+    for (_, it_s, _), (_, it_r, _) in zip(submits, results, strict=True):
+        assert it_r == (it_s + 2 if it_s + 2 <= last else last)  # one iteration went on without it
+    assert len(submits) < trainer.iterations - 1  # iterations that submitted nothing: a job was running
+    sizes = [n for _, _, n in submits]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+    assert trainer.trained_answer_id == _sql(tmp_path / "run", "SELECT MAX(id) FROM answers WHERE skipped = 0")[0][0]
+
+
+def test_continuous_reward_training_and_no_reward_wait_are_refused_together():
+    with pytest.raises(UserError, match="reward-continuous and no-reward-wait contradict"):
+        _tiny(reward_continuous=True, reward_wait=False)
+
+
 def test_a_dead_reward_worker_leaves_the_run_to_train_in_process(tmp_path, capfd):
     trainer = RLHFTrainer(_tiny(), tmp_path / "run")
     start = trainer.updater.start
@@ -315,8 +361,8 @@ def test_a_run_with_continuous_reward_training_finishes_with_every_label_trained
     trainer = RLHFTrainer(_tiny(reward_continuous=True), tmp_path / "run")
     take = trainer.updater.take
 
-    def noting_take():
-        took = take()
+    def noting_take(*args, **kwargs):
+        took = take(*args, **kwargs)
         if took:
             reports.append(trainer.updater.last_report)
         return took

@@ -192,8 +192,10 @@ class RLHFTrainer:
         """One RLHF iteration at agent step ``step`` (called after each rollout)."""
         self.iterations += 1
         self.last_iteration_step = step
-        # The reward trained during the last rollout takes over (what the agent trains on next).
-        self.updater.take()
+        # The reward trained during the last rollout takes over (what the agent trains on next); with
+        # --no-reward-wait only a finished job's, the last iteration's always.
+        final = step >= self.r.steps
+        self.updater.take(wait=self.cfg.reward_wait or final)
         if self.offpolicy is not None:
             self.offpolicy.sync()  # its replay buffer relabelled with the new reward
         # Clips from a much older policy are retired rather than shown (a quarter of the run by default);
@@ -206,16 +208,17 @@ class RLHFTrainer:
             self._status(state="training", step=step, wanted=self.schedule.target(step))
             self.pacer.top_up(step)
             new = self._collect()
-            new += self.pacer.wait(step, final=step >= self.r.steps)
+            new += self.pacer.wait(step, final=final)
         else:
             due = self.schedule.target(step) - self._asked()
             room = self.cfg.max_pending - self.store.count_pending()
             self._ask(min(due, room), step)
             new = self._collect()
             new += self._wait_answers()
-        if new and step >= self.r.steps:
+        retrain = new or self.updater.behind()  # (--no-reward-wait: labels that came while a job ran)
+        if retrain and final:
             self.updater.train_now(self.r.reward_epochs)  # the last: no rollout left to overlap with
-        elif new:
+        elif retrain and not self.updater.running:  # (a job still running: its labels wait for the next)
             self.updater.submit(self.r.reward_epochs)
         self._log(step, evaluate=self.iterations % self.r.eval_every == 0 or step >= self.r.steps)
         self._iteration_mark = self.pool.next_uid

@@ -94,9 +94,20 @@ class RewardUpdater:
         """Whether a job runs in the worker and its result can be taken now without waiting."""
         return self._job is not None and self.worker is not None and self.worker.ready()
 
-    def take(self) -> bool:
-        """Take the running job's weights (waiting for it); False when none was running."""
-        if self._job is None:
+    @property
+    def running(self) -> bool:
+        """Whether a job was submitted to the worker and not taken yet."""
+        return self._job is not None
+
+    def behind(self) -> bool:
+        """Whether the window holds labels that neither the weights nor the running job learn from."""
+        covered = self._job[1] if self._job is not None else self.trained_answer_id
+        return len(self.dataset) > 0 and int(self.dataset.seqs[-1]) > covered
+
+    def take(self, wait: bool = True) -> bool:
+        """Take the running job's weights, waiting for it (without ``wait``: only if it has finished);
+        False when none was taken."""
+        if self._job is None or not (wait or self.ready()):
             return False
         epochs, answer_id = self._job
         self._job = None
