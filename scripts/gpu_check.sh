@@ -14,7 +14,8 @@
 #   bench_atari.txt   Pong, plain A2C and the RLHF loop in one run, the loop once with --no-reward-wait and
 #   bench_atari.json  once waiting for each retraining: frames/s of each against A2C's (target >= 0.8)
 #   bench_reward.txt  the CNN reward's pair-epoch, plain and fast path, on the device
-# With QUALITY=1 (and .pong/agent.zip) also, for the time left:
+# STEPS=tests,atari,reward picks some of them. With QUALITY=1 or STEPS=quality (and .pong/agent.zip)
+# also, for the time left (LABELS="3000 1000": the label counts):
 #   record.txt        (background, CPU) clips of the random and the trained Pong policy for quality
 #   quality.txt       scripts/atari_evidence.py (b): the CNN reward from 1,000 perfect labels on those
 #   reward_quality.json  clips, on the device
@@ -64,7 +65,7 @@ if [[ $QUICK == 1 ]]; then
 else
   REWARD_ARGS=(--pairs 3000 --atari-pairs 500 --atari-repeats 1 --skip-mujoco)
   ATARI_ARGS=(--frames 200000)
-  CLIPS=2000; Q_ARGS=(--labels 1000)
+  CLIPS=2000; Q_ARGS=(--labels ${LABELS:-1000})  # (unquoted: LABELS may hold several)
 fi
 
 {
@@ -77,10 +78,15 @@ gymnasium.__version__, 'sb3', stable_baselines3.__version__, 'ale-py', ale_py.__
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-stamp "tests"
-timeout 80 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_device.py tests/test_fast_cnn.py -rs \
+STEPS=${STEPS:-tests,atari,reward}  # which of the steps below (quality: QUALITY=1 or STEPS=quality)
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
+[[ ${QUALITY:-0} == 1 ]] && STEPS="$STEPS,quality"
+
+has tests && stamp "tests"
+has tests && timeout 80 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_device.py tests/test_fast_cnn.py -rs \
   > "$OUT/tests.txt" 2>&1
-tail -4 "$OUT/tests.txt"
+has tests && tail -4 "$OUT/tests.txt"
+if has atari; then
 
 stamp "bench_atari ($DEVICE)"
 timeout 330 python3 scripts/bench_atari.py --device "$DEVICE" --out /tmp/bench_atari --reward-wait both "${ATARI_ARGS[@]}" \
@@ -88,17 +94,18 @@ timeout 330 python3 scripts/bench_atari.py --device "$DEVICE" --out /tmp/bench_a
 echo "exit code $?" >> "$OUT/bench_atari.txt"
 cp /tmp/bench_atari/results.json "$OUT/bench_atari.json" 2>/dev/null
 grep -E "^(A2C|RLHF|ratio|\||exit|      each)" "$OUT/bench_atari.txt" || tail -20 "$OUT/bench_atari.txt"
+fi
 
 secs=$(( $(left) - 10 ))
-stamp "bench_reward ($DEVICE) for at most $secs s"
-if [[ $secs -gt 20 ]]; then
+has reward && stamp "bench_reward ($DEVICE) for at most $secs s"
+if has reward && [[ $secs -gt 20 ]]; then
   timeout "$secs" python3 scripts/bench_reward.py --device "$DEVICE" "${REWARD_ARGS[@]}" > "$OUT/bench_reward.txt" 2>&1
   echo "exit code $?" >> "$OUT/bench_reward.txt"
   tail -10 "$OUT/bench_reward.txt"
 fi
 
 AE=/tmp/atari-evidence
-if [[ ${QUALITY:-0} == 1 && -f "$POLICY" ]]; then
+if has quality && [[ -f "$POLICY" ]]; then
   stamp "recording $CLIPS clips of each Pong policy"
   python3 -c "
 import sys; sys.path.insert(0, 'scripts')
