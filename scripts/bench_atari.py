@@ -253,9 +253,6 @@ def run_child(kind: str, args: argparse.Namespace, extra: list[str]) -> dict[str
            "--seed", str(args.seed), "--pretrain-labels", str(args.pretrain_labels),
            "--pretrain-epochs", str(args.pretrain_epochs), "--online-labels", str(args.online_labels),
            "--device", args.device, *(["--sync-reward"] if args.sync_reward else []), *extra]
-    if kind == "rlhf-nowait":
-        cmd[cmd.index("rlhf-nowait")] = "rlhf"
-        cmd.append("--no-reward-wait")
     print(f"[{kind}] {' '.join(cmd[1:])}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -404,16 +401,16 @@ def main() -> None:
         (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         report_window(results["window"])
         return
-    if args.only in (None, "a2c"):
-        results["a2c"] = run_child("a2c", args, [])
-        print(f"  a2c: {results['a2c']['wall_s']:.1f} s, peak {results['a2c']['peak_mb']:.0f} MiB", flush=True)
     kinds = {"wait": ["rlhf"], "no-wait": ["rlhf-nowait"], "both": ["rlhf-nowait", "rlhf"]}[args.reward_wait]
-    for kind in kinds if args.only in (None, "rlhf") else []:
-        shutil.rmtree(args.out / f"{kind}-run", ignore_errors=True)  # (a bench's own run of an earlier call)
-        results[kind] = run_child(kind, args, ["--run-dir", str(args.out / f"{kind}-run")])
+    runs = (["a2c"] if args.only in (None, "a2c") else []) + (kinds if args.only in (None, "rlhf") else [])
+    for kind in runs:
+        extra = [] if kind == "a2c" else ["--run-dir", str(args.out / f"{kind}-run")]
+        if kind != "a2c":
+            shutil.rmtree(args.out / f"{kind}-run", ignore_errors=True)  # (a bench's own run of an earlier call)
+        results[kind] = run_child("a2c" if kind == "a2c" else "rlhf", args,
+                                  extra + (["--no-reward-wait"] if kind == "rlhf-nowait" else []))
         print(f"  {kind}: {results[kind]['wall_s']:.1f} s, peak {results[kind]['peak_mb']:.0f} MiB", flush=True)
-        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")  # (kept if a later run fails)
     if "a2c" in results and len(results) > 1:
         for kind in kinds:
             report(results["a2c"], results[kind], args)

@@ -16,9 +16,9 @@
 #   bench_reward.txt  the CNN reward's pair-epoch, plain and fast path, on the device
 # STEPS=tests,atari,reward picks some of them. With QUALITY=1 or STEPS=quality (and .pong/agent.zip)
 # also, for the time left (LABELS="3000 1000": the label counts):
-#   record.txt        (background, CPU) clips of the random and the trained Pong policy for quality
-#   quality.txt       scripts/atari_evidence.py (b): the CNN reward from 1,000 perfect labels on those
-#   reward_quality.json  clips, on the device
+#   record.txt        clips of the random and the trained Pong policy (emulators and policy on the CPU)
+#   quality.txt       scripts/atari_evidence.py (b): the CNN reward from $LABELS (default 1,000) perfect
+#   reward_quality.json  labels on those clips, on the device
 # The image's own Python (3.12, its torch) runs everything; the project's pins do not apply there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -82,23 +82,25 @@ STEPS=${STEPS:-tests,atari,reward}  # which of the steps below (quality: QUALITY
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 [[ ${QUALITY:-0} == 1 ]] && STEPS="$STEPS,quality"
 
-has tests && stamp "tests"
-has tests && timeout 80 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_device.py tests/test_fast_cnn.py -rs \
-  > "$OUT/tests.txt" 2>&1
-has tests && tail -4 "$OUT/tests.txt"
-if has atari; then
+if has tests; then
+  stamp "tests"
+  timeout 80 python3 -m pytest -q -o addopts="" -p no:cacheprovider tests/test_device.py tests/test_fast_cnn.py -rs \
+    > "$OUT/tests.txt" 2>&1
+  tail -4 "$OUT/tests.txt"
+fi
 
-stamp "bench_atari ($DEVICE)"
-timeout 330 python3 scripts/bench_atari.py --device "$DEVICE" --out /tmp/bench_atari --reward-wait both "${ATARI_ARGS[@]}" \
-  > "$OUT/bench_atari.txt" 2>&1
-echo "exit code $?" >> "$OUT/bench_atari.txt"
-cp /tmp/bench_atari/results.json "$OUT/bench_atari.json" 2>/dev/null
-grep -E "^(A2C|RLHF|ratio|\||exit|      each)" "$OUT/bench_atari.txt" || tail -20 "$OUT/bench_atari.txt"
+if has atari; then
+  stamp "bench_atari ($DEVICE)"
+  timeout 330 python3 scripts/bench_atari.py --device "$DEVICE" --out /tmp/bench_atari --reward-wait both "${ATARI_ARGS[@]}" \
+    > "$OUT/bench_atari.txt" 2>&1
+  echo "exit code $?" >> "$OUT/bench_atari.txt"
+  cp /tmp/bench_atari/results.json "$OUT/bench_atari.json" 2>/dev/null
+  grep -E "^(A2C|RLHF|ratio|\||exit|      each)" "$OUT/bench_atari.txt" || tail -20 "$OUT/bench_atari.txt"
 fi
 
 secs=$(( $(left) - 10 ))
-has reward && stamp "bench_reward ($DEVICE) for at most $secs s"
 if has reward && [[ $secs -gt 20 ]]; then
+  stamp "bench_reward ($DEVICE) for at most $secs s"
   timeout "$secs" python3 scripts/bench_reward.py --device "$DEVICE" "${REWARD_ARGS[@]}" > "$OUT/bench_reward.txt" 2>&1
   echo "exit code $?" >> "$OUT/bench_reward.txt"
   tail -10 "$OUT/bench_reward.txt"

@@ -66,8 +66,7 @@ class OffPolicyPhases:
             if step >= self.rl_start:
                 self.first_round(step)
             return
-        if t.updater.ready():  # the worker finished while SAC trained: its reward takes over now
-            t.updater.take()
+        t.updater.take(wait=False)  # a job the worker finished while SAC trained: its reward takes over now
         self.sync()
         if step - t.last_iteration_step >= t.r.iteration_steps or step >= t.r.steps:
             t.iteration(step)

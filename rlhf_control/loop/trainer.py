@@ -220,7 +220,7 @@ class RLHFTrainer:
             self.updater.train_now(self.r.reward_epochs)  # the last: no rollout left to overlap with
         elif retrain and not self.updater.running:  # (a job still running: its labels wait for the next)
             self.updater.submit(self.r.reward_epochs)
-        self._log(step, evaluate=self.iterations % self.r.eval_every == 0 or step >= self.r.steps)
+        self._log(step, evaluate=self.iterations % self.r.eval_every == 0 or final)
         self._iteration_mark = self.pool.next_uid
         overdue = self.cfg.checkpoint_minutes and \
             time.monotonic() - self._last_checkpoint >= 60.0 * self.cfg.checkpoint_minutes
