@@ -217,7 +217,7 @@ def quality_clips(r: Any, agent_zip: Path, n_clips: int, seed: int, cache: Path)
 def measure_quality(task: str, agent_zip: Path, args: Any, out: Path) -> list[dict[str, Any]]:
     """(b): each ``args.labels`` x ``args.seeds``, results appended to ``out/QUALITY_FILE`` as they come
     (a rerun skips the ones already there with the same settings)."""
-    r = resolve(RunConfig(task=task, seed=args.seed, device=args.device))
+    r = resolve(RunConfig(task=task, seed=args.seed, device=args.device, reward_l2=args.reward_l2))
     clips = quality_clips(r, agent_zip, args.clips, args.seed, out / "clips")
     split = {p: brq.split_by_episode(segs, 1 / 3, np.random.default_rng(args.seed + i)) for i, (p, segs)
              in enumerate(clips.items())}
@@ -228,6 +228,8 @@ def measure_quality(task: str, agent_zip: Path, args: Any, out: Path) -> list[di
     done = json.loads(path.read_text())["results"] if path.exists() else []
     settings = {"clips": args.clips, "pretrain_epochs": args.pretrain_epochs, "reward_epochs": args.reward_epochs,
                 "rounds": args.rounds, "selector": args.selector, "policy": str(agent_zip)}
+    if not args.reward_l2:  # a key only when off, so that earlier results still match
+        settings["reward_l2"] = False
     results = []
     for n in args.labels:
         pretrain = max(1, n // 6) if args.pretrain_labels is None else min(args.pretrain_labels, n)
@@ -243,15 +245,23 @@ def measure_quality(task: str, agent_zip: Path, args: Any, out: Path) -> list[di
             ens, tconf = brq.build_reward(r.cfg.replace(seed=seed), r.task, candidates[0].obs_shape, act_shape,
                                           n_actions, args.device)
             t0 = time.perf_counter()
-            brq.learn_reward(ens, tconf, plan, candidates, split["random"][0], args.selector, seed)
+            window = brq.learn_reward(ens, tconf, plan, candidates, split["random"][0], args.selector, seed)
             res = {"settings": key, "seconds": time.perf_counter() - t0, "pair_epochs": plan.pair_epochs(),
-                   **brq.clip_scores(ens, heldout)}
+                   **brq.clip_scores(ens, heldout), "label_mix": label_mix(window.labels)}
             results.append(res)
             done.append(res)
             ens.save(out / f"reward-N{n}-s{seed}.pt")  # to read the model again after the scores
             rundir.write_atomic(path, json.dumps({"task": task, "results": done}, indent=1) + "\n")
             print(f"  N {n}: {fmt_scores(res)}", flush=True)
     return results
+
+
+def label_mix(labels: list) -> dict[str, int]:
+    """What the labels compared, by the clips' true returns: ``labels``, ``ties`` (equal returns),
+    ``with_gain`` (a clip with a positive return in the pair), ``with_loss`` (one with a negative one)."""
+    pairs = [(lb.pair.first.true_return, lb.pair.second.true_return) for lb in labels]
+    return {"labels": len(pairs), "ties": sum(a == b for a, b in pairs),
+            "with_gain": sum(max(a, b) > 0 for a, b in pairs), "with_loss": sum(min(a, b) < 0 for a, b in pairs)}
 
 
 def ceiling_note(c: dict[str, float] | None) -> str:
@@ -262,7 +272,9 @@ def fmt_scores(res: dict[str, Any]) -> str:
     s, nz, h = res["spearman"], res["nonzero"], res["heldout"]
     return (f"Spearman all {s['all']:.3f}, random {s['random']:.3f}, trained {s['trained']:.3f}, non-zero clips "
             f"{s['nonzero']:.3f}{ceiling_note(res.get('spearman_ceiling'))}; pair accuracy {res['pair_accuracy']:.3f}; held out "
-            + ", ".join(f"{p} {nz[p]}/{h[p]} non-zero" for p in h) + f" ({res['seconds']:.0f} s)")
+            + ", ".join(f"{p} {nz[p]}/{h[p]} non-zero" for p in h) + f" ({res['seconds']:.0f} s)"
+            + ("; labels: {ties} ties, {with_gain} with a positive clip return, {with_loss} with a negative one, of {labels}"
+               .format(**res["label_mix"]) if "label_mix" in res else ""))
 
 
 # ----------------------------------------------------------------------------- main
@@ -302,6 +314,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--reward-epochs", type=positive, default=3, help="epochs after each round (default 3)")
     g.add_argument("--rounds", type=positive, default=10, help="rounds of selected labels (default 10)")
     g.add_argument("--selector", default="random", choices=brq.SELECTORS, help="how pairs are chosen (default random)")
+    g.add_argument("--no-reward-l2", dest="reward_l2", action="store_false",
+                   help="no L2 on the reward members (the ablation's; default: the adaptive L2)")
     g = p.add_argument_group("(c) RLHF against A2C on the true reward")
     g.add_argument("--rlhf-frames", type=positive, default=None,
                    help=f"emulator frames of both runs (default {DEFAULTS['rlhf_frames']:,})")
@@ -390,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
           f"\n        (= rlhf-control sweep {files['policy']} --out {out / 'policy'} --workers 1)")
     b_flags = (f"--labels {' '.join(map(str, args.labels))} --seeds {' '.join(map(str, args.seeds))} --clips {args.clips} "
                f"--pretrain-epochs {args.pretrain_epochs} --reward-epochs {args.reward_epochs} --rounds {args.rounds} "
-               f"--selector {args.selector} --device {args.device}"
+               f"--selector {args.selector} --device {args.device}" + ("" if args.reward_l2 else " --no-reward-l2")
                + ("" if args.pretrain_labels is None else f" --pretrain-labels {args.pretrain_labels}")
                + ("" if args.policy is None else f" --policy {args.policy}"))
     print(f"  (b)   {me} --stages quality --frames {args.frames} {b_flags} --out {out}")

@@ -132,6 +132,16 @@ def test_clip_scores_on_known_cases():
     assert s["pair_accuracy_by"] == pytest.approx({"one_zero": 1.0, "both_nonzero": 0.0})
 
 
+def test_label_mix_counts_what_the_pairs_compared():
+    from rlhf_control.types import Label, SegmentPair
+
+    win, none, lose = clip([1, 0, 0, 0, 0], 0), clip([0] * 5, 1), clip([0, -1, 0, 0, 0], 2)
+    labels = [Label(SegmentPair(win, none), 1), Label(SegmentPair(none, lose), 1),
+              Label(SegmentPair(clip([0] * 5, 3), none), 0), Label(SegmentPair(lose, win), -1)]
+    assert ae.label_mix(labels) == {"labels": 4, "ties": 1, "with_gain": 2, "with_loss": 2}
+    assert ae.label_mix([]) == {"labels": 0, "ties": 0, "with_gain": 0, "with_loss": 0}
+
+
 def test_tie_ceiling_is_what_a_right_predictor_without_ties_reaches():
     rng = np.random.default_rng(2)
     true = rng.choice([-1.0, 0.0, 0.0, 1.0], 300)  # sparse returns: many ties at 0
