@@ -13,7 +13,6 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 
 from rlhf_control.recording.pool import SegmentPool
 from rlhf_control.recording.recorder import TrajectoryRecorder
-from rlhf_control.tasks.wrappers import RepeatFrameStack
 from rlhf_control.types import Segment, StackedFrames
 
 
@@ -206,12 +205,10 @@ def mask_row3(o: np.ndarray) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("stacker", ["sb3", "repeat"])
 @pytest.mark.parametrize("obs_fn", [None, mask_row3])
-def test_frame_stacked_segments_reproduce_stacks(obs_fn, stacker):
+def test_frame_stacked_segments_reproduce_stacks(obs_fn):
     k, clip = 4, 4
-    envs = DummyVecEnv([lambda: ImageEnv(0, [6, 9]), lambda: ImageEnv(1, [11])])
-    venv = VecFrameStack(envs, n_stack=k) if stacker == "sb3" else RepeatFrameStack(envs, k)
+    venv = VecFrameStack(DummyVecEnv([lambda: ImageEnv(0, [6, 9]), lambda: ImageEnv(1, [11])]), n_stack=k)
     rec = TrajectoryRecorder(
         venv, clip, SegmentPool(1000, np.random.default_rng(0)), obs_fn=obs_fn, frame_stack=k
     )
@@ -235,11 +232,8 @@ def test_frame_stacked_segments_reproduce_stacks(obs_fn, stacker):
             expected = obs_fn(expected)
             assert not arr[:, 3].any()
         np.testing.assert_array_equal(arr, expected)
-        if seg.start_step == 0 and stacker == "sb3":
+        if seg.start_step == 0:
             assert not arr[0, ..., : k - 1].any(), "episode start must keep VecFrameStack's zero padding"
-        elif seg.start_step == 0:  # the episode's first frame k times, as the agent saw it
-            np.testing.assert_array_equal(arr[0], np.repeat(arr[0, ..., -1:], k, axis=-1))
-            assert int(arr[0, 0, 2, 0]) == 1
         else:
             # A later clip starts with the episode's previous frames (pixel (0, 2) holds step + 1).
             np.testing.assert_array_equal(arr[0, 0, 2, :], seg.start_step + 1 - np.arange(k)[::-1])
@@ -364,43 +358,3 @@ def test_next_obs_records_the_observation_each_action_led_to_and_the_terminal_on
     assert ends > 0  # clips that end with their episode hold its terminal observation, not the reset one
     with pytest.raises(ValueError, match="next_obs=True is not supported with frame_stack"):
         TrajectoryRecorder(DummyVecEnv([lambda: ImageEnv(0, [5])]), 3, pool, frame_stack=1, next_obs=True)
-
-
-def test_repeat_frame_stack_starts_each_episode_with_its_first_frame():
-    k = 4
-    venv = RepeatFrameStack(DummyVecEnv([lambda: ImageEnv(0, [3, 5]), lambda: ImageEnv(1, [7])]), k)
-    obs = venv.reset()
-    for i in range(2):  # reset: the first frame k times, not k - 1 black frames before it
-        np.testing.assert_array_equal(obs[i], np.repeat(obs[i, ..., -1:], k, axis=-1))
-        assert obs[i, 1:].min() > 0  # row 0 holds the tags; the rest of a frame is never 0
-    ends = 0
-    for _ in range(12):
-        prev = obs.copy()
-        obs, _r, dones, infos = venv.step(np.zeros(2, np.int64))
-        for i in range(2):
-            t1 = obs[i, 0, 2, :].astype(int)  # step + 1 of each stacked frame, oldest first
-            if dones[i]:
-                ends += 1
-                np.testing.assert_array_equal(obs[i], np.repeat(obs[i, ..., -1:], k, axis=-1))
-                assert t1[-1] == 1 and obs[i, 0, 1, -1] == prev[i, 0, 1, -1] + 1  # the next episode's first frame
-                # the finished episode's last stack still holds its own frames
-                term = infos[i]["terminal_observation"]
-                np.testing.assert_array_equal(term[..., :-1], prev[i, ..., 1:])
-            else:
-                # later stacks: the episode's frames so far, its first repeated where it has fewer than k
-                np.testing.assert_array_equal(t1, np.maximum(1, t1[-1] - np.arange(k)[::-1]))
-                assert len(set(obs[i, 0, 1, :].tolist())) == 1  # never a frame of the previous episode
-    assert ends >= 3
-
-
-def test_atari_tasks_stack_frames_without_black_ones():
-    from rlhf_control.tasks.catalogue import get_task
-
-    venv = get_task("ALE/Pong-v5").make_vec_env(2, seed=0)
-    assert isinstance(venv, RepeatFrameStack)
-    obs = venv.reset()
-    assert obs.shape == (2, 84, 84, 4) and obs.dtype == np.uint8
-    for i in range(2):
-        assert all(obs[i, ..., j].any() for j in range(4))
-        np.testing.assert_array_equal(obs[i], np.repeat(obs[i, ..., -1:], 4, axis=-1))
-    venv.close()

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack, VecNormalize
 
 from rlhf_control.tasks.spec import TaskSpec
-from rlhf_control.tasks.wrappers import GYM_RETURN_KEY, RepeatFrameStack
+from rlhf_control.tasks.wrappers import GYM_RETURN_KEY
 
 # Seed of evaluation envs: apart from the training envs' (run seed + env index), and the same
 # for an RLHF run and its baseline, so both meet the same episodes.
@@ -74,7 +74,7 @@ def make_eval_env(task: TaskSpec, seed: int, render: bool = False) -> VecEnv:
     """One env of the task (its wrappers, Monitor, frame stacking), optionally rendering rgb frames."""
     venv: VecEnv = DummyVecEnv([_RenderFactory(task, seed, render)])
     if task.frame_stack > 0:
-        venv = RepeatFrameStack(venv, task.frame_stack)
+        venv = VecFrameStack(venv, task.frame_stack, channels_order="last")
     return venv
 
 

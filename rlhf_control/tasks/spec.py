@@ -21,19 +21,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecFrameStack
 
 from rlhf_control.errors import UserError
 from rlhf_control.registry import UnknownNameError, unknown_name_message
 from rlhf_control.tasks.suites import SUITES, register_ale, register_dmc
-from rlhf_control.tasks.wrappers import (
-    WRAPPERS,
-    AtariFrames,
-    GymReturn,
-    RepeatFrameStack,
-    ScoreMask,
-    apply_wrappers,
-)
+from rlhf_control.tasks.wrappers import WRAPPERS, AtariFrames, GymReturn, ScoreMask, apply_wrappers
 
 ALGOS = ("ppo", "a2c", "trpo", "sac")  # the agents a task can name; agent/factory.py builds them
 OFF_POLICY = ("sac",)  # agents that learn from a replay buffer (continuous actions only)
@@ -294,16 +287,15 @@ class TaskSpec:
         self, n_envs: int | None = None, seed: int = 0, vec_cls: type[VecEnv] = DummyVecEnv, monitor: bool = True
     ) -> VecEnv:
         """``n_envs`` (default ``self.n_envs``) envs seeded ``seed + i``, each in SB3's ``Monitor`` (episode
-        stats of the env reward) unless ``monitor=False``; Atari adds
-        :class:`~rlhf_control.tasks.wrappers.RepeatFrameStack` (SB3's ``VecFrameStack``, channels last,
-        an episode's first frame repeated) so obs are ``(n_envs, 84, 84, 4)`` uint8."""
+        stats of the env reward) unless ``monitor=False``; Atari adds ``VecFrameStack(frame_stack, "last")``
+        so obs are ``(n_envs, 84, 84, 4)`` uint8."""
         n = self.n_envs if n_envs is None else int(n_envs)
         if n < 1:
             raise UserError(f"n_envs={n} must be >= 1")
         fns = [_EnvFactory(self, int(seed) + i, monitor) for i in range(n)]
         venv: VecEnv = vec_cls(fns)
         if self.frame_stack > 0:
-            venv = RepeatFrameStack(venv, self.frame_stack)
+            venv = VecFrameStack(venv, self.frame_stack, channels_order="last")
         return venv
 
     @property

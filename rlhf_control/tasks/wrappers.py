@@ -46,7 +46,6 @@ import cv2
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.atari_wrappers import NoopResetEnv
-from stable_baselines3.common.vec_env import VecFrameStack
 
 from rlhf_control.errors import UserError
 from rlhf_control.registry import Registry
@@ -65,34 +64,6 @@ def with_terminal_obs(obs: np.ndarray, dones: np.ndarray, infos: list[dict]) -> 
     for i in np.flatnonzero(dones):
         out[i] = infos[i]["terminal_observation"]
     return out
-
-
-class RepeatFrameStack(VecFrameStack):
-    """SB3's ``VecFrameStack`` (channels last), except that an episode's first stack holds its first
-    frame k times instead of k-1 black frames before it, as OpenAI Baselines' ``FrameStack`` (the
-    paper's code base) does. Black frames never occur in play, and a CNN reward model extrapolates
-    on them: on Pong, clips that start an episode got learned returns up to hundreds of standard
-    deviations above the rest."""
-
-    def __init__(self, venv: Any, n_stack: int) -> None:
-        super().__init__(venv, n_stack, channels_order="last")
-
-    def _repeat_newest(self, envs: Any) -> None:
-        # The array the parent returned is the stack it keeps, so this changes both.
-        stack, k = self.stacked_obs.stacked_obs, self.stacked_obs.n_stack
-        c = stack.shape[-1] // k
-        for i in envs:
-            stack[i] = np.tile(stack[i, ..., -c:], k)
-
-    def reset(self) -> np.ndarray:
-        obs = super().reset()
-        self._repeat_newest(range(self.num_envs))
-        return obs
-
-    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
-        obs, rewards, dones, infos = super().step_wait()
-        self._repeat_newest(np.flatnonzero(dones))
-        return obs, rewards, dones, infos
 
 
 WRAPPERS: Registry[gym.Env] = Registry("wrapper")
