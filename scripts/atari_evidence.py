@@ -193,6 +193,20 @@ def given_agent(path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- (b)
+POLICIES = ("random", "trained")  # (b)'s clips: of these policies, in this order (it seeds their split)
+
+
+def clip_file(cache: Path, policy: str, n_clips: int, seed: int) -> Path:
+    """Where (b) keeps ``n_clips`` clips of ``policy`` recorded with ``seed``."""
+    return cache / f"clips-{policy}-{n_clips}-s{seed}.npz"
+
+
+def split_clips(clips: dict[str, list], seed: int) -> dict[str, tuple[list, list]]:
+    """(b)'s ``(pool, held out)`` per policy of ``clips`` (a third of each policy's episodes held out)."""
+    return {p: brq.split_by_episode(segs, 1 / 3, np.random.default_rng(seed + i)) for i, (p, segs)
+            in enumerate(clips.items())}
+
+
 def quality_clips(r: Any, agent_zip: Path, n_clips: int, seed: int, cache: Path) -> dict[str, list]:
     """Clips of the random and the trained policy, from ``cache`` when recorded before (the agent
     is copied there as ``trained.zip``, which ``brq.record_clips`` loads)."""
@@ -202,8 +216,8 @@ def quality_clips(r: Any, agent_zip: Path, n_clips: int, seed: int, cache: Path)
         raise UserError(f"the clips cached in {str(cache)!r} were recorded with another trained policy than "
                         f"{str(agent_zip)!r}; remove that folder or give another --out")
     out = {}
-    for i, policy in enumerate(("random", "trained")):
-        path = cache / f"clips-{policy}-{n_clips}-s{seed}.npz"
+    for i, policy in enumerate(POLICIES):
+        path = clip_file(cache, policy, n_clips, seed)
         if not path.exists():
             if policy == "trained" and not (cache / "trained.zip").exists():
                 shutil.copyfile(agent_zip, cache / "trained.zip")
@@ -219,8 +233,7 @@ def measure_quality(task: str, agent_zip: Path, args: Any, out: Path) -> list[di
     (a rerun skips the ones already there with the same settings)."""
     r = resolve(RunConfig(task=task, seed=args.seed, device=args.device, reward_l2=args.reward_l2))
     clips = quality_clips(r, agent_zip, args.clips, args.seed, out / "clips")
-    split = {p: brq.split_by_episode(segs, 1 / 3, np.random.default_rng(args.seed + i)) for i, (p, segs)
-             in enumerate(clips.items())}
+    split = split_clips(clips, args.seed)
     candidates = [s for p in split for s in split[p][0]]
     heldout = {p: split[p][1] for p in split}
     n_actions, act_shape = brq.action_shape(r.task)

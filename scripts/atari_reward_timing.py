@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_reward_quality as brq  # noqa: E402
+import atari_evidence as ae  # noqa: E402
 
 #: (low, high) step ranges, inclusive, of the groups printed.
 IN_CLIP = ((0, 2), (3, 6), (7, 12), (13, 18), (19, 24))
@@ -81,17 +81,18 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     ens = RewardEnsemble.load(args.model)
-    rows, preds, members = [], [], []
-    for i, policy in enumerate(("random", "trained")):  # as atari_evidence.measure_quality splits them
-        path = args.clips / f"clips-{policy}-{args.n_clips}-s{args.seed}.npz"
+    clips = {}
+    for policy in ae.POLICIES:
+        path = ae.clip_file(args.clips, policy, args.n_clips, args.seed)
         if not path.is_file():
             p.error(f"no clip file {str(path)!r}; give (b)'s clips folder and --n-clips")
-        segs = brq.load_clips(path)
-        held = brq.split_by_episode(segs, 1 / 3, np.random.default_rng(args.seed + i))[1]
+        clips[policy] = ae.brq.load_clips(path)
+    rows, preds, members = [], [], []
+    for policy, (_pool, held) in ae.split_clips(clips, args.seed).items():  # (b)'s held-out clips
         m = ens.member_segment_returns(held, normalized=True)
         members.append(m)
         preds.append(m.mean(axis=0))
-        rows += point_timing(held, segs)
+        rows += point_timing(held, clips[policy])
     pred, m = np.concatenate(preds), np.concatenate(members, axis=1)
     true = np.array([r["ret"] for r in rows])
     print(f"{args.model}: {len(rows)} held-out clips; Spearman ensemble {spearmanr(pred, true).statistic:.3f}, "
