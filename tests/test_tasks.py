@@ -140,6 +140,23 @@ def test_a_fallen_inverted_pendulum_costs_10_and_restarts_within_the_episode():
             assert reward == 1.0 and abs(obs[1]) <= 0.2
     assert falls >= 3  # the bang-bang pushes topple it again and again, each time from a fresh start
 
+
+def test_a_fallen_double_pendulum_costs_10_and_restarts_within_the_episode():
+    env = load_task("InvertedDoublePendulum-v5").make_env(seed=0)
+    env.reset(seed=0)
+    falls, upright = 0, 0
+    for t in range(1, 301):
+        obs, reward, terminated, truncated, info = env.step(np.array([1.0 if (t // 4) % 2 else -1.0]))
+        assert not terminated and not truncated
+        if info["inner_reset"]:
+            falls += 1
+            assert reward < -10.0 + 1e-6 and reward == info["oracle_reward"]  # penalty, no healthy reward
+            assert np.all(np.abs(obs[1:3]) < 0.11)  # both links stand again (start noise +-0.1)
+        else:
+            upright += 1
+            assert 8.0 < reward <= 10.0  # the healthy 10 less the distance and velocity penalties
+    assert falls >= 3 and upright > falls
+
 def test_recorded_clips_and_monitor_carry_the_true_reward_and_the_gym_return_beside_it():
     """What the oracle reads (a clip's rewards), what Monitor sums (the baseline's and evaluation's return)
     and the env reward are one number; the Gymnasium return arrives with Monitor's episode."""
