@@ -157,6 +157,7 @@ def test_a_fallen_double_pendulum_costs_10_and_restarts_within_the_episode():
             assert 8.0 < reward <= 10.0  # the healthy 10 less the distance and velocity penalties
     assert falls >= 3 and upright > falls
 
+
 def test_recorded_clips_and_monitor_carry_the_true_reward_and_the_gym_return_beside_it():
     """What the oracle reads (a clip's rewards), what Monitor sums (the baseline's and evaluation's return)
     and the env reward are one number; the Gymnasium return arrives with Monitor's episode."""
