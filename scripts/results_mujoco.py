@@ -49,9 +49,10 @@ from rlhf_control.experiments.sweep import ABLATIONS, spec_from_dict
 # InvertedDoublePendulum -3,635 at 200k (-15,622) with fallen poles left lying, and with a fall
 # restarting them (the catalogue's entry since 2026-12-05) 9,330 at 200k in the grid's seed 0 (5,976);
 # InvertedPendulum the maximum, 1,000, from 40k (-824; with a fall restarting the pole, see
-# envs/mujoco.toml); HalfCheetah and Hopper from earlier runs. Reacher (-7.9 against -10.5) was marginal at 100k, so it gets 300k; Ant reached only 1,051 at
-# 400k against the random policy's 988 (which earns the healthy reward standing still), so it gets
-# 1M, which is more than this machine ran for it.
+# envs/mujoco.toml); HalfCheetah and Hopper from earlier runs. Reacher (-7.9 against -10.5) was
+# marginal at 100k, so it gets 300k; Ant reached only 1,051 at 400k against the random policy's 988
+# (which earns the healthy reward standing still), so it gets 1M, which is more than this machine ran
+# for it.
 STEPS = {"Reacher-v5": 300_000, "HalfCheetah-v5": 300_000, "Hopper-v5": 300_000, "Walker2d-v5": 400_000,
          "Swimmer-v5": 200_000, "Ant-v5": 1_000_000, "InvertedPendulum-v5": 100_000,
          "InvertedDoublePendulum-v5": 200_000}
