@@ -175,6 +175,7 @@ def test_local_and_ray_sweeps_agree_and_resume_runs_only_what_is_missing(tmp_pat
     import ray
 
     # Ray runs two of the three, at once, and they come out as the local ones did.
+    first = {name: _curve(tmp_path / "local" / name) for name in names[:2]}
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         remote = run_sweep(spec_from_dict(_tiny(seeds=[0, 1], labels=[6])), tmp_path / "ray", backend="ray",
@@ -183,8 +184,7 @@ def test_local_and_ray_sweeps_agree_and_resume_runs_only_what_is_missing(tmp_pat
         ray.shutdown()
     assert not remote.failed and sorted(remote.ran) == names[:2]
     for name in names[:2]:
-        assert _curve(tmp_path / "ray" / name) == _curve(tmp_path / "local" / name)
-    first = {name: _curve(tmp_path / "local" / name) for name in names}
+        assert _curve(tmp_path / "ray" / name) == first[name]
 
     # Interrupted sweep: one run lost its DONE (killed after its last checkpoint), one never started.
     (tmp_path / "local" / names[0] / "DONE").unlink()

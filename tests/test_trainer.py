@@ -90,8 +90,8 @@ def _random_return(task, episodes: int = 5) -> float:
 
 def test_agent_learns_from_the_learned_reward(tmp_path):
     task = get_task("Pendulum-v1")
-    # Half the default run's budget (50k steps, 150 labels; the whole default run took a quarter of the
-    # suite's time): seeds 0 and 1 evaluated at -167 and -130 at the end (2026-12-05), far above the bar.
+    # Half the default run's budget (50k steps, 150 labels; the whole default run was the suite's longest
+    # test, 135-183 s): seeds 0 and 1 evaluated at -167 and -130 at the end (2026-12-05), far above the bar.
     cfg = RunConfig(task="Pendulum-v1", seed=0, steps=50_000, labels=150, checkpoint_every=100)
     RLHFTrainer(cfg, tmp_path / "learn").run()
     trained = evaluate_run(tmp_path / "learn", episodes=5).mean
