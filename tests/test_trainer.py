@@ -356,6 +356,27 @@ def test_pretraining_clips_come_from_the_agents_untrained_policy(tmp_path):
     assert uniform.min() < -1.5 and uniform.max() > 1.5
 
 
+def test_the_untrained_policy_acts_reproducibly_seeding_only_the_cpu_generator(tmp_path, monkeypatch):
+    import torch
+
+    from rlhf_control.agent.factory import pretrain_actor
+
+    cfg = _tiny()  # plain Gaussian sampling (the catalogue's Pendulum agent uses gSDE: fixed noise per state)
+    trainer = RLHFTrainer(cfg.replace(agent={**cfg.agent, "use_sde": False}), tmp_path / "run")
+    obs = trainer.recorder.reset()
+    seeded_all = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: seeded_all.append(s))
+    state = torch.random.get_rng_state()
+    first = [pretrain_actor(trainer.agent, trainer.agent_env, trainer.recorder, "untrained", seed=3)(obs)
+             for _ in range(2)]
+    again = pretrain_actor(trainer.agent, trainer.agent_env, trainer.recorder, "untrained", seed=3)
+    np.testing.assert_array_equal(again(obs), first[0])  # the same seed acts the same
+    assert not np.array_equal(again(obs), first[0])  # and each call draws afresh
+    assert torch.equal(torch.random.get_rng_state(), state)  # the run's own stream is untouched
+    assert seeded_all == []  # nor is every device type seeded at each step (2-3 ms a call on a CPU build)
+    trainer.close()
+
+
 def test_a_run_with_continuous_reward_training_finishes_with_every_label_trained_on(tmp_path):
     reports = []
     trainer = RLHFTrainer(_tiny(reward_continuous=True), tmp_path / "run")
