@@ -97,7 +97,7 @@ def test_sigterm_checkpoints_and_stops_worker_server_and_renderer(tmp_path):
 
 def test_a_kill_never_redoes_pretraining_and_resume_cuts_the_metrics_back(tmp_path):
     run = tmp_path / "run"
-    args = ["--steps", "10240", "--labels", "40", "--pretrain-labels", "10", "--n-envs", "2",
+    args = ["--steps", "8192", "--labels", "40", "--pretrain-labels", "10", "--n-envs", "2",
             "--iteration-steps", "2048", "--checkpoint-every", "100", "--checkpoint-minutes", "0",
             "--eval-episodes", "0"]
     proc = _start([*args, "--run-dir", str(run)])
@@ -116,7 +116,7 @@ def test_a_kill_never_redoes_pretraining_and_resume_cuts_the_metrics_back(tmp_pa
                              env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     steps = _steps(run)
-    assert steps == sorted(set(steps)) and steps[-1] == 10240  # no step logged twice
+    assert steps == sorted(set(steps)) and steps[-1] == 8192  # no step logged twice
     with sqlite3.connect(run / "preferences.sqlite") as con:
         assert con.execute("SELECT COUNT(*) FROM queries WHERE created_step = 0").fetchone()[0] == pretrain_queries
         assert con.execute("SELECT COUNT(*) FROM answers WHERE skipped = 0").fetchone()[0] == 40

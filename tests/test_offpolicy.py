@@ -153,7 +153,7 @@ def _count(run: Path, query: str) -> int:
         con.close()
 
 
-SAC_FLAGS = ["--task", "Pendulum-v1", "--algo", "sac", "--n-envs", "1", "--steps", "2400", "--labels", "12",
+SAC_FLAGS = ["--task", "Pendulum-v1", "--algo", "sac", "--n-envs", "1", "--steps", "1600", "--labels", "12",
              "--pretrain-labels", "0", "--schedule", "bpref", "--label-batch", "4", "--unsup-steps", "400",
              "--iteration-steps", "400", "--eval-episodes", "1", "--checkpoint-every", "1", "--seed", "2"]
 
@@ -196,7 +196,7 @@ def test_a_sac_run_killed_after_its_first_round_resumes_with_its_labels_and_buff
     final = run / "checkpoints" / (run / "checkpoints" / "LATEST").read_text().strip()
     ens = RewardEnsemble.load(final / "ensemble.pt")
     with np.load(final / "replay.npz") as data:
-        assert len(data["rewards"]) == 2400
+        assert len(data["rewards"]) == 1600
         obs, acts = data["observations"][:, 0], 2.0 * data["actions"][:, 0]  # Pendulum's actions: +-2
         np.testing.assert_allclose(data["rewards"][:, 0], batch_rewards(ens, obs, acts), rtol=1e-4, atol=1e-4)
 

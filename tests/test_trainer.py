@@ -38,7 +38,7 @@ def _steps(run_dir: Path) -> list[int]:
 
 def test_sigkill_then_resume_finishes_the_plan(tmp_path):
     run = tmp_path / "run"
-    args = ["train", "--steps", "14336", "--labels", "40", "--n-envs", "2", "--checkpoint-every", "1",
+    args = ["train", "--steps", "8192", "--labels", "40", "--n-envs", "2", "--checkpoint-every", "1",
             "--seed", "3", "--eval-episodes", "0", "--run-dir", str(run), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", *args], env=env,
@@ -73,7 +73,7 @@ def test_sigkill_then_resume_finishes_the_plan(tmp_path):
     assert queries == len(answered)
     steps = _steps(run)
     assert steps == sorted(steps) and len(set(steps)) == len(steps)
-    assert steps[-1] >= 14336 and any(s > ckpt_step for s in steps)
+    assert steps[-1] >= 8192 and any(s > ckpt_step for s in steps)
 
 
 def _random_return(task, episodes: int = 5) -> float:
