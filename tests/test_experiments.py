@@ -20,9 +20,12 @@ from rlhf_control.experiments.sweep import (
 )
 from rlhf_control.loop.metrics import read_metrics
 
-# One evaluation episode: the default ten take half of such a run's time.
+# One evaluation episode: the default ten take half of such a run's time. The reward trains in the run's
+# process: these tests are about sweeps, and a reward worker's start (importing torch) took 8 of such a
+# run's 10 s (tests/test_trainer.py and tests/test_clean_stop.py cover the worker).
 TINY_RUN = {"steps": 256, "n_envs": 1, "pretrain_labels": 2, "pretrain_epochs": 1, "reward_epochs": 1,
-            "checkpoint_every": 2, "eval_episodes": 1, "agent": {"n_steps": 64, "batch_size": 32, "n_epochs": 1}}
+            "checkpoint_every": 2, "eval_episodes": 1, "reward_async": False,
+            "agent": {"n_steps": 64, "batch_size": 32, "n_epochs": 1}}
 
 
 def _tiny(**sweep) -> dict:
