@@ -175,3 +175,52 @@ def test_sigterm_to_a_sweep_stops_its_runs_after_their_checkpoints(tmp_path, bac
     assert load_checkpoint_state(latest_checkpoint(run))["step"] >= logged > 0  # the stop's checkpoint
     assert not (second / "metrics.csv").exists()  # the queued run was not started by the stop
     assert [s for _, s in plan_sweep(spec_from_dict(spec, where="test"), out)] == ["resume", "new"]
+
+
+def test_sigint_to_the_sweeps_process_alone_stops_its_run_and_a_second_signal_stops_it_at_once(tmp_path):
+    """``kill -INT`` to a sweep's process (not a terminal's Ctrl-C, which reaches the whole process group)
+    used to leave its pool's run going until killed 2 minutes later; and a SIGTERM while the sweep waited
+    for its runs to checkpoint ended the sweep's code but not the runs, which went on to their ends."""
+    import tomli_w
+
+    from rlhf_control.experiments.sweep import expand_grid, plan_sweep, spec_from_dict
+
+    spec = {"sweep": {"tasks": ["Pendulum-v1"], "seeds": [0], "labels": [20], "baseline": False},
+            "run": {"steps": 40000, "pretrain_labels": 4, "n_envs": 2, "iteration_steps": 2048,
+                    "checkpoint_every": 100, "checkpoint_minutes": 0, "eval_episodes": 0}}
+    (tmp_path / "spec.toml").write_text(tomli_w.dumps(spec))
+    out = tmp_path / "out"
+    (run,) = (out / p.name for p in expand_grid(spec_from_dict(spec, where="test")))
+
+    def sweep_then(*signals: signal.Signals) -> tuple[int, int, list[int], str]:
+        proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "sweep", str(tmp_path / "spec.toml"),
+                                 "--out", str(out), "--workers", "1"], text=True, env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        below: list[int] = []
+        try:
+            rows = len(_steps(run))
+            _wait_rows(proc, run, rows + 2)
+            below = _descendants(proc.pid)
+            logged = _steps(run)[-1]
+            for sig in signals:
+                proc.send_signal(sig)  # to the sweep's process only
+                time.sleep(0.3)
+            rc = proc.wait(timeout=60)  # not the 2 minutes after which a stopped run is killed
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            end = time.time() + 10
+            while any(_alive(p) for p in below) and time.time() < end:
+                time.sleep(0.2)
+            survivors = [p for p in below if _alive(p)]
+            for p in survivors:
+                os.kill(p, signal.SIGKILL)
+        assert below and not survivors, "a run went on after its sweep was stopped"
+        return rc, logged, below, proc.stderr.read()
+
+    rc, logged, _, err = sweep_then(signal.SIGINT)
+    assert rc == 130 and "Traceback" not in err, err
+    assert load_checkpoint_state(latest_checkpoint(run))["step"] >= logged > 0  # the run's stop checkpoint
+    rc, _, _, err = sweep_then(signal.SIGINT, signal.SIGTERM)  # resumed, then stopped twice
+    assert rc == 130 and "Traceback" not in err, err
+    assert [s for _, s in plan_sweep(spec_from_dict(spec, where="test"), out)] == ["resume"]

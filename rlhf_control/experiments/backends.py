@@ -54,14 +54,25 @@ def _init_worker() -> None:
 
 
 def _interruptible() -> None:
-    """SIGINT raises KeyboardInterrupt here again: a sweep stops its runs with SIGINT (pool) or Ray's
-    cancel (which simulates it), but a sweep started in the background by a script (``cmd &``) ignores
-    SIGINT, and its pool workers and Ray's would inherit that and never stop."""
+    """The first SIGINT raises KeyboardInterrupt here again, later ones are ignored: a sweep stops its
+    runs with SIGINT (pool) or Ray's cancel (which simulates it), but a sweep started in the background
+    by a script (``cmd &``) ignores SIGINT, and its pool workers and Ray's would inherit that and never
+    stop. A run that is stopping gets to finish its checkpoint when the same stop reaches it twice (a
+    Ctrl-C at a terminal signals the whole process group, and the sweep forwards it too); the sweep
+    kills a run that takes longer than ``STOP_SECONDS``."""
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    stopping = [False]
+
+    def handler(signum: int, frame: Any) -> None:
+        if not stopping[0]:
+            stopping[0] = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
 
 
 def execute_point(payload: Payload) -> dict[str, Any]:
@@ -154,27 +165,40 @@ def stop_on_sigterm() -> Iterator[None]:
 STOP_SECONDS = 120.0  # how long stopped runs get to checkpoint before they are killed
 
 
-def stop_pool(pool: Any, forward: bool, timeout: float = STOP_SECONDS) -> None:
-    """Stop a process pool's runs as Ctrl-C stops one ``train`` (the caller queues nothing more): with
-    ``forward`` each running one gets SIGINT (it checkpoints and exits; a Ctrl-C at a terminal has
-    already sent it that, and a second one would cut its checkpoint short); every worker gets
-    ``timeout`` seconds to exit, then is killed; then the pool is shut down. (Shutting it down first,
-    without waiting, made Python 3.11's pool thread fail when a worker of ``max_tasks_per_child`` left.)"""
+def stop_pool(pool: Any, timeout: float = STOP_SECONDS) -> None:
+    """Stop a process pool's runs as Ctrl-C stops one ``train`` (the caller queues nothing more): each
+    running one gets SIGINT (it checkpoints and exits; when a Ctrl-C at a terminal has already sent it
+    one, it ignores this one: see :func:`_interruptible`), every worker gets ``timeout`` seconds to
+    exit, then is killed; then the pool is shut down. A second stop (Ctrl-C or SIGTERM) while they
+    checkpoint kills them at once. (Before, a SIGINT sent to the sweep's process alone never reached
+    its runs, and a second signal during the wait left them running on, unseen, until they finished.
+    Shutting the pool down first, without waiting, made Python 3.11's pool thread fail when a worker of
+    ``max_tasks_per_child`` left.)"""
     import signal
 
     procs = list((getattr(pool, "_processes", None) or {}).values())  # the executor's own workers
-    if forward:
+
+    def alive() -> list[Any]:
+        out = []
         for proc in procs:
             with contextlib.suppress(OSError, ValueError):
                 if proc.is_alive():
-                    os.kill(proc.pid, signal.SIGINT)
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        with contextlib.suppress(OSError, ValueError):
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.is_alive():
+                    out.append(proc)
+        return out
+
+    try:
+        for proc in alive():
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            with contextlib.suppress(OSError, ValueError):
+                proc.join(max(0.0, deadline - time.monotonic()))
+    finally:  # (also when a second stop interrupts the wait)
+        for proc in alive():
+            with contextlib.suppress(OSError):
                 proc.kill()
-    pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_local(payloads: list[Payload], workers: int | None, on_result: OnResult) -> None:
@@ -213,8 +237,8 @@ def run_local(payloads: list[Payload], workers: int | None, on_result: OnResult)
                 except Exception as exc:  # the worker process died (killed, out of memory)
                     res = _failed(payload, exc)
                 on_result(res)
-    except BaseException as exc:
-        stop_pool(pool, forward=isinstance(exc, Terminated))
+    except BaseException:
+        stop_pool(pool)
         raise
     pool.shutdown(wait=True)
 
