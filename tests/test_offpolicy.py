@@ -155,7 +155,8 @@ def _count(run: Path, query: str) -> int:
 
 SAC_FLAGS = ["--task", "Pendulum-v1", "--algo", "sac", "--n-envs", "1", "--steps", "1600", "--labels", "12",
              "--pretrain-labels", "0", "--schedule", "bpref", "--label-batch", "4", "--unsup-steps", "400",
-             "--iteration-steps", "400", "--eval-episodes", "1", "--checkpoint-every", "1", "--seed", "2"]
+             "--iteration-steps", "400", "--eval-episodes", "1", "--checkpoint-every", "1", "--seed", "2",
+             "--sync-reward"]  # (the reward worker is not what this test is about; its start costs seconds)
 
 
 def test_a_sac_run_killed_after_its_first_round_resumes_with_its_labels_and_buffer(tmp_path):
