@@ -131,47 +131,66 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _stop_sweep(spec: Path, out: Path, run: Path, signals: tuple[signal.Signals, ...], backend: str = "local",
+                ignore_sigint: bool = False, grace: float = 15.0) -> tuple[int, int, str, str]:
+    """Start ``rlhf-control sweep`` with one worker, wait until ``run`` has logged two more rows, send
+    ``signals`` to the sweep's process alone (0.3 s apart) and wait for it to exit. Returns its exit
+    status, the step logged before the stop, its stdout and stderr; asserts that nothing it started
+    outlived it by ``grace`` seconds (and kills whatever did)."""
+    preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "sweep", str(spec), "--out", str(out),
+                             "--workers", "1", "--backend", backend], text=True, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec)
+    below: list[int] = []
+    try:
+        rows = len(_steps(run))
+        _wait_rows(proc, run, rows + 2, timeout=240 if backend == "ray" else 120)  # (Ray starts its cluster first)
+        below = _descendants(proc.pid)
+        assert below  # the pool's worker running the run (and the run's reward worker)
+        logged = _steps(run)[-1]
+        for sig in signals:
+            proc.send_signal(sig)
+            time.sleep(0.3)
+        rc = proc.wait(timeout=60)  # not the 2 minutes after which a stopped run is killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        end = time.time() + grace  # (Ray's own processes take a few seconds to go after its shutdown)
+        while any(_alive(p) for p in below) and time.time() < end:
+            time.sleep(0.2)
+        survivors = [p for p in below if _alive(p)]
+        for p in survivors:  # not left running whatever the test finds
+            os.kill(p, signal.SIGKILL)
+    assert not survivors, "a run went on after its sweep was stopped"
+    return rc, logged, proc.stdout.read(), proc.stderr.read()
+
+
+def _sweep_spec(tmp_path: Path, seeds: list[int]) -> tuple[dict, Path, list[Path]]:
+    import tomli_w
+
+    from rlhf_control.experiments.sweep import expand_grid, spec_from_dict
+
+    spec = {"sweep": {"tasks": ["Pendulum-v1"], "seeds": seeds, "labels": [20], "baseline": False},
+            "run": {"steps": 40000, "pretrain_labels": 4, "n_envs": 2, "iteration_steps": 2048,
+                    "checkpoint_every": 100, "checkpoint_minutes": 0, "eval_episodes": 0}}
+    (tmp_path / "spec.toml").write_text(tomli_w.dumps(spec))
+    out = tmp_path / "out"
+    return spec, out, [out / p.name for p in expand_grid(spec_from_dict(spec, where="test"))]
+
+
 @pytest.mark.parametrize("backend", ["local", "ray"])
 def test_sigterm_to_a_sweep_stops_its_runs_after_their_checkpoints(tmp_path, backend):
     """Before, SIGTERM ended the sweep's process at once and its pool's run went on alone. The sweep is
     started with SIGINT ignored, as a script's ``cmd &`` starts it: its runs used to inherit that and
     go on until killed (the pool's after 2 minutes; Ray's cancel, which simulates SIGINT, did nothing)."""
-    import tomli_w
+    from rlhf_control.experiments.sweep import plan_sweep, spec_from_dict
 
-    from rlhf_control.experiments.sweep import expand_grid, plan_sweep, spec_from_dict
-
-    spec = {"sweep": {"tasks": ["Pendulum-v1"], "seeds": [0, 1], "labels": [20], "baseline": False},
-            "run": {"steps": 40000, "pretrain_labels": 4, "n_envs": 2, "iteration_steps": 2048,
-                    "checkpoint_every": 100, "checkpoint_minutes": 0, "eval_episodes": 0}}
-    (tmp_path / "spec.toml").write_text(tomli_w.dumps(spec))
-    out = tmp_path / "out"
-    run, second = (out / p.name for p in expand_grid(spec_from_dict(spec, where="test")))
-    proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "sweep", str(tmp_path / "spec.toml"),
-                             "--out", str(out), "--workers", "1", "--backend", backend], text=True, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    below: list[int] = []
-    try:
-        _wait_rows(proc, run, 2, timeout=240 if backend == "ray" else 120)  # (Ray starts its cluster first)
-        below = _descendants(proc.pid)
-        assert below  # the pool's worker running the run, and the run's reward worker
-        logged = _steps(run)[-1]
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        end = time.time() + 15  # (Ray's own processes take a few seconds to go after its shutdown)
-        while any(_alive(p) for p in below) and time.time() < end:
-            time.sleep(0.5)
-        survivors = [p for p in below if _alive(p)]
-        for p in survivors:  # not left running whatever this test finds
-            os.kill(p, signal.SIGKILL)
-    err = proc.stderr.read()
+    spec, out, (run, second) = _sweep_spec(tmp_path, [0, 1])
+    rc, logged, stdout, err = _stop_sweep(tmp_path / "spec.toml", out, run, (signal.SIGTERM,), backend=backend,
+                                          ignore_sigint=True)
     assert rc == 130, err
     assert "Traceback" not in err  # (Python 3.11's pool thread failed after a stop)
-    assert "run the same command again to continue it" in proc.stdout.read()
-    assert not survivors, "a run went on after its sweep was stopped"
+    assert "run the same command again to continue it" in stdout
     assert load_checkpoint_state(latest_checkpoint(run))["step"] >= logged > 0  # the stop's checkpoint
     assert not (second / "metrics.csv").exists()  # the queued run was not started by the stop
     assert [s for _, s in plan_sweep(spec_from_dict(spec, where="test"), out)] == ["resume", "new"]
@@ -181,46 +200,13 @@ def test_sigint_to_the_sweeps_process_alone_stops_its_run_and_a_second_signal_st
     """``kill -INT`` to a sweep's process (not a terminal's Ctrl-C, which reaches the whole process group)
     used to leave its pool's run going until killed 2 minutes later; and a SIGTERM while the sweep waited
     for its runs to checkpoint ended the sweep's code but not the runs, which went on to their ends."""
-    import tomli_w
+    from rlhf_control.experiments.sweep import plan_sweep, spec_from_dict
 
-    from rlhf_control.experiments.sweep import expand_grid, plan_sweep, spec_from_dict
-
-    spec = {"sweep": {"tasks": ["Pendulum-v1"], "seeds": [0], "labels": [20], "baseline": False},
-            "run": {"steps": 40000, "pretrain_labels": 4, "n_envs": 2, "iteration_steps": 2048,
-                    "checkpoint_every": 100, "checkpoint_minutes": 0, "eval_episodes": 0}}
-    (tmp_path / "spec.toml").write_text(tomli_w.dumps(spec))
-    out = tmp_path / "out"
-    (run,) = (out / p.name for p in expand_grid(spec_from_dict(spec, where="test")))
-
-    def sweep_then(*signals: signal.Signals) -> tuple[int, int, list[int], str]:
-        proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "sweep", str(tmp_path / "spec.toml"),
-                                 "--out", str(out), "--workers", "1"], text=True, env=ENV,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        below: list[int] = []
-        try:
-            rows = len(_steps(run))
-            _wait_rows(proc, run, rows + 2)
-            below = _descendants(proc.pid)
-            logged = _steps(run)[-1]
-            for sig in signals:
-                proc.send_signal(sig)  # to the sweep's process only
-                time.sleep(0.3)
-            rc = proc.wait(timeout=60)  # not the 2 minutes after which a stopped run is killed
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            end = time.time() + 10
-            while any(_alive(p) for p in below) and time.time() < end:
-                time.sleep(0.2)
-            survivors = [p for p in below if _alive(p)]
-            for p in survivors:
-                os.kill(p, signal.SIGKILL)
-        assert below and not survivors, "a run went on after its sweep was stopped"
-        return rc, logged, below, proc.stderr.read()
-
-    rc, logged, _, err = sweep_then(signal.SIGINT)
+    spec, out, (run,) = _sweep_spec(tmp_path, [0])
+    rc, logged, _, err = _stop_sweep(tmp_path / "spec.toml", out, run, (signal.SIGINT,), grace=10)
     assert rc == 130 and "Traceback" not in err, err
     assert load_checkpoint_state(latest_checkpoint(run))["step"] >= logged > 0  # the run's stop checkpoint
-    rc, _, _, err = sweep_then(signal.SIGINT, signal.SIGTERM)  # resumed, then stopped twice
+    # Resumed, then stopped twice.
+    rc, _, _, err = _stop_sweep(tmp_path / "spec.toml", out, run, (signal.SIGINT, signal.SIGTERM), grace=10)
     assert rc == 130 and "Traceback" not in err, err
     assert [s for _, s in plan_sweep(spec_from_dict(spec, where="test"), out)] == ["resume"]
