@@ -209,6 +209,7 @@ def test_plan_pair_epochs():
 
 
 # ----------------------------------------------------------------------------- (a) reused and resumed
+@pytest.mark.slow
 def test_policy_stage_is_reused_when_done_and_resumed_when_not(tmp_path, monkeypatch):
     real = baseline.random_policy_returns
     monkeypatch.setattr(baseline, "random_policy_returns", lambda task, seed: real(task, seed, 1, 50))

@@ -53,6 +53,7 @@ def test_the_sac_yardstick_normalises_observations_and_is_evaluated_with_its_sta
     assert wall > 0 and ret == ret
 
 
+@pytest.mark.slow
 def test_pebble_is_evaluated_with_its_agents_observation_statistics(tmp_path, evaluations):
     res = bp.pebble(TASK, 0, 1400, 4, _args(reward_epochs=7, no_critic_reset=True, recent_replay=0.25,
                                                query_min_clips=300, reward_obs="after"), tmp_path / "run")

@@ -65,6 +65,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_stops_worker_server_and_renderer(tmp_path):
     run = tmp_path / "run"
     proc = _start(["--oracle", "human", "--run-ahead", "--steps", "40000", "--labels", "20", "--pretrain-labels", "4",
@@ -95,6 +96,7 @@ def test_sigterm_checkpoints_and_stops_worker_server_and_renderer(tmp_path):
     assert list((run / "clips").glob("*.mp4"))
 
 
+@pytest.mark.slow
 def test_a_kill_never_redoes_pretraining_and_resume_cuts_the_metrics_back(tmp_path):
     run = tmp_path / "run"
     args = ["--steps", "8192", "--labels", "40", "--pretrain-labels", "10", "--n-envs", "2",
@@ -178,6 +180,7 @@ def _sweep_spec(tmp_path: Path, seeds: list[int]) -> tuple[dict, Path, list[Path
     return spec, out, [out / p.name for p in expand_grid(spec_from_dict(spec, where="test"))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["local", "ray"])
 def test_sigterm_to_a_sweep_stops_its_runs_after_their_checkpoints(tmp_path, backend):
     """Before, SIGTERM ended the sweep's process at once and its pool's run went on alone. The sweep is
@@ -196,6 +199,7 @@ def test_sigterm_to_a_sweep_stops_its_runs_after_their_checkpoints(tmp_path, bac
     assert [s for _, s in plan_sweep(spec_from_dict(spec, where="test"), out)] == ["resume", "new"]
 
 
+@pytest.mark.slow
 def test_sigint_to_the_sweeps_process_alone_stops_its_run_and_a_second_signal_stops_it_at_once(tmp_path):
     """``kill -INT`` to a sweep's process (not a terminal's Ctrl-C, which reaches the whole process group)
     used to leave its pool's run going until killed 2 minutes later; and a SIGTERM while the sweep waited

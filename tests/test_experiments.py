@@ -160,6 +160,7 @@ def _curve(run_dir: Path) -> list[tuple[str, str, str]]:
     return [(r["step"], r["labels"], r["true_return"]) for r in read_metrics(run_dir / "metrics.csv")]
 
 
+@pytest.mark.slow
 def test_local_and_ray_sweeps_agree_and_resume_runs_only_what_is_missing(tmp_path: Path) -> None:
     spec = spec_from_dict(_tiny(seeds=[0, 1, 2], labels=[6]))  # three runs: one resumed, one new, one done
     local = run_sweep(spec, tmp_path / "local", workers=2, log=lambda _: None)

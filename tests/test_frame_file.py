@@ -126,6 +126,7 @@ def test_a_truncated_or_corrupt_file_is_refused_on_resume_in_one_line_and_left_a
     assert path.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_an_atari_run_keeps_its_window_frames_in_the_file_and_resume_refuses_a_damaged_one(tmp_path, capsys):
     import sqlite3
 

@@ -12,6 +12,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from rlhf_control.cli import main
 from rlhf_control.store.store import PreferenceStore
 from rlhf_control.web.server import start_server
@@ -78,6 +80,7 @@ def _rows(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_labels_answered_while_training_reach_the_reward_model(tmp_path):
     run = tmp_path / "human"
     args = ["train", "--oracle", "human", "--wait-for-labels", "--steps", "4096", "--labels", "8",
@@ -90,6 +93,7 @@ def test_labels_answered_while_training_reach_the_reward_model(tmp_path):
     assert len(clips) >= 8 * 2  # two clips per query, plus side-by-side ones
 
 
+@pytest.mark.slow
 def test_offline_labelling_then_resume_learns_the_answers(tmp_path):
     run = tmp_path / "offline"
     # --run-ahead: nobody labels while it trains, and the run does not wait for anyone.
@@ -112,6 +116,7 @@ def test_offline_labelling_then_resume_learns_the_answers(tmp_path):
     con.close()
 
 
+@pytest.mark.slow
 def test_task_without_true_reward(tmp_path, capsys):
     # Only a person can label it; a synthetic oracle is refused before anything is written.
     assert main(["train", "--task", "hopper-backflip", "--run-dir", str(tmp_path / "no")]) == 2
@@ -129,6 +134,7 @@ def test_task_without_true_reward(tmp_path, capsys):
     store.close()
 
 
+@pytest.mark.slow
 def test_label_renders_the_clips_a_stopped_run_still_needs(tmp_path):
     run = tmp_path / "stopped"
     assert main(["train", "--oracle", "human", "--run-ahead", "--steps", "2048", "--labels", "4",

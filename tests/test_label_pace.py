@@ -16,6 +16,7 @@ sys.modules[_spec.name] = label_pace
 _spec.loader.exec_module(label_pace)
 
 
+@pytest.mark.slow
 def test_a_labeller_who_comes_late_gets_fresh_pairs_and_the_run_waits_for_the_budget(tmp_path):
     pytest.importorskip("playwright.sync_api")
     if not os.path.exists(label_pace.CHROMIUM):

@@ -159,6 +159,7 @@ SAC_FLAGS = ["--task", "Pendulum-v1", "--algo", "sac", "--n-envs", "1", "--steps
              "--sync-reward"]  # (the reward worker is not what this test is about; its start costs seconds)
 
 
+@pytest.mark.slow
 def test_a_sac_run_killed_after_its_first_round_resumes_with_its_labels_and_buffer(tmp_path):
     run = tmp_path / "run"
     cfg = tmp_path / "c.toml"
@@ -202,6 +203,7 @@ def test_a_sac_run_killed_after_its_first_round_resumes_with_its_labels_and_buff
         np.testing.assert_allclose(data["rewards"][:, 0], batch_rewards(ens, obs, acts), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_no_relabelling_leaves_stored_rewards_as_they_were_stored(tmp_path):
     run = tmp_path / "run"
     cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=1400, labels=8, pretrain_labels=0,
@@ -235,6 +237,7 @@ def test_dmc_clips_are_drawn_headless_from_their_recorded_physics_states():
         np.testing.assert_array_equal(renderer._draw_all(states[:1])[0], frames[0])  # a state draws one frame
 
 
+@pytest.mark.slow
 def test_sac_trains_on_the_state_entropy_until_the_first_labels_then_on_the_learned_reward(tmp_path, monkeypatch):
     from rlhf_control.agent import replay
 
@@ -260,6 +263,7 @@ def test_sac_trains_on_the_state_entropy_until_the_first_labels_then_on_the_lear
     assert first == 400  # the first labels come when the unsupervised phase ends
 
 
+@pytest.mark.slow
 def test_the_sac_baseline_logs_every_iteration_not_every_step(tmp_path):
     import csv
 
@@ -275,6 +279,7 @@ def test_the_sac_baseline_logs_every_iteration_not_every_step(tmp_path):
     assert all(r["eval_true_return"] for r in rows)  # evaluated every iteration
 
 
+@pytest.mark.slow
 def test_a_person_labels_a_sac_run_first_round_included(tmp_path):
     from test_human_loop import _train_and_label  # the scripted labeller of the human-oracle tests
 
@@ -325,6 +330,7 @@ def _first_round_spy(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reset", [True, False])
 def test_the_first_labels_start_sacs_critics_afresh_as_pebble_does(tmp_path, monkeypatch, reset):
     from rlhf_control.agent.factory import RESET_UPDATES
@@ -354,6 +360,7 @@ def test_no_critic_reset_is_refused_for_an_on_policy_agent():
         resolve(RunConfig(task="Pendulum-v1", algo="ppo", critic_reset=False))
 
 
+@pytest.mark.slow
 def test_the_first_round_asks_random_pairs_and_later_rounds_the_runs_selector(tmp_path, monkeypatch):
     from rlhf_control.queries import selection
 
@@ -374,6 +381,7 @@ def test_the_first_round_asks_random_pairs_and_later_rounds_the_runs_selector(tm
     assert used[1:] and all(name == "VarianceSelector" for name, _ in used[1:])
 
 
+@pytest.mark.slow
 def test_sac_queries_may_come_from_its_own_first_steps_and_dmc_uses_b_prefs_window(tmp_path, monkeypatch):
     from rlhf_control.queries import selection
 
@@ -427,6 +435,7 @@ def test_hybrid_replay_draws_its_share_of_each_batch_from_the_newest_transitions
         assert (rest < 260).mean() > 0.8 and rest.min() < 30
 
 
+@pytest.mark.slow
 def test_recent_replay_reaches_the_run_and_bad_values_are_refused(tmp_path):
     assert resolve(RunConfig(task="walker-walk")).recent_replay_steps == 10 * 1000
     assert resolve(RunConfig(task="Pendulum-v1", algo="sac")).recent_replay_steps == 10 * 200

@@ -26,6 +26,7 @@ def _dry(args: list[str], out: Path) -> list[list[str]]:
     return [line.split() for line in res.stdout.splitlines() if line.split()[:1] == ["new"]]
 
 
+@pytest.mark.slow
 def test_results_mujoco_experiments_share_their_baselines_and_full_method_runs(tmp_path):
     labels = _dry([], tmp_path)
     ablations = _dry(["--experiment", "ablations"], tmp_path)

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rlhf_control.store.store import PreferenceStore
 from rlhf_control.types import Answer, Segment, SegmentPair
@@ -39,6 +40,7 @@ def _scores(out: str) -> dict[str, float]:
     return {r[0]: float(r[1].split(",")[0]) for r in rows}
 
 
+@pytest.mark.slow
 def test_labels_that_follow_the_true_reward_generalise_to_the_other_runs_and_inverted_ones_do_not(tmp_path):
     a, b = _store(tmp_path / "a.sqlite", 0, 60), _store(tmp_path / "b.sqlite", 1, 60)
     res = _run(a, b, "--variants", "base", "crop5", "--round", "20", "--epochs", "5")

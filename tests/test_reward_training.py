@@ -371,6 +371,7 @@ def l2_history(cfg: RewardTrainerConfig, calls: int = 60) -> tuple[np.ndarray, n
     return l2, ratio, reports
 
 
+@pytest.mark.slow
 def test_the_l2_coefficient_settles_near_the_band_without_touching_the_clamps():
     cfg = RewardTrainerConfig(seed=3)
     l2, ratio, reports = l2_history(cfg)

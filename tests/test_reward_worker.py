@@ -137,6 +137,7 @@ def test_a_dead_worker_is_reported_not_waited_for():
     worker.close()
 
 
+@pytest.mark.slow
 def test_a_continuous_job_keeps_training_until_its_result_is_asked_for():
     import time
 

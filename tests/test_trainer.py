@@ -36,6 +36,7 @@ def _steps(run_dir: Path) -> list[int]:
         return [int(r["step"]) for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_finishes_the_plan(tmp_path):
     run = tmp_path / "run"
     args = ["train", "--steps", "8192", "--labels", "40", "--n-envs", "2", "--checkpoint-every", "1",
@@ -88,6 +89,7 @@ def _random_return(task, episodes: int = 5) -> float:
     return float(np.mean(returns))
 
 
+@pytest.mark.slow
 def test_agent_learns_from_the_learned_reward(tmp_path):
     task = get_task("Pendulum-v1")
     # 40k steps and 150 labels, not the default run's 100k and 300 (the whole default run was the suite's
@@ -101,6 +103,7 @@ def test_agent_learns_from_the_learned_reward(tmp_path):
     assert trained > random + 300, (trained, random)
 
 
+@pytest.mark.slow
 def test_atari_run_with_a_small_cnn(tmp_path):
     task = get_task("Pong").with_overrides(
         n_envs=2, reward_net_kwargs={"cnn_filters": 4, "cnn_fc": 16}, pretrain_epochs=1,
@@ -377,6 +380,7 @@ def test_the_untrained_policy_acts_reproducibly_seeding_only_the_cpu_generator(t
     trainer.close()
 
 
+@pytest.mark.slow
 def test_a_run_with_continuous_reward_training_finishes_with_every_label_trained_on(tmp_path):
     reports = []
     trainer = RLHFTrainer(_tiny(reward_continuous=True), tmp_path / "run")
