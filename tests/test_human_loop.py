@@ -97,9 +97,11 @@ def test_labels_answered_while_training_reach_the_reward_model(tmp_path):
 def test_offline_labelling_then_resume_learns_the_answers(tmp_path):
     run = tmp_path / "offline"
     # --run-ahead: nobody labels while it trains, and the run does not wait for anyone.
+    # (--sync-reward: the reward worker is not what these tests are about, and its start costs seconds;
+    # the test above runs with it.)
     assert main(["train", "--oracle", "human", "--run-ahead", "--steps", "2048", "--labels", "6",
                  "--pretrain-labels", "6", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run),
-                 "--no-progress"]) == 0
+                 "--no-progress", "--sync-reward"]) == 0
     rows = _rows(run)
     assert rows[-1]["labels"] == "0" and rows[-1]["reward_val_accuracy"] == ""
     # The run has stopped; a person labels its pending queries with `rlhf-control label`.
@@ -108,7 +110,7 @@ def test_offline_labelling_then_resume_learns_the_answers(tmp_path):
         assert _answer_all(f"http://127.0.0.1:{server.port}", run / "preferences.sqlite", want=6) == 6
     finally:
         server.stop()
-    assert main(["train", "--resume", str(run), "--no-progress", "--label-port", "0"]) == 0
+    assert main(["train", "--resume", str(run), "--no-progress", "--label-port", "0", "--sync-reward"]) == 0
     rows = _rows(run)
     assert rows[-1]["labels"] == "6" and rows[-1]["reward_val_accuracy"] != ""
     con = sqlite3.connect(run / "preferences.sqlite")
@@ -125,7 +127,7 @@ def test_task_without_true_reward(tmp_path, capsys):
     run = tmp_path / "flip"
     assert main(["train", "--task", "hopper-backflip", "--oracle", "human", "--run-ahead", "--steps", "2048", "--labels", "2",
                  "--pretrain-labels", "2", "--n-envs", "1", "--label-port", "0", "--run-dir", str(run),
-                 "--no-progress"]) == 0
+                 "--no-progress", "--sync-reward"]) == 0
     for row in _rows(run):
         assert row["true_return"] == "" and row["reward_return_corr"] == ""
     store = PreferenceStore.open(run / "preferences.sqlite")
@@ -139,7 +141,7 @@ def test_label_renders_the_clips_a_stopped_run_still_needs(tmp_path):
     run = tmp_path / "stopped"
     assert main(["train", "--oracle", "human", "--run-ahead", "--steps", "2048", "--labels", "4",
                  "--pretrain-labels", "4", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run),
-                 "--no-progress"]) == 0
+                 "--no-progress", "--sync-reward"]) == 0
     # As if the run had been stopped before its clips were rendered.
     for clip in (run / "clips").glob("*.mp4"):
         clip.unlink()

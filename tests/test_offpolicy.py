@@ -289,7 +289,7 @@ def test_a_person_labels_a_sac_run_first_round_included(tmp_path):
     args = ["train", "--oracle", "human", "--wait-for-labels", "--task", "Pendulum-v1", "--algo", "sac", "--n-envs", "1",
             "--steps", "900", "--labels", "6", "--pretrain-labels", "0", "--schedule", "bpref", "--label-batch", "2",
             "--unsup-steps", "200", "--iteration-steps", "200", "--eval-episodes", "0", "--label-port", "0",
-            "--config", str(cfg), "--run-dir", str(run), "--no-progress"]
+            "--config", str(cfg), "--run-dir", str(run), "--no-progress", "--sync-reward"]
     _train_and_label(args, run, want=6)
     assert _count(run, "SELECT COUNT(*) FROM answers WHERE skipped = 0") == 6
     assert _count(run, "SELECT MIN(created_step) FROM queries") == 300  # after 100 random and 200 unsupervised steps

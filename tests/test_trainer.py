@@ -95,7 +95,8 @@ def test_agent_learns_from_the_learned_reward(tmp_path):
     # 40k steps and 150 labels, not the default run's 100k and 300 (the whole default run was the suite's
     # longest test, 135-183 s): seeds 0-3 evaluated at -332, -104, -122 and -163 at the end (2026-12-05,
     # 5 episodes), far above the bar.
-    cfg = RunConfig(task="Pendulum-v1", seed=0, steps=40_000, labels=150, checkpoint_every=100)
+    # No evaluations along the run (eval_episodes=0): the one below is what the test reads.
+    cfg = RunConfig(task="Pendulum-v1", seed=0, steps=40_000, labels=150, checkpoint_every=100, eval_episodes=0)
     RLHFTrainer(cfg, tmp_path / "learn").run()
     trained = evaluate_run(tmp_path / "learn", episodes=5).mean
     random = _random_return(task)
