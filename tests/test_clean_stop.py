@@ -134,14 +134,14 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _stop_sweep(spec: Path, out: Path, run: Path, signals: tuple[signal.Signals, ...], backend: str = "local",
-                ignore_sigint: bool = False, grace: float = 15.0) -> tuple[int, int, str, str]:
-    """Start ``rlhf-control sweep`` with one worker, wait until ``run`` has logged two more rows, send
+                ignore_sigint: bool = False, grace: float = 15.0, workers: int = 1) -> tuple[int, int, str, str]:
+    """Start ``rlhf-control sweep`` with ``workers`` workers, wait until ``run`` has logged two more rows, send
     ``signals`` to the sweep's process alone (0.3 s apart) and wait for it to exit. Returns its exit
     status, the step logged before the stop, its stdout and stderr; asserts that nothing it started
     outlived it by ``grace`` seconds (and kills whatever did)."""
     preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "sweep", str(spec), "--out", str(out),
-                             "--workers", "1", "--backend", backend], text=True, env=ENV,
+                             "--workers", str(workers), "--backend", backend], text=True, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec)
     below: list[int] = []
     try:
@@ -214,3 +214,28 @@ def test_sigint_to_the_sweeps_process_alone_stops_its_run_and_a_second_signal_st
     rc, _, _, err = _stop_sweep(tmp_path / "spec.toml", out, run, (signal.SIGINT, signal.SIGTERM), grace=10)
     assert rc == 130 and "Traceback" not in err, err
     assert [s for _, s in plan_sweep(spec_from_dict(spec, where="test"), out)] == ["resume"]
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_while_one_of_its_workers_is_idle_ends_within_seconds(tmp_path):
+    """Two workers, and a short run that ends first: its worker is replaced by an idle one. A stop used
+    to wait the full 2 minutes for that idle worker (it ignores SIGINT), then killed it while it held the
+    pool's queue lock, and the sweep could hang in the pool's shutdown for ever."""
+    import tomli_w
+
+    from rlhf_control.experiments.sweep import expand_grid, spec_from_dict
+
+    spec = {"sweep": {"tasks": ["Pendulum-v1", "CartPole-v1"], "seeds": [0], "labels": [6], "baseline": False},
+            "run": {"pretrain_labels": 2, "n_envs": 2, "checkpoint_every": 100, "checkpoint_minutes": 0,
+                    "eval_episodes": 0},
+            "overrides": {"Pendulum-v1": {"steps": 40000, "iteration_steps": 2048},
+                          "CartPole-v1": {"steps": 256, "iteration_steps": 128}}}
+    (tmp_path / "spec.toml").write_text(tomli_w.dumps(spec))
+    out = tmp_path / "out"
+    runs = {p.cfg.task: out / p.name for p in expand_grid(spec_from_dict(spec, where="test"))}
+    rc, logged, _, err = _stop_sweep(tmp_path / "spec.toml", out, runs["Pendulum-v1"], (signal.SIGTERM,),
+                                     workers=2, grace=10)
+    assert (runs["CartPole-v1"] / "DONE").is_file()  # the short run had ended: its worker's place was idle
+    assert rc == 130 and "Traceback" not in err, err
+    assert load_checkpoint_state(latest_checkpoint(runs["Pendulum-v1"]))["step"] >= logged > 0
+

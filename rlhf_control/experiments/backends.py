@@ -46,6 +46,11 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _init_worker() -> None:
+    # An idle worker ignores SIGINT (a stop, or a terminal's Ctrl-C to the group, would otherwise print
+    # its KeyboardInterrupt traceback); execute_point turns it back on for its run (_interruptible).
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Before torch is imported in the worker: one thread per run, headless rendering.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
@@ -165,39 +170,52 @@ def stop_on_sigterm() -> Iterator[None]:
 STOP_SECONDS = 120.0  # how long stopped runs get to checkpoint before they are killed
 
 
-def stop_pool(pool: Any, timeout: float = STOP_SECONDS) -> None:
+def stop_pool(pool: Any, running: Any, timeout: float = STOP_SECONDS) -> None:
     """Stop a process pool's runs as Ctrl-C stops one ``train`` (the caller queues nothing more): each
-    running one gets SIGINT (it checkpoints and exits; when a Ctrl-C at a terminal has already sent it
-    one, it ignores this one: see :func:`_interruptible`), every worker gets ``timeout`` seconds to
-    exit, then is killed; then the pool is shut down. A second stop (Ctrl-C or SIGTERM) while they
-    checkpoint kills them at once. (Before, a SIGINT sent to the sweep's process alone never reached
-    its runs, and a second signal during the wait left them running on, unseen, until they finished.
-    Shutting the pool down first, without waiting, made Python 3.11's pool thread fail when a worker of
-    ``max_tasks_per_child`` left.)"""
-    import signal
+    worker gets SIGINT (a running run checkpoints and exits; when a Ctrl-C at a terminal has already
+    sent it one, it ignores this one: see :func:`_interruptible`; an idle worker ignores it), the
+    ``running`` futures get ``timeout`` seconds to finish, then the pool is shut down (when a run is
+    still going, after every worker of the pool is killed). A second stop (Ctrl-C or SIGTERM) while they checkpoint kills them at once.
 
-    procs = list((getattr(pool, "_processes", None) or {}).values())  # the executor's own workers
+    Why so: before, the wait was on every worker, so an idle one (the replacement for a worker that had
+    finished its run, ``max_tasks_per_child``) held a stop for the full ``timeout``; it was then killed
+    while it held the call queue's lock, and a replacement started after the stop began blocked on that
+    lock for ever, so the pool's shutdown, and the sweep, never ended. Now idle workers ignore SIGINT and
+    are not waited for, nothing is killed when the runs have finished, and when something must be the
+    workers are read again at each pass, so late replacements are killed too. (Before that: a SIGINT to the sweep's process alone
+    never reached its runs, a second signal during the wait left them running on, and shutting the pool
+    down first, without waiting, made Python 3.11's pool thread fail when a worker left.)"""
+    import signal
+    from concurrent.futures import wait
 
     def alive() -> list[Any]:
         out = []
-        for proc in procs:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):  # the executor's own workers
             with contextlib.suppress(OSError, ValueError):
                 if proc.is_alive():
                     out.append(proc)
         return out
 
+    finished = False
     try:
         for proc in alive():
             with contextlib.suppress(OSError):
                 os.kill(proc.pid, signal.SIGINT)
-        deadline = time.monotonic() + timeout
-        for proc in procs:
-            with contextlib.suppress(OSError, ValueError):
-                proc.join(max(0.0, deadline - time.monotonic()))
+        finished = not wait(list(running), timeout=timeout).not_done
     finally:  # (also when a second stop interrupts the wait)
-        for proc in alive():
-            with contextlib.suppress(OSError):
-                proc.kill()
+        # When the runs have finished, nothing is killed: idle workers take the shutdown's sentinels and
+        # exit, and none dies holding the queue's lock.
+        quiet_until = time.monotonic() + (0.0 if finished else 1.0)  # until no worker is seen for a second
+        while time.monotonic() < quiet_until:
+            left = alive()
+            for proc in left:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+                with contextlib.suppress(OSError, ValueError):
+                    proc.join(1.0)
+            if left:
+                quiet_until = time.monotonic() + 1.0
+            time.sleep(0.05)
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -238,7 +256,7 @@ def run_local(payloads: list[Payload], workers: int | None, on_result: OnResult)
                     res = _failed(payload, exc)
                 on_result(res)
     except BaseException:
-        stop_pool(pool)
+        stop_pool(pool, running)
         raise
     pool.shutdown(wait=True)
 
