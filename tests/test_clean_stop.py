@@ -167,17 +167,22 @@ def _stop_sweep(spec: Path, out: Path, run: Path, signals: tuple[signal.Signals,
     return rc, logged, proc.stdout.read(), proc.stderr.read()
 
 
-def _sweep_spec(tmp_path: Path, seeds: list[int]) -> tuple[dict, Path, list[Path]]:
+def _write_spec(tmp_path: Path, spec: dict) -> tuple[Path, list]:
+    """``spec`` as ``tmp_path/spec.toml``; the sweep's output folder and its grid points."""
     import tomli_w
 
     from rlhf_control.experiments.sweep import expand_grid, spec_from_dict
 
+    (tmp_path / "spec.toml").write_text(tomli_w.dumps(spec))
+    return tmp_path / "out", expand_grid(spec_from_dict(spec, where="test"))
+
+
+def _sweep_spec(tmp_path: Path, seeds: list[int]) -> tuple[dict, Path, list[Path]]:
     spec = {"sweep": {"tasks": ["Pendulum-v1"], "seeds": seeds, "labels": [20], "baseline": False},
             "run": {"steps": 40000, "pretrain_labels": 4, "n_envs": 2, "iteration_steps": 2048,
                     "checkpoint_every": 100, "checkpoint_minutes": 0, "eval_episodes": 0}}
-    (tmp_path / "spec.toml").write_text(tomli_w.dumps(spec))
-    out = tmp_path / "out"
-    return spec, out, [out / p.name for p in expand_grid(spec_from_dict(spec, where="test"))]
+    out, points = _write_spec(tmp_path, spec)
+    return spec, out, [out / p.name for p in points]
 
 
 @pytest.mark.slow
@@ -221,21 +226,15 @@ def test_a_sweep_stopped_while_one_of_its_workers_is_idle_ends_within_seconds(tm
     """Two workers, and a short run that ends first: its worker is replaced by an idle one. A stop used
     to wait the full 2 minutes for that idle worker (it ignores SIGINT), then killed it while it held the
     pool's queue lock, and the sweep could hang in the pool's shutdown for ever."""
-    import tomli_w
-
-    from rlhf_control.experiments.sweep import expand_grid, spec_from_dict
-
     spec = {"sweep": {"tasks": ["Pendulum-v1", "CartPole-v1"], "seeds": [0], "labels": [6], "baseline": False},
             "run": {"pretrain_labels": 2, "n_envs": 2, "checkpoint_every": 100, "checkpoint_minutes": 0,
                     "eval_episodes": 0},
             "overrides": {"Pendulum-v1": {"steps": 40000, "iteration_steps": 2048},
                           "CartPole-v1": {"steps": 256, "iteration_steps": 128}}}
-    (tmp_path / "spec.toml").write_text(tomli_w.dumps(spec))
-    out = tmp_path / "out"
-    runs = {p.cfg.task: out / p.name for p in expand_grid(spec_from_dict(spec, where="test"))}
+    out, points = _write_spec(tmp_path, spec)
+    runs = {p.cfg.task: out / p.name for p in points}
     rc, logged, _, err = _stop_sweep(tmp_path / "spec.toml", out, runs["Pendulum-v1"], (signal.SIGTERM,),
                                      workers=2, grace=10)
     assert (runs["CartPole-v1"] / "DONE").is_file()  # the short run had ended: its worker's place was idle
     assert rc == 130 and "Traceback" not in err, err
     assert load_checkpoint_state(latest_checkpoint(runs["Pendulum-v1"]))["step"] >= logged > 0
-

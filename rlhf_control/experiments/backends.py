@@ -174,17 +174,15 @@ def stop_pool(pool: Any, running: Any, timeout: float = STOP_SECONDS) -> None:
     """Stop a process pool's runs as Ctrl-C stops one ``train`` (the caller queues nothing more): each
     worker gets SIGINT (a running run checkpoints and exits; when a Ctrl-C at a terminal has already
     sent it one, it ignores this one: see :func:`_interruptible`; an idle worker ignores it), the
-    ``running`` futures get ``timeout`` seconds to finish, then the pool is shut down (when a run is
-    still going, after every worker of the pool is killed). A second stop (Ctrl-C or SIGTERM) while they checkpoint kills them at once.
+    ``running`` futures get ``timeout`` seconds to finish, then the pool is shut down. When a run is
+    still going by then, or a second stop (Ctrl-C or SIGTERM) cuts the wait short, every worker is
+    killed first.
 
-    Why so: before, the wait was on every worker, so an idle one (the replacement for a worker that had
-    finished its run, ``max_tasks_per_child``) held a stop for the full ``timeout``; it was then killed
-    while it held the call queue's lock, and a replacement started after the stop began blocked on that
-    lock for ever, so the pool's shutdown, and the sweep, never ended. Now idle workers ignore SIGINT and
-    are not waited for, nothing is killed when the runs have finished, and when something must be the
-    workers are read again at each pass, so late replacements are killed too. (Before that: a SIGINT to the sweep's process alone
-    never reached its runs, a second signal during the wait left them running on, and shutting the pool
-    down first, without waiting, made Python 3.11's pool thread fail when a worker left.)"""
+    Nothing is killed when the runs have finished: an idle worker holds the call queue's lock while it
+    waits for work, and one killed there left a replacement worker (``max_tasks_per_child``) blocked
+    on that lock for ever, so the shutdown, and the sweep, never ended. (Earlier bugs: a SIGINT to the
+    sweep's process alone never reached its runs; a second signal during the wait left them running
+    on; shutting the pool down before its workers ended made Python 3.11's pool thread fail.)"""
     import signal
     from concurrent.futures import wait
 
@@ -203,20 +201,25 @@ def stop_pool(pool: Any, running: Any, timeout: float = STOP_SECONDS) -> None:
                 os.kill(proc.pid, signal.SIGINT)
         finished = not wait(list(running), timeout=timeout).not_done
     finally:  # (also when a second stop interrupts the wait)
-        # When the runs have finished, nothing is killed: idle workers take the shutdown's sentinels and
-        # exit, and none dies holding the queue's lock.
-        quiet_until = time.monotonic() + (0.0 if finished else 1.0)  # until no worker is seen for a second
-        while time.monotonic() < quiet_until:
-            left = alive()
-            for proc in left:
-                with contextlib.suppress(OSError):
-                    proc.kill()
-                with contextlib.suppress(OSError, ValueError):
-                    proc.join(1.0)
-            if left:
-                quiet_until = time.monotonic() + 1.0
-            time.sleep(0.05)
+        if not finished:
+            _kill_until_quiet(alive)
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _kill_until_quiet(alive: Callable[[], list[Any]], quiet: float = 1.0) -> None:
+    """Kill the processes ``alive()`` lists, reading it again until it has been empty for ``quiet``
+    seconds: a worker that ends its run is replaced by a new one, which is killed too."""
+    quiet_until = time.monotonic() + quiet
+    while time.monotonic() < quiet_until:
+        left = alive()
+        for proc in left:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with contextlib.suppress(OSError, ValueError):
+                proc.join(1.0)
+        if left:
+            quiet_until = time.monotonic() + quiet
+        time.sleep(0.05)
 
 
 def run_local(payloads: list[Payload], workers: int | None, on_result: OnResult) -> None:
