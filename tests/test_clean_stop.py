@@ -22,6 +22,9 @@ from rlhf_control.loop.checkpoint import latest_checkpoint, load_checkpoint_stat
 
 ROOT = Path(__file__).parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+# Pendulum's PPO with rollouts of 256 steps per env (the catalogue's 1,024): the stop tests wait for a
+# few iterations, and each costs a quarter of the default's agent updates.
+SHORT_ROLLOUTS = {"n_steps": 256}
 
 
 def _start(args: list[str]) -> subprocess.Popen:
@@ -99,9 +102,10 @@ def test_sigterm_checkpoints_and_stops_worker_server_and_renderer(tmp_path):
 @pytest.mark.slow
 def test_a_kill_never_redoes_pretraining_and_resume_cuts_the_metrics_back(tmp_path):
     run = tmp_path / "run"
-    args = ["--steps", "8192", "--labels", "40", "--pretrain-labels", "10", "--n-envs", "2",
-            "--iteration-steps", "2048", "--checkpoint-every", "100", "--checkpoint-minutes", "0",
-            "--eval-episodes", "0"]
+    (tmp_path / "c.toml").write_text(f"[run]\nagent = {{ n_steps = {SHORT_ROLLOUTS['n_steps']} }}\n")
+    args = ["--steps", "2048", "--labels", "40", "--pretrain-labels", "10", "--n-envs", "2",
+            "--iteration-steps", "512", "--checkpoint-every", "100", "--checkpoint-minutes", "0",
+            "--eval-episodes", "0", "--config", str(tmp_path / "c.toml")]
     proc = _start([*args, "--run-dir", str(run)])
     try:
         _wait_rows(proc, run, 2)
@@ -118,7 +122,7 @@ def test_a_kill_never_redoes_pretraining_and_resume_cuts_the_metrics_back(tmp_pa
                              env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     steps = _steps(run)
-    assert steps == sorted(set(steps)) and steps[-1] == 8192  # no step logged twice
+    assert steps == sorted(set(steps)) and steps[-1] == 2048  # no step logged twice
     with sqlite3.connect(run / "preferences.sqlite") as con:
         assert con.execute("SELECT COUNT(*) FROM queries WHERE created_step = 0").fetchone()[0] == pretrain_queries
         assert con.execute("SELECT COUNT(*) FROM answers WHERE skipped = 0").fetchone()[0] == 40
@@ -179,8 +183,8 @@ def _write_spec(tmp_path: Path, spec: dict) -> tuple[Path, list]:
 
 def _sweep_spec(tmp_path: Path, seeds: list[int]) -> tuple[dict, Path, list[Path]]:
     spec = {"sweep": {"tasks": ["Pendulum-v1"], "seeds": seeds, "labels": [20], "baseline": False},
-            "run": {"steps": 40000, "pretrain_labels": 4, "n_envs": 2, "iteration_steps": 2048,
-                    "checkpoint_every": 100, "checkpoint_minutes": 0, "eval_episodes": 0}}
+            "run": {"steps": 40000, "pretrain_labels": 4, "n_envs": 2, "iteration_steps": 512,
+                    "checkpoint_every": 100, "checkpoint_minutes": 0, "eval_episodes": 0, "agent": SHORT_ROLLOUTS}}
     out, points = _write_spec(tmp_path, spec)
     return spec, out, [out / p.name for p in points]
 

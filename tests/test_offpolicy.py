@@ -33,6 +33,9 @@ from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble
 from rlhf_control.reward.training import RewardTrainerConfig  # noqa: F401  (the worker's config type)
 
 ROOT = Path(__file__).parents[1]
+# The runs below test the loop's mechanics, not how well SAC learns: 32-unit networks, not SB3's 256,
+# make each gradient step several times cheaper (a config file sets the same with policy_kwargs).
+SMALL_SAC = {"policy_kwargs": {"net_arch": [32, 32]}}
 
 
 def _sac(buffer_size=500, steps=300, seed=0):
@@ -163,7 +166,7 @@ SAC_FLAGS = ["--task", "Pendulum-v1", "--algo", "sac", "--n-envs", "1", "--steps
 def test_a_sac_run_killed_after_its_first_round_resumes_with_its_labels_and_buffer(tmp_path):
     run = tmp_path / "run"
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[run]\nagent = { learning_starts = 200, batch_size = 64 }\n')
+    cfg.write_text('[run]\nagent = { learning_starts = 200, batch_size = 64, policy_kwargs = { net_arch = [32, 32] } }\n')
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "train", *SAC_FLAGS, "--config", str(cfg),
                              "--run-dir", str(run), "--no-progress"], env=env,
@@ -208,7 +211,7 @@ def test_no_relabelling_leaves_stored_rewards_as_they_were_stored(tmp_path):
     run = tmp_path / "run"
     cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=1400, labels=8, pretrain_labels=0,
                     schedule="bpref", label_batch=4, unsup_steps=0, iteration_steps=400, eval_episodes=0,
-                    relabel=False, reward_async=False, agent={"learning_starts": 200, "batch_size": 32})
+                    relabel=False, reward_async=False, agent={"learning_starts": 200, "batch_size": 32, **SMALL_SAC})
     trainer = RLHFTrainer(cfg, run)
     trainer.run()
     assert trainer.offpolicy.relabels == 0
@@ -251,7 +254,7 @@ def test_sac_trains_on_the_state_entropy_until_the_first_labels_then_on_the_lear
     monkeypatch.setattr(replay.StateEntropy, "__call__", spy)
     cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=900, labels=6, pretrain_labels=0,
                     schedule="bpref", label_batch=3, unsup_steps=300, iteration_steps=300, eval_episodes=0,
-                    reward_async=False, agent={"learning_starts": 100, "batch_size": 32})
+                    reward_async=False, agent={"learning_starts": 100, "batch_size": 32, **SMALL_SAC})
     trainer = RLHFTrainer(cfg, tmp_path / "run")
     trainer.run()
     # One intrinsic batch per gradient step after the random steps (SB3 trains once more than 100 steps
@@ -271,7 +274,7 @@ def test_the_sac_baseline_logs_every_iteration_not_every_step(tmp_path):
 
     cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=1200, unsup_steps=0, iteration_steps=500,
                     eval_episodes=1, eval_every=1,
-                    agent={"learning_starts": 200, "batch_size": 32, "policy_kwargs": {"net_arch": [32, 32]}})
+                    agent={"learning_starts": 200, "batch_size": 32, **SMALL_SAC})
     train_baseline(cfg, tmp_path / "rl")
     with open(tmp_path / "rl" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -285,7 +288,7 @@ def test_a_person_labels_a_sac_run_first_round_included(tmp_path):
 
     run = tmp_path / "human"
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[run]\nagent = { learning_starts = 100, batch_size = 32 }\n')
+    cfg.write_text('[run]\nagent = { learning_starts = 100, batch_size = 32, policy_kwargs = { net_arch = [32, 32] } }\n')
     args = ["train", "--oracle", "human", "--wait-for-labels", "--task", "Pendulum-v1", "--algo", "sac", "--n-envs", "1",
             "--steps", "900", "--labels", "6", "--pretrain-labels", "0", "--schedule", "bpref", "--label-batch", "2",
             "--unsup-steps", "200", "--iteration-steps", "200", "--eval-episodes", "0", "--label-port", "0",
@@ -338,7 +341,7 @@ def test_the_first_labels_start_sacs_critics_afresh_as_pebble_does(tmp_path, mon
     seen = _first_round_spy(monkeypatch)
     cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=700, labels=6, pretrain_labels=0,
                     schedule="bpref", label_batch=3, unsup_steps=300, iteration_steps=300, eval_episodes=0,
-                    critic_reset=reset, reward_async=False, agent={"learning_starts": 100, "batch_size": 32})
+                    critic_reset=reset, reward_async=False, agent={"learning_starts": 100, "batch_size": 32, **SMALL_SAC})
     RLHFTrainer(cfg, tmp_path / "run").run()
     (critic0, actor0, steps0), (critic1, actor1, steps1) = seen["before"], seen["after"]
     assert steps0 == 299  # the critic trained on the state entropy, one step per unsupervised step
@@ -375,7 +378,7 @@ def test_the_first_round_asks_random_pairs_and_later_rounds_the_runs_selector(tm
         monkeypatch.setattr(cls, "select", spy)
     cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=1000, labels=6, pretrain_labels=0,
                     schedule="bpref", label_batch=3, unsup_steps=200, iteration_steps=300, eval_episodes=0,
-                    selector="variance", reward_async=False, agent={"learning_starts": 100, "batch_size": 32})
+                    selector="variance", reward_async=False, agent={"learning_starts": 100, "batch_size": 32, **SMALL_SAC})
     RLHFTrainer(cfg, tmp_path / "run").run()
     assert used[0] == ("RandomSelector", 3)  # PEBBLE: an untrained ensemble's disagreement says nothing
     assert used[1:] and all(name == "VarianceSelector" for name, _ in used[1:])
@@ -403,7 +406,7 @@ def test_sac_queries_may_come_from_its_own_first_steps_and_dmc_uses_b_prefs_wind
     monkeypatch.setattr(selection.VarianceSelector, "select", spy)
     cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=1000, labels=9, pretrain_labels=0,
                     schedule="bpref", label_batch=3, unsup_steps=200, iteration_steps=300, eval_episodes=0,
-                    reward_async=False, agent={"learning_starts": 100, "batch_size": 32})
+                    reward_async=False, agent={"learning_starts": 100, "batch_size": 32, **SMALL_SAC})
     RLHFTrainer(cfg, tmp_path / "run").run()
     # The rounds after the first (at step 300) choose among the newest 256 clips (here: all 40 so far),
     # the random and unsupervised steps' clips too: in PEBBLE they are the agent's own.
@@ -446,7 +449,7 @@ def test_recent_replay_reaches_the_run_and_bad_values_are_refused(tmp_path):
         resolve(RunConfig(task="Pendulum-v1", algo="ppo", recent_replay=0.5))
     cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=700, labels=4, pretrain_labels=0,
                     schedule="bpref", label_batch=2, unsup_steps=0, iteration_steps=300, eval_episodes=0,
-                    recent_replay=0.5, reward_async=False, agent={"learning_starts": 100, "batch_size": 32})
+                    recent_replay=0.5, reward_async=False, agent={"learning_starts": 100, "batch_size": 32, **SMALL_SAC})
     trainer = RLHFTrainer(cfg, tmp_path / "run")
     trainer.run()
     hybrid = trainer.offpolicy.hybrid

@@ -39,8 +39,11 @@ def _steps(run_dir: Path) -> list[int]:
 @pytest.mark.slow
 def test_sigkill_then_resume_finishes_the_plan(tmp_path):
     run = tmp_path / "run"
-    args = ["train", "--steps", "8192", "--labels", "40", "--n-envs", "2", "--checkpoint-every", "1",
-            "--seed", "3", "--eval-episodes", "0", "--run-dir", str(run), "--no-progress"]
+    # Rollouts of 256 steps per env (the catalogue's 1,024): four iterations of 512 steps.
+    (tmp_path / "c.toml").write_text("[run]\nagent = { n_steps = 256 }\n")
+    args = ["train", "--steps", "2048", "--labels", "40", "--n-envs", "2", "--checkpoint-every", "1",
+            "--iteration-steps", "512", "--seed", "3", "--eval-episodes", "0", "--config", str(tmp_path / "c.toml"),
+            "--run-dir", str(run), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -49,7 +52,7 @@ def test_sigkill_then_resume_finishes_the_plan(tmp_path):
         # Kill once a checkpoint exists and a later iteration has started asking.
         while time.time() < deadline:
             latest = run / "checkpoints" / "LATEST"
-            if latest.exists() and latest.read_text().strip() >= "ckpt-000000004096":
+            if latest.exists() and latest.read_text().strip() >= "ckpt-000000001024":
                 break
             assert proc.poll() is None, proc.stderr.read().decode()
             time.sleep(0.2)
@@ -74,7 +77,7 @@ def test_sigkill_then_resume_finishes_the_plan(tmp_path):
     assert queries == len(answered)
     steps = _steps(run)
     assert steps == sorted(steps) and len(set(steps)) == len(steps)
-    assert steps[-1] >= 8192 and any(s > ckpt_step for s in steps)
+    assert steps[-1] >= 2048 and any(s > ckpt_step for s in steps)
 
 
 def _random_return(task, episodes: int = 5) -> float:
