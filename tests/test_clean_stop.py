@@ -143,7 +143,10 @@ def _stop_sweep(spec: Path, out: Path, run: Path, signals: tuple[signal.Signals,
     ``signals`` to the sweep's process alone (0.3 s apart) and wait for it to exit. Returns its exit
     status, the step logged before the stop, its stdout and stderr; asserts that nothing it started
     outlived it by ``grace`` seconds (and kills whatever did)."""
-    preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    # Set either way: a suite started in the background (``pytest &``) passes SIGINT ignored to what it
+    # starts, and then a ``kill -INT`` would rightly do nothing to the sweep.
+    disposition = signal.SIG_IGN if ignore_sigint else signal.SIG_DFL
+    preexec = lambda: signal.signal(signal.SIGINT, disposition)  # noqa: E731
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "sweep", str(spec), "--out", str(out),
                              "--workers", str(workers), "--backend", backend], text=True, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec)
