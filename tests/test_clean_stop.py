@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from rlhf_control.loop.checkpoint import latest_checkpoint, load_checkpoint_state
 
@@ -102,7 +103,7 @@ def test_sigterm_checkpoints_and_stops_worker_server_and_renderer(tmp_path):
 @pytest.mark.slow
 def test_a_kill_never_redoes_pretraining_and_resume_cuts_the_metrics_back(tmp_path):
     run = tmp_path / "run"
-    (tmp_path / "c.toml").write_text(f"[run]\nagent = {{ n_steps = {SHORT_ROLLOUTS['n_steps']} }}\n")
+    (tmp_path / "c.toml").write_text(tomli_w.dumps({"run": {"agent": SHORT_ROLLOUTS}}))
     args = ["--steps", "2048", "--labels", "40", "--pretrain-labels", "10", "--n-envs", "2",
             "--iteration-steps", "512", "--checkpoint-every", "100", "--checkpoint-minutes", "0",
             "--eval-episodes", "0", "--config", str(tmp_path / "c.toml")]
@@ -176,8 +177,6 @@ def _stop_sweep(spec: Path, out: Path, run: Path, signals: tuple[signal.Signals,
 
 def _write_spec(tmp_path: Path, spec: dict) -> tuple[Path, list]:
     """``spec`` as ``tmp_path/spec.toml``; the sweep's output folder and its grid points."""
-    import tomli_w
-
     from rlhf_control.experiments.sweep import expand_grid, spec_from_dict
 
     (tmp_path / "spec.toml").write_text(tomli_w.dumps(spec))

@@ -12,6 +12,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import tomli_w
 import torch
 from stable_baselines3 import SAC
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -34,7 +35,7 @@ from rlhf_control.reward.training import RewardTrainerConfig  # noqa: F401  (the
 
 ROOT = Path(__file__).parents[1]
 # The runs below test the loop's mechanics, not how well SAC learns: 32-unit networks, not SB3's 256,
-# make each gradient step several times cheaper (a config file sets the same with policy_kwargs).
+# make each gradient step several times cheaper.
 SMALL_SAC = {"policy_kwargs": {"net_arch": [32, 32]}}
 
 
@@ -166,7 +167,7 @@ SAC_FLAGS = ["--task", "Pendulum-v1", "--algo", "sac", "--n-envs", "1", "--steps
 def test_a_sac_run_killed_after_its_first_round_resumes_with_its_labels_and_buffer(tmp_path):
     run = tmp_path / "run"
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[run]\nagent = { learning_starts = 200, batch_size = 64, policy_kwargs = { net_arch = [32, 32] } }\n')
+    cfg.write_text(tomli_w.dumps({"run": {"agent": {"learning_starts": 200, "batch_size": 64, **SMALL_SAC}}}))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "train", *SAC_FLAGS, "--config", str(cfg),
                              "--run-dir", str(run), "--no-progress"], env=env,
@@ -288,7 +289,7 @@ def test_a_person_labels_a_sac_run_first_round_included(tmp_path):
 
     run = tmp_path / "human"
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[run]\nagent = { learning_starts = 100, batch_size = 32, policy_kwargs = { net_arch = [32, 32] } }\n')
+    cfg.write_text(tomli_w.dumps({"run": {"agent": {"learning_starts": 100, "batch_size": 32, **SMALL_SAC}}}))
     args = ["train", "--oracle", "human", "--wait-for-labels", "--task", "Pendulum-v1", "--algo", "sac", "--n-envs", "1",
             "--steps", "900", "--labels", "6", "--pretrain-labels", "0", "--schedule", "bpref", "--label-batch", "2",
             "--unsup-steps", "200", "--iteration-steps", "200", "--eval-episodes", "0", "--label-port", "0",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomli_w
 
 from rlhf_control.agent.evaluation import make_eval_env
 from rlhf_control.cli import main
@@ -39,8 +40,9 @@ def _steps(run_dir: Path) -> list[int]:
 @pytest.mark.slow
 def test_sigkill_then_resume_finishes_the_plan(tmp_path):
     run = tmp_path / "run"
-    # Rollouts of 256 steps per env (the catalogue's 1,024): four iterations of 512 steps.
-    (tmp_path / "c.toml").write_text("[run]\nagent = { n_steps = 256 }\n")
+    from test_clean_stop import SHORT_ROLLOUTS  # rollouts of 256 steps per env: four iterations of 512 steps
+
+    (tmp_path / "c.toml").write_text(tomli_w.dumps({"run": {"agent": SHORT_ROLLOUTS}}))
     args = ["train", "--steps", "2048", "--labels", "40", "--n-envs", "2", "--checkpoint-every", "1",
             "--iteration-steps", "512", "--seed", "3", "--eval-episodes", "0", "--config", str(tmp_path / "c.toml"),
             "--run-dir", str(run), "--no-progress"]
