@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", type=Path)
     e.add_argument("--episodes", type=_positive_int, default=10)
     e.add_argument("--video", type=Path, help="write an mp4 of the first episode")
-    e.add_argument("--seed", type=int, default=12345)
+    e.add_argument("--seed", type=int, help="the evaluation env's seed (default: that of a run's own evaluations; "
+                   "with the run's eval_episodes as --episodes, its last eval_true_return is reproduced)")
 
     lb = sub.add_parser("label", help="serve the browser labelling app for a run's queries")
     lb.add_argument("run_dir", type=Path)
@@ -193,7 +194,8 @@ def _slug(name: str) -> str:
 def _eval(args: argparse.Namespace) -> int:
     from rlhf_control.loop.evaluate import evaluate_run
 
-    result = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed, video=args.video)
+    seed = {} if args.seed is None else {"seed": args.seed}
+    result = evaluate_run(args.run_dir, episodes=args.episodes, video=args.video, **seed)
     print(f"true return over {result.episodes} episodes: mean {result.mean:.2f}, std {result.std:.2f}, "
           f"min {result.min:.2f}, max {result.max:.2f}"
           + (f"; Gymnasium return: mean {result.gym_mean:.2f}, std {result.gym_std:.2f}" if result.gym_returns else ""))

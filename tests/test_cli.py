@@ -82,6 +82,26 @@ def test_eval_and_video(tiny_run, tmp_path, capsys):
     reader.close()
 
 
+def _eval_mean(capsys, *args: str) -> float:
+    assert main(["eval", *args]) == 0
+    out = capsys.readouterr().out
+    return float(out.split("mean ", 1)[1].split(",", 1)[0])
+
+
+def test_eval_of_a_finished_run_repeats_its_last_evaluation_and_takes_its_seed(tiny_run, capsys):
+    """The final eval_true_return is of the policy the last checkpoint holds (evaluated after the agent's
+    last update, as the RL baseline's is), and `rlhf-control eval` runs it on the run's evaluation seed:
+    a reader who evaluates a finished run gets the run's own figure. Another --seed gives other episodes."""
+    last = _rows(tiny_run)[-1]
+    cfg = tomllib.loads((tiny_run / "config.toml").read_text())
+    episodes = cfg["run"].get("eval_episodes", cfg["task"]["eval_episodes"])  # the run's, else its task's
+    assert last["eval_true_return"] != ""
+    mean = _eval_mean(capsys, str(tiny_run), "--episodes", str(episodes))
+    assert mean == pytest.approx(float(last["eval_true_return"]), abs=0.006)
+    # SB3 reseeds an env attached at load with the training seed; the seed given must be the one used.
+    assert _eval_mean(capsys, str(tiny_run), "--episodes", str(episodes), "--seed", "3") != pytest.approx(mean, abs=0.01)
+
+
 def test_labels_export(tiny_run, tmp_path, capsys):
     assert main(["labels", str(tiny_run), "--export", str(tmp_path / "a.jsonl")]) == 0
     rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]

@@ -46,8 +46,10 @@ def make_agent(
     return agent if tensorboard_log else _quiet(agent)
 
 
-def load_agent(algo: str, path: str, env: VecEnv, device: str = "cpu") -> BaseAlgorithm:
-    """Load a saved agent and attach ``env``."""
+def load_agent(algo: str, path: str, env: VecEnv | None, device: str = "cpu") -> BaseAlgorithm:
+    """Load a saved agent and attach ``env``. SB3's ``load`` seeds an attached env with the seed the
+    agent was trained with (its next reset starts from that seed's states), so an agent that is only
+    to act on an env seeded by the caller is loaded with ``env=None``."""
     return _quiet(algo_class(algo).load(path, env=env, device=device))
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from rlhf_control.agent.evaluation import EvalResult, evaluate_episodes, make_eval_env
+from rlhf_control.agent.evaluation import EVAL_SEED, EvalResult, evaluate_episodes, make_eval_env
 from rlhf_control.agent.factory import load_agent, load_obs_normalization
 from rlhf_control.config import load_config_file
 from rlhf_control.errors import UserError
@@ -42,15 +42,16 @@ def newest_checkpoint(run_dir: Path) -> Path:
 
 def load_policy(ckpt: Path, task: TaskSpec, seed: int, render: bool = False) -> tuple[VecEnv, Any]:
     """An evaluation env of ``task`` (seeded by ``seed``, with the checkpoint's observation statistics
-    when it has them) and the checkpoint's agent on it, on the CPU."""
+    when it has them) and the checkpoint's agent for it, on the CPU. The agent is loaded without the
+    env: attached, SB3 would reseed it with the training seed and ``seed`` would go unused."""
     venv: VecEnv = make_eval_env(task, seed, render=render)
     if (ckpt / OBS_NORM_FILE).is_file():
         venv = VecNormalize(venv, norm_obs=True, norm_reward=False, training=False)
         load_obs_normalization(venv, ckpt / OBS_NORM_FILE)
-    return venv, load_agent(load_checkpoint_state(ckpt)["algo"], str(ckpt / AGENT_FILE), venv, device="cpu")
+    return venv, load_agent(load_checkpoint_state(ckpt)["algo"], str(ckpt / AGENT_FILE), None, device="cpu")
 
 
-def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = 12345, video: Path | None = None) -> EvalResult:
+def evaluate_run(run_dir: Path, episodes: int = 10, seed: int = EVAL_SEED, video: Path | None = None) -> EvalResult:
     """True return of the policy in a run's newest checkpoint over ``episodes`` episodes."""
     run_dir = check_run_dir(run_dir)
     task = run_task(run_dir)

@@ -220,7 +220,9 @@ class RLHFTrainer:
             self.updater.train_now(self.r.reward_epochs)  # the last: no rollout left to overlap with
         elif retrain and not self.updater.running:  # (a job still running: its labels wait for the next)
             self.updater.submit(self.r.reward_epochs)
-        self._log(step, evaluate=self.iterations % self.r.eval_every == 0 or final)
+        if not final:  # the last row is logged by run(), after the agent's update on this rollout, so that
+            # the final evaluation is of the policy the last checkpoint saves (as the RL baseline's is)
+            self._log(step, evaluate=self.iterations % self.r.eval_every == 0)
         self._iteration_mark = self.pool.next_uid
         overdue = self.cfg.checkpoint_minutes and \
             time.monotonic() - self._last_checkpoint >= 60.0 * self.cfg.checkpoint_minutes
@@ -366,7 +368,7 @@ class RLHFTrainer:
             if new:  # answers that came in after the last iteration (or while the run was stopped)
                 self.updater.train_now(self.r.reward_epochs)
             if new or self._last_logged != final:
-                self._log(final, evaluate=True)
+                self._log(final, evaluate=True)  # the final policy, the one checkpointed next
             if self.offpolicy is not None:
                 self.offpolicy.sync()  # the saved buffer holds the saved reward's values
             self.checkpoint(final)
