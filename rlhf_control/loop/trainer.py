@@ -220,8 +220,7 @@ class RLHFTrainer:
             self.updater.train_now(self.r.reward_epochs)  # the last: no rollout left to overlap with
         elif retrain and not self.updater.running:  # (a job still running: its labels wait for the next)
             self.updater.submit(self.r.reward_epochs)
-        if not final:  # the last row is logged by run(), after the agent's update on this rollout, so that
-            # the final evaluation is of the policy the last checkpoint saves (as the RL baseline's is)
+        if not final:  # run() logs the last row after the agent's last update: its checkpointed policy
             self._log(step, evaluate=self.iterations % self.r.eval_every == 0)
         self._iteration_mark = self.pool.next_uid
         overdue = self.cfg.checkpoint_minutes and \
