@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from rlhf_control.errors import UserError
+from rlhf_control.rundir import STORE_FILE
 from rlhf_control.store.store import PreferenceStore
-
-STORE_FILE = "preferences.sqlite"
 
 
 def _store_path(path: Path) -> Path:
