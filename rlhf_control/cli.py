@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--video", type=Path, help="write an mp4 of the first episode")
     e.add_argument("--seed", type=int, help="the evaluation env's seed (default: that of a run's own evaluations; "
                    "with the run's eval_episodes as --episodes, its last eval_true_return is reproduced)")
+    e.add_argument("--per-episode", action="store_true", help="also print each episode's return, in order")
 
     lb = sub.add_parser("label", help="serve the browser labelling app for a run's queries")
     lb.add_argument("run_dir", type=Path)
@@ -199,6 +200,10 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"true return over {result.episodes} episodes: mean {result.mean:.2f}, std {result.std:.2f}, "
           f"min {result.min:.2f}, max {result.max:.2f}"
           + (f"; Gymnasium return: mean {result.gym_mean:.2f}, std {result.gym_std:.2f}" if result.gym_returns else ""))
+    if args.per_episode:  # the same episodes, in the order the seeded env started them
+        gym = result.gym_returns or (None,) * result.episodes
+        for i, (ret, g) in enumerate(zip(result.returns, gym, strict=True)):
+            print(f"episode {i}: true return {ret:.2f}" + ("" if g is None else f", Gymnasium return {g:.2f}"))
     if args.video:
         print(f"video: {args.video}")
     return 0

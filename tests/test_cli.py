@@ -102,6 +102,16 @@ def test_eval_of_a_finished_run_repeats_its_last_evaluation_and_takes_its_seed(t
     assert _eval_mean(capsys, str(tiny_run), "--episodes", str(episodes), "--seed", "3") != pytest.approx(mean, abs=0.01)
 
 
+def test_eval_per_episode_lists_the_episodes_the_summary_averages(tiny_run, capsys):
+    assert main(["eval", str(tiny_run), "--episodes", "3", "--per-episode"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    mean = float(lines[0].split("mean ", 1)[1].split(",", 1)[0])
+    episodes = [float(line.split("true return ", 1)[1].split(",", 1)[0]) for line in lines[1:]]
+    assert [line.split(":", 1)[0] for line in lines[1:]] == ["episode 0", "episode 1", "episode 2"]
+    assert sum(episodes) / 3 == pytest.approx(mean, abs=0.01)
+    assert len(set(episodes)) == 3  # three different starts, not one episode printed three times
+
+
 def test_labels_export(tiny_run, tmp_path, capsys):
     assert main(["labels", str(tiny_run), "--export", str(tmp_path / "a.jsonl")]) == 0
     rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
