@@ -82,10 +82,14 @@ def test_eval_and_video(tiny_run, tmp_path, capsys):
     reader.close()
 
 
+def _summary_mean(out: str) -> float:
+    """The mean true return of `rlhf-control eval`'s summary line."""
+    return float(out.split("mean ", 1)[1].split(",", 1)[0])
+
+
 def _eval_mean(capsys, *args: str) -> float:
     assert main(["eval", *args]) == 0
-    out = capsys.readouterr().out
-    return float(out.split("mean ", 1)[1].split(",", 1)[0])
+    return _summary_mean(capsys.readouterr().out)
 
 
 def test_eval_of_a_finished_run_repeats_its_last_evaluation_and_takes_its_seed(tiny_run, capsys):
@@ -105,7 +109,7 @@ def test_eval_of_a_finished_run_repeats_its_last_evaluation_and_takes_its_seed(t
 def test_eval_per_episode_lists_the_episodes_the_summary_averages(tiny_run, capsys):
     assert main(["eval", str(tiny_run), "--episodes", "3", "--per-episode"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    mean = float(lines[0].split("mean ", 1)[1].split(",", 1)[0])
+    mean = _summary_mean(lines[0])
     episodes = [float(line.split("true return ", 1)[1].split(",", 1)[0]) for line in lines[1:]]
     assert [line.split(":", 1)[0] for line in lines[1:]] == ["episode 0", "episode 1", "episode 2"]
     assert sum(episodes) / 3 == pytest.approx(mean, abs=0.01)
