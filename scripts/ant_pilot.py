@@ -28,6 +28,7 @@ p.add_argument("--seed", type=int, default=0)
 p.add_argument("--steps", type=int, default=500_000)
 p.add_argument("--gamma", type=float, default=0.99)
 p.add_argument("--lam", type=float, default=0.95)
+p.add_argument("--log-std-init", type=float, default=0.0, help="initial log std of the policy (SB3's default 0)")
 a = p.parse_args()
 torch.set_num_threads(1)
 if a.env == "plain":
@@ -39,7 +40,7 @@ else:
 venv = VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=a.gamma)
 agent = TRPO("MlpPolicy", venv, n_steps=1024, batch_size=128, gamma=a.gamma, gae_lambda=a.lam,
              learning_rate=1e-3, n_critic_updates=20, cg_max_steps=25, cg_damping=0.1, sub_sampling_factor=1,
-             seed=a.seed, device="cpu")
+             policy_kwargs={"log_std_init": a.log_std_init}, seed=a.seed, device="cpu")
 t0 = time.time()
 env = gym.make("Ant-v5")  # one evaluation for both: 1,000 steps, stepping on after a termination
 for _ in range(a.steps // 100_000):
@@ -62,5 +63,5 @@ for _ in range(a.steps // 100_000):
         res.append((env.unwrapped.data.qpos[0] - x0, gym_ret, true_ret, unhealthy, term_at))
     venv.training = True
     r = np.array([x[:4] for x in res], dtype=float).mean(0)
-    print(f"{a.env} g{a.gamma} l{a.lam} s{a.seed} {agent.num_timesteps}: dx {r[0]:.1f} gym {r[1]:.0f} true {r[2]:.0f} "
+    print(f"{a.env} g{a.gamma} l{a.lam} std{a.log_std_init} s{a.seed} {agent.num_timesteps}: dx {r[0]:.1f} gym {r[1]:.0f} true {r[2]:.0f} "
           f"unhealthy {r[3]:.0f} first_term {[x[4] for x in res]} ({time.time() - t0:.0f}s)", flush=True)

@@ -148,3 +148,30 @@ def test_episode_returns_match_the_monitor() -> None:
     assert np.allclose(sorted(venv.gym_returns), sorted(monitor), atol=1e-3)  # Pendulum: Gymnasium's reward
     ret, n = random_policy_return(task, seed=1, episodes=3)
     assert n == 3 and ret < 0
+
+
+def test_a_resumed_agent_does_not_replay_its_first_starts_or_its_exploration_noise(tmp_path: Path) -> None:
+    import torch
+
+    from rlhf_control.agent.factory import load_agent, make_agent
+
+    task = get_task("Pendulum-v1")
+    params = {"n_steps": 64, "batch_size": 64, "n_epochs": 1}
+    agent = make_agent("ppo", task.make_vec_env(1, seed=3), params, seed=3)
+    first_start = agent.env.reset()  # where the run's first episode started (SB3 seeded the env with 3)
+    agent.learn(64)
+    agent.save(tmp_path / "agent.zip")
+    torch.manual_seed(3)
+    first_noise = torch.rand(4)
+
+    plain = load_agent("ppo", str(tmp_path / "agent.zip"), task.make_vec_env(1, seed=3))
+    assert np.array_equal(plain.env.reset(), first_start)  # SB3's load reseeds with the training seed
+
+    starts, noises = [], []
+    for _ in range(2):
+        resumed = load_agent("ppo", str(tmp_path / "agent.zip"), task.make_vec_env(1, seed=3), resume=True)
+        assert resumed.num_timesteps == 64
+        starts.append(resumed.env.reset())
+        noises.append(torch.rand(4))
+    assert not np.allclose(starts[0], first_start) and not torch.equal(noises[0], first_noise)
+    assert np.array_equal(starts[0], starts[1]) and torch.equal(noises[0], noises[1])  # a resume is repeatable

@@ -46,11 +46,23 @@ def make_agent(
     return agent if tensorboard_log else _quiet(agent)
 
 
-def load_agent(algo: str, path: str, env: VecEnv | None, device: str = "cpu") -> BaseAlgorithm:
-    """Load a saved agent and attach ``env``. SB3's ``load`` seeds an attached env with the seed the
-    agent was trained with (its next reset starts from that seed's states), so an agent that is only
-    to act on an env seeded by the caller is loaded with ``env=None``."""
-    return _quiet(algo_class(algo).load(path, env=env, device=device))
+def load_agent(algo: str, path: str, env: VecEnv | None, device: str = "cpu", resume: bool = False) -> BaseAlgorithm:
+    """Load a saved agent and attach ``env``. SB3's ``load`` seeds an attached env, and the global
+    Python, NumPy and torch generators, with the seed the agent was trained with (its next reset starts
+    from that seed's states), so an agent that is only to act on an env seeded by the caller is loaded
+    with ``env=None``. ``resume=True`` (a run continuing from a checkpoint) reseeds all of them from
+    :func:`resume_seed` of that seed and the agent's step count instead: otherwise every resumed run
+    would replay its first episodes' starts and its first steps' exploration noise."""
+    agent = _quiet(algo_class(algo).load(path, env=env, device=device))
+    if resume and agent.seed is not None:
+        agent.set_random_seed(resume_seed(int(agent.seed), int(agent.num_timesteps)))
+    return agent
+
+
+def resume_seed(seed: int, step: int) -> int:
+    """The seed a run of training seed ``seed`` continues with from agent step ``step`` (> 0): fixed
+    for that checkpoint, so a resume is repeatable, and apart from ``seed`` and from other steps'."""
+    return int(np.random.SeedSequence([seed, step, 0x5E5]).generate_state(1)[0] % 2**31)
 
 
 def _quiet(agent: BaseAlgorithm) -> BaseAlgorithm:

@@ -188,7 +188,7 @@ class BaselineTrainer:
                 load_return_normalization(self.venv, ckpt / RETURN_NORM_FILE)
                 if self.venv.norm_obs:
                     load_obs_normalization(self.venv, ckpt / OBS_NORM_FILE)
-            self.agent = load_agent(self.r.algo, str(ckpt / AGENT_FILE), self.venv, device=device)
+            self.agent = load_agent(self.r.algo, str(ckpt / AGENT_FILE), self.venv, device=device, resume=True)
             self.iterations = int(state["iteration"])
             self.tracker.returns.extend(float(x) for x in state["returns"])
             self.tracker.gym_returns.extend(float(x) for x in state.get("gym_returns", []))

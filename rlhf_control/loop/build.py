@@ -141,7 +141,7 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     fitter = make_fitter(cfg.reward_fitter, ensemble, trainer_config, np.random.default_rng(cfg.seed + 1))
     if ckpt_dir is not None:
         fitter.load_state_dict(torch.load(ckpt_dir / FITTER_FILE, weights_only=True))
-        agent = load_agent(r.algo, str(ckpt_dir / AGENT_FILE), agent_env, device=device)
+        agent = load_agent(r.algo, str(ckpt_dir / AGENT_FILE), agent_env, device=device, resume=True)
         if (ckpt_dir / REPLAY_FILE).is_file():  # an off-policy run continues with its transitions
             load_replay(agent, ckpt_dir / REPLAY_FILE)
         if isinstance(agent_env, VecNormalize):
