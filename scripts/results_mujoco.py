@@ -51,8 +51,9 @@ from rlhf_control.experiments.sweep import ABLATIONS, spec_from_dict
 # InvertedPendulum the maximum, 1,000, from 40k (-824; with a fall restarting the pole, see
 # envs/mujoco.toml); HalfCheetah and Hopper from earlier runs. Reacher (-7.9 against -10.5) was
 # marginal at 100k, so it gets 300k; Ant reached only 1,051 at 400k against the random policy's 988
-# (which earns the healthy reward standing still), so it gets 1M, which is more than this machine ran
-# for it.
+# (which earns the healthy reward standing still), so it got 1M; there it still stood still (1,048),
+# until its catalogue entry started the policy at log std -1 (2026-12-06): then above random at all
+# ten evaluations of a 1M pilot (1,092-1,717, 1,157 at 1M), so it keeps 1M.
 STEPS = {"Reacher-v5": 300_000, "HalfCheetah-v5": 300_000, "Hopper-v5": 300_000, "Walker2d-v5": 400_000,
          "Swimmer-v5": 200_000, "Ant-v5": 1_000_000, "InvertedPendulum-v5": 100_000,
          "InvertedDoublePendulum-v5": 200_000}
