@@ -11,6 +11,7 @@ termination. The README's Ant paragraph under "The eight MuJoCo tasks" reports w
 
     python scripts/ant_pilot.py plain            # seed 0, 500k steps
     python scripts/ant_pilot.py ours --seed 1 --steps 1000000
+    python scripts/ant_pilot.py ours --gamma 0.995 --lam 0.97 --log-std-init -1 --steps 1000000  # the catalogue's
 """
 import argparse
 import time
