@@ -139,8 +139,10 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _stop_sweep(spec: Path, out: Path, run: Path, signals: tuple[signal.Signals, ...], backend: str = "local",
-                ignore_sigint: bool = False, grace: float = 15.0, workers: int = 1) -> tuple[int, int, str, str]:
-    """Start ``rlhf-control sweep`` with ``workers`` workers, wait until ``run`` has logged two more rows, send
+                ignore_sigint: bool = False, grace: float = 15.0, workers: int = 1,
+                after: Path | None = None) -> tuple[int, int, str, str]:
+    """Start ``rlhf-control sweep`` with ``workers`` workers, wait until the file ``after`` exists (when
+    given) and then until ``run`` has logged two more rows, send
     ``signals`` to the sweep's process alone (0.3 s apart) and wait for it to exit. Returns its exit
     status, the step logged before the stop, its stdout and stderr; asserts that nothing it started
     outlived it by ``grace`` seconds (and kills whatever did)."""
@@ -153,6 +155,11 @@ def _stop_sweep(spec: Path, out: Path, run: Path, signals: tuple[signal.Signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec)
     below: list[int] = []
     try:
+        t0 = time.time()
+        while after is not None and not after.is_file():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() - t0 < 180, f"{after} was not written"
+            time.sleep(0.2)
         rows = len(_steps(run))
         _wait_rows(proc, run, rows + 2, timeout=240 if backend == "ray" else 120)  # (Ray starts its cluster first)
         below = _descendants(proc.pid)
@@ -239,8 +246,9 @@ def test_a_sweep_stopped_while_one_of_its_workers_is_idle_ends_within_seconds(tm
                           "CartPole-v1": {"steps": 256, "iteration_steps": 128}}}
     out, points = _write_spec(tmp_path, spec)
     runs = {p.cfg.task: out / p.name for p in points}
+    # Stopped only once the short run has ended (its worker's place is then idle): on a slow machine the
+    # long run's first rows can come before that.
     rc, logged, _, err = _stop_sweep(tmp_path / "spec.toml", out, runs["Pendulum-v1"], (signal.SIGTERM,),
-                                     workers=2, grace=10)
-    assert (runs["CartPole-v1"] / "DONE").is_file()  # the short run had ended: its worker's place was idle
+                                     workers=2, grace=10, after=runs["CartPole-v1"] / "DONE")
     assert rc == 130 and "Traceback" not in err, err
     assert load_checkpoint_state(latest_checkpoint(runs["Pendulum-v1"]))["step"] >= logged > 0
