@@ -42,12 +42,17 @@ def _steps(run: Path) -> list[int]:
     return [int(r["step"]) for r in csv.DictReader(lines)]
 
 
-def _wait_rows(proc: subprocess.Popen, run: Path, n: int, timeout: float = 120) -> None:
+def _wait_until(proc: subprocess.Popen, done, timeout: float, failure: str) -> None:
+    """Poll ``done()`` until it holds; fails if ``proc`` exits first or ``timeout`` seconds pass."""
     t0 = time.time()
-    while len(_steps(run)) < n:
+    while not done():
         assert proc.poll() is None, proc.stderr.read()
-        assert time.time() - t0 < timeout, "the run logged too few rows"
+        assert time.time() - t0 < timeout, failure
         time.sleep(0.2)
+
+
+def _wait_rows(proc: subprocess.Popen, run: Path, n: int, timeout: float = 120) -> None:
+    _wait_until(proc, lambda: len(_steps(run)) >= n, timeout, "the run logged too few rows")
 
 
 def _children(pid: int) -> list[int]:
@@ -155,11 +160,8 @@ def _stop_sweep(spec: Path, out: Path, run: Path, signals: tuple[signal.Signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec)
     below: list[int] = []
     try:
-        t0 = time.time()
-        while after is not None and not after.is_file():
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() - t0 < 180, f"{after} was not written"
-            time.sleep(0.2)
+        if after is not None:
+            _wait_until(proc, after.is_file, 180, f"{after} was not written")
         rows = len(_steps(run))
         _wait_rows(proc, run, rows + 2, timeout=240 if backend == "ray" else 120)  # (Ray starts its cluster first)
         below = _descendants(proc.pid)
