@@ -86,9 +86,27 @@ def test_table_numbers_equal_csv_final_values(sweep: Path, tmp_path: Path) -> No
     abl = rows[("CartPole-v1", "perfect, random, no-ensemble", "99")]
     assert float(abl["final_return_mean"]) == 7.25 and abl["normalised_score"] == ""
     md = (out / "results.md").read_text()
-    assert "| Pendulum-v1 | perfect, variance | 700 | 2 | 80.0 ± 10.0 | 0.75 |" in md
-    assert "| Pendulum-v1 | RL (true reward) | – | 2 | 110.0 ± 10.0 | 1.00 |" in md
-    assert "| CartPole-v1 | perfect, random, no-ensemble | 99 | 1 | 7.2 ± 0.0 | – |" in md
+    assert "| Pendulum-v1 | perfect, variance | 700 | 2 | 90.0 / 70.0 | 80.0 ± 10.0 | 0.75 | 41.2 | 0.58 |" in md
+    assert "| Pendulum-v1 | RL (true reward) | – | 2 | 100.0 / 120.0 | 110.0 ± 10.0 | 1.00 | 80.0 | 1.00 |" in md
+    assert "| CartPole-v1 | perfect, random, no-ensemble | 99 | 1 | 7.2 | 7.2 ± 0.0 | – | 7.2 | – |" in md
+
+
+def test_last_third_is_the_mean_of_the_late_values_scored_against_rl_late(sweep: Path, tmp_path: Path) -> None:
+    """Each run's last third averages its values at or after 2/3 of its last step (the RL runs log at
+    200-400, so 300 and 400; the RLHF runs at 100-300, so 200 and 300); the score uses RL's last thirds."""
+    write_report([sweep], tmp_path / "rep")
+    with open(tmp_path / "rep" / "results.csv", newline="") as f:
+        rows = {(r["method"], r["labels"]): r for r in csv.DictReader(f) if r["task"] == "Pendulum-v1"}
+    rl_late = np.mean([(50.0 + 100.0) / 2, (50.0 + 120.0) / 2])
+    rnd = np.mean([-10.0, -14.0])
+    assert float(rows[(RL_METHOD, "")]["last_third_mean"]) == rl_late
+    r = rows[("perfect, variance", "700")]
+    late = np.mean([(2.5 + 90.0) / 2, (2.5 + 70.0) / 2])
+    assert float(r["last_third_mean"]) == pytest.approx(late)
+    assert float(r["last_third_score"]) == pytest.approx((late - rnd) / (rl_late - rnd))
+    assert r["seed_ids"] == "0 1" and [float(v) for v in r["final_returns"].split()] == [90.0, 70.0]
+    runs = {(x.method, x.labels, x.seed): x for x in load_runs([sweep])}
+    assert runs[("perfect, variance", 350, 1)].last_third() == (2.5 + 60.0) / 2
 
 
 def test_single_run_dirs_and_skipping_runs_without_returns(sweep: Path, tmp_path: Path) -> None:
@@ -149,8 +167,8 @@ def test_evaluation_and_gymnasium_returns_get_their_own_table(tmp_path: Path) ->
     write_report([root], tmp_path / "rep")
     md = (tmp_path / "rep" / "results.md").read_text()
     true_part, gym_part = md.split("## Gymnasium return")
-    assert "| Reacher-v5 | perfect, variance | 700 | 1 | -13.0 ± 0.0 | 0.75 |" in true_part
-    assert "| Reacher-v5 | perfect, variance | 700 | 1 | -48.0 ± 0.0 | 0.48 |" in gym_part
+    assert "| Reacher-v5 | perfect, variance | 700 | 1 | -13.0 | -13.0 ± 0.0 | 0.75 | -13.0 | 0.75 |" in true_part
+    assert "| Reacher-v5 | perfect, variance | 700 | 1 | -48.0 | -48.0 ± 0.0 | 0.48 | -48.0 | 0.48 |" in gym_part
     assert "Pendulum-v1" not in gym_part.split("From:")[0]
     assert "Reacher-v5: evaluation (`eval_true_return`)" in true_part and "Pendulum-v1: training" in true_part
     with open(tmp_path / "rep" / "results.csv", newline="") as f:

@@ -5,9 +5,10 @@
 - ``returns.png`` / ``returns.svg``: one panel per task, true return against agent steps, the mean
   over seeds as a line and mean ± one standard deviation shaded, RL on the true reward dashed
   (black), the random policy dotted (grey);
-- ``results.md`` / ``results.csv``: per task and method and label budget, the final return (mean ±
-  std over seeds) and the normalised score ``(method - random) / (RL - random)``: first on the true
-  return, then, in a second table, on the Gymnasium return.
+- ``results.md`` / ``results.csv``: per task and method and label budget, each seed's final return,
+  their mean ± std and the normalised score ``(method - random) / (RL - random)``, and the same score
+  on the last third of each run: first on the true return, then, in a second table, on the Gymnasium
+  return.
 
 Definitions. The *true return* sums the task's reward, the paper's (what the synthetic oracle
 compares and RL on the true reward trains on; for MuJoCo, Gymnasium's reward without the control
@@ -20,7 +21,9 @@ of the last 100), so that all runs of a task are measured alike. *RL* is the mea
 task's baseline runs. *random* is the mean over the task's baseline runs of the return of a uniformly
 random policy, which each baseline measures before it trains (``baseline.json``: ``random_return``,
 ``random_gym_return``; 10 episodes, or as many as end in 25,000 steps); a task without a baseline run
-has no normalised score. Runs are grouped by the ``point.json`` a sweep writes, or else by their
+has no normalised score. A run's *last third* is the mean of its values logged at or after two
+thirds of its last logged step (with evaluations about ten times a run, three or four of them): a
+figure less at the mercy of the last evaluation, whose score is taken against RL's last thirds. Runs are grouped by the ``point.json`` a sweep writes, or else by their
 ``config.toml`` (oracle, selector, label budget).
 """
 
@@ -68,11 +71,17 @@ class RunData:
     def final(self, column: str = "true_return") -> float:
         return float(self.curves[column][1][-1])
 
+    def last_third(self, column: str = "true_return") -> float:
+        """The mean of the values logged at or after two thirds of the last logged step."""
+        steps, values = self.curves[column]
+        return float(values[steps >= steps[-1] * 2.0 / 3.0].mean())
+
 
 @dataclass(frozen=True)
 class Row:
     """One line of a results table (``std`` over seeds, ``score`` normalised; None where undefined);
-    ``measure`` is the metrics column the numbers come from."""
+    ``measure`` is the metrics column the numbers come from; ``finals`` each seed's final value (in the
+    order of ``seed_ids``), ``late`` / ``late_score`` the mean over seeds of their last thirds and its score."""
 
     task: str
     method: str
@@ -83,6 +92,10 @@ class Row:
     score: float | None
     reward: str = TRUE
     measure: str = "true_return"
+    finals: tuple[float, ...] = ()
+    seed_ids: tuple[int, ...] = ()
+    late: float = math.nan
+    late_score: float | None = None
 
 
 def find_run_dirs(paths: list[Path]) -> list[Path]:
@@ -174,10 +187,11 @@ def measure(runs: list[RunData], task: str, reward: str = TRUE) -> str | None:
 
 
 def task_reference(runs: list[RunData], task: str, column: str = "true_return",
-                   reward: str = TRUE) -> tuple[float | None, float | None]:
-    """(RL, random) returns of ``task``: means over its baseline runs; None where there is none."""
+                   reward: str = TRUE, late: bool = False) -> tuple[float | None, float | None]:
+    """(RL, random) returns of ``task``: means over its baseline runs (RL's final returns, or their
+    last thirds with ``late``); None where there is none."""
     base = [r for r in runs if r.task == task and r.kind == "baseline" and column in r.curves]
-    rl = float(np.mean([r.final(column) for r in base])) if base else None
+    rl = float(np.mean([r.last_third(column) if late else r.final(column) for r in base])) if base else None
     rnd = [r.random[reward] for r in base if r.random.get(reward) is not None]
     return rl, (float(np.mean(rnd)) if rnd else None)
 
@@ -194,27 +208,39 @@ def summarize(runs: list[RunData], reward: str = TRUE) -> list[Row]:
     tasks = sorted({r.task for r in runs})
     columns = {t: measure(runs, t, reward) for t in tasks}
     refs = {t: task_reference(runs, t, c, reward) for t, c in columns.items() if c is not None}
+    late_rl = {t: task_reference(runs, t, c, reward, late=True)[0] for t, c in columns.items() if c is not None}
     for (task, method, labels), group in _groups(runs).items():
         column = columns[task]
         if column is None:
             continue
         rl, rnd = refs[task]
         finals = np.array([r.final(column) for r in group])
+        late = float(np.mean([r.last_third(column) for r in group]))
         if method == RL_METHOD and rnd is not None:
-            rows.append(Row(task, RANDOM_METHOD, None, len(group), rnd, 0.0, 0.0, reward, column))
+            rows.append(Row(task, RANDOM_METHOD, None, len(group), rnd, 0.0, 0.0, reward, column,
+                            late=rnd, late_score=0.0))
         rows.append(Row(task, method, labels, len(group), float(finals.mean()), float(finals.std()),
-                        normalised(float(finals.mean()), rl, rnd), reward, column))
+                        normalised(float(finals.mean()), rl, rnd), reward, column,
+                        finals=tuple(float(v) for v in finals), seed_ids=tuple(r.seed for r in group),
+                        late=late, late_score=normalised(late, late_rl[task], rnd)))
     return rows
 
 
+def _score(score: float | None) -> str:
+    return "–" if score is None else f"{score:.2f}"
+
+
 def markdown_table(rows: list[Row]) -> str:
-    lines = ["| task | method | labels | seeds | final return (mean ± std) | normalised score |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| task | method | labels | seeds | final return by seed | final return (mean ± std) | normalised score "
+             "| last third (mean) | score, last third |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
-        ret = f"{r.mean:.1f}" if r.method == RANDOM_METHOD else f"{r.mean:.1f} ± {r.std:.1f}"
-        score = "–" if r.score is None else f"{r.score:.2f}"
-        lines.append(f"| {r.task} | {r.method} | {r.labels or '–'} | {r.seeds if r.method != RANDOM_METHOD else '–'} "
-                     f"| {ret} | {score} |")
+        random = r.method == RANDOM_METHOD
+        ret = f"{r.mean:.1f}" if random else f"{r.mean:.1f} ± {r.std:.1f}"
+        by_seed = " / ".join(f"{v:.1f}" for v in r.finals) or "–"
+        late = "–" if random else f"{r.late:.1f}"
+        lines.append(f"| {r.task} | {r.method} | {r.labels or '–'} | {'–' if random else r.seeds} | {by_seed} "
+                     f"| {ret} | {_score(r.score)} | {late} | {'–' if random else _score(r.late_score)} |")
     return "\n".join(lines)
 
 
@@ -315,7 +341,9 @@ def _markdown(rows: list[Row], gym_rows: list[Row]) -> str:
             "episodes on a separate, seeded env) when every run of the task has one, else the mean of the last "
             "100 training episodes. Normalised score: (method − random) / (RL − random), with RL the baselines' "
             "final return and random the return of a uniformly random policy measured by each baseline run. "
-            "From: " + _sources(rows) + ".\n\n## Gymnasium return (standard reward)\n\n")
+            "By seed: each run's final return, in the order of their seeds. Last third: the mean, over seeds, of "
+            "each run's values logged at or after two thirds of its last step; its score is taken against RL's "
+            "last thirds. From: " + _sources(rows) + ".\n\n## Gymnasium return (standard reward)\n\n")
     if not gym_rows:
         return text + "No run logged a Gymnasium return (runs written before it was logged, or no true reward).\n"
     return text + (markdown_table(gym_rows) + "\n\n"
@@ -340,8 +368,11 @@ def write_report(paths: list[Path], out: Path) -> list[Path]:
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["task", "method", "labels", "seeds", "final_return_mean", "final_return_std", "normalised_score",
-                    "reward", "measure"])
+                    "reward", "measure", "seed_ids", "final_returns", "last_third_mean", "last_third_score"])
         for r in [*rows, *gym_rows]:
             w.writerow([r.task, r.method, r.labels or "", r.seeds, repr(r.mean), repr(r.std),
-                        "" if r.score is None else repr(r.score), r.reward, r.measure])
+                        "" if r.score is None else repr(r.score), r.reward, r.measure,
+                        " ".join(map(str, r.seed_ids)), " ".join(map(repr, r.finals)),
+                        "" if math.isnan(r.late) else repr(r.late),
+                        "" if r.late_score is None else repr(r.late_score)])
     return [*written, md, csv_path]
