@@ -3,19 +3,24 @@
 forward speed read off the observation before or after each step (what a reward model of (o_t, a_t) or
 (o_{t+1}, a_t) can read most directly), or a finished RLHF run's final learned reward, held fixed
 (``learned --reward-run RUN``: the run's task, its ensemble from the newest checkpoint, read from the
-observation before or after each step as the run did). Same agent, hyperparameters and reward
+observation before or after each step as the run did), or, on Walker2d-v5 alone, the true reward
+with its premium for standing re-weighted (``standing --standing-weight W``: vx + W*healthy - 1 read
+off the observation after each step; the true reward has W = 2). Same agent, hyperparameters and reward
 normalisation as the RL baseline; the policy is evaluated (5 deterministic episodes, true and
 Gymnasium return) after each of ``--evals`` parts of the run (README, "The eight MuJoCo tasks").
 
 The ``learned`` mode separates two reasons an RLHF agent can lag RL on the true reward while its
 reward ranks the better gaits first: the learned reward's shape (TRPO on it, fixed, lags too) or its
 changing from iteration to iteration during the run (TRPO on the fixed final one keeps up with RL).
+The ``standing`` mode asks what a reward that pays too little for staying up costs RL (the reward
+learnt from the pretraining clips of Walker2d pays 0.6-0.9 where the true one pays 2; README).
 
     python scripts/rl_on_reward.py before 0                  # HalfCheetah-v5, seed 0, 300k steps
     python scripts/rl_on_reward.py true 1 --steps 300000
     python scripts/rl_on_reward.py gym 0 --task Ant-v5       # Ant on Gymnasium's reward
     python scripts/rl_on_reward.py true 0 --task Ant-v5 --env-kwargs '{"include_cfrc_ext_in_observation": false}'
     python scripts/rl_on_reward.py learned 0 --reward-run runs/x/Walker2d-v5/L700-perfect-variance-s0 --steps 400000
+    python scripts/rl_on_reward.py standing 0 --standing-weight 0.7 --steps 400000 --evals 10
 """
 
 from __future__ import annotations
@@ -52,8 +57,8 @@ class ChosenReward(VecEnvWrapper):
 
     def __init__(self, venv, mode: str, index: int = 0, reward_fn=None, obs_fn=None, next_obs: bool = False) -> None:
         super().__init__(venv)
-        if mode == "learned" and reward_fn is None:
-            raise ValueError("mode 'learned' needs a reward_fn")
+        if mode in ("learned", "standing") and reward_fn is None:
+            raise ValueError(f"mode {mode!r} needs a reward_fn")
         self.mode, self.index, self.prev, self.actions = mode, index, None, None
         self.reward_fn, self.obs_fn, self.next_obs = reward_fn, obs_fn or (lambda x: x), next_obs
 
@@ -73,11 +78,22 @@ class ChosenReward(VecEnvWrapper):
             rew = with_terminal_obs(obs, done, info)[:, self.index].astype(np.float32)
         elif self.mode == "gym":
             rew = np.array([i[GYM_REWARD_KEY] for i in info], dtype=np.float32)
-        elif self.mode == "learned":
+        elif self.mode in ("learned", "standing"):
             seen = with_terminal_obs(obs, done, info) if self.next_obs else self.prev
             rew = np.asarray(self.reward_fn(self.obs_fn(seen), self.actions), dtype=np.float32)
         self.prev = obs
         return obs, rew, done, info
+
+
+def standing_reward(weight: float):
+    """Walker2d-v5's true reward with the standing premium ``weight`` (the true reward's is 2): forward
+    speed + ``weight`` while healthy (height in (0.8, 2), torso angle in (-1, 1), Gymnasium's ranges)
+    - 1, read off an observation without the x position (obs[0] height, obs[1] angle, obs[8] x speed)."""
+    def reward(obs: np.ndarray, acts: np.ndarray) -> np.ndarray:
+        z, angle, vx = obs[:, 0], obs[:, 1], obs[:, 8]
+        healthy = (z > 0.8) & (z < 2.0) & (angle > -1.0) & (angle < 1.0)
+        return vx + weight * healthy - 1.0
+    return reward
 
 
 def learned_reward(run: Path, task_name: str | None) -> tuple[RunConfig, TaskSpec, RewardEnsemble]:
@@ -96,12 +112,14 @@ def learned_reward(run: Path, task_name: str | None) -> tuple[RunConfig, TaskSpe
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=("true", "gym", "before", "after", "learned"))
+    p.add_argument("mode", choices=("true", "gym", "before", "after", "learned", "standing"))
     p.add_argument("seed", type=int)
     p.add_argument("--task", default=None, help="catalogue task (default HalfCheetah-v5; learned: the run's)")
     p.add_argument("--reward-run", type=Path, default=None, help="learned: the RLHF run whose final reward is used")
     p.add_argument("--evals", type=int, default=3, help="evaluations, one after each equal part of the run (default 3)")
     p.add_argument("--speed-index", type=int, default=8, help="the observation's forward speed (HalfCheetah: 8)")
+    p.add_argument("--standing-weight", type=float, default=None,
+                   help="standing: the premium for a healthy step (the true reward's: 2)")
     p.add_argument("--steps", type=int, default=300_000)
     p.add_argument("--env-kwargs", type=json.loads, default={}, help="JSON merged into the task's env_kwargs")
     args = p.parse_args(argv)
@@ -111,8 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         if (args.mode == "learned") != (args.reward_run is not None):
             raise UserError(f"--reward-run {args.reward_run} with mode {args.mode!r} is not allowed; "
                             "give --reward-run with mode learned, and only then")
+        if (args.mode == "standing") != (args.standing_weight is not None):
+            raise UserError(f"--standing-weight {args.standing_weight} with mode {args.mode!r} is not allowed; "
+                            "give --standing-weight with mode standing, and only then")
         wrap: dict = {"index": args.speed_index}
-        cfg = RunConfig(task=args.task or "HalfCheetah-v5")
+        cfg = RunConfig(task=args.task or ("Walker2d-v5" if args.mode == "standing" else "HalfCheetah-v5"))
+        if args.mode == "standing":
+            if not np.isfinite(args.standing_weight):
+                raise UserError(f"--standing-weight {args.standing_weight} is not allowed; use a finite number")
+            if cfg.task != "Walker2d-v5":
+                raise UserError(f"--task {cfg.task!r} with mode standing is not allowed; it reads Walker2d-v5's "
+                                "observation: use Walker2d-v5")
+            wrap = {"reward_fn": standing_reward(args.standing_weight), "next_obs": True}
         if args.mode == "learned":  # the run's task and agent settings, its reward held fixed
             cfg, task, ensemble = learned_reward(args.reward_run, args.task)
             wrap = {"reward_fn": ensemble.reward, "obs_fn": task.reward_obs_fn, "next_obs": cfg.reward_obs == "after"}

@@ -87,3 +87,38 @@ def test_learned_reward_loads_the_runs_final_ensemble_and_task(tmp_path):
     assert np.allclose(loaded.reward(obs, acts), ens.reward(obs, acts))
     with pytest.raises(ValueError, match="does not match the reward run's task 'Pendulum-v1'"):
         mod.learned_reward(run, "CartPole-v1")
+
+
+def test_standing_reward_with_weight_2_is_walker2ds_true_reward():
+    """On random steps of the catalogue's Walker2d-v5 (control cost dropped, a fallen step costs 1), the
+    observation-read reward with the true premium follows the task's reward: the same on every step
+    where the walker's state is the same before and after (up to the speed read at the step's end)."""
+    from rlhf_control.tasks.catalogue import get_task
+
+    env = get_task("Walker2d-v5").make_env(0)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    obs, true = [], []
+    for _ in range(400):
+        o, r, *_ = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+        obs.append(o)
+        true.append(r)
+    env.close()
+    got = mod.standing_reward(2.0)(np.array(obs), None)
+    true = np.array(true)
+    assert (true < -0.5).any() and (true > 0.5).any()  # the walker both stood and lay in these steps
+    assert np.corrcoef(got, true)[0, 1] > 0.95 and np.mean(np.abs(got - true)) < 0.3
+    half = mod.standing_reward(0.7)(np.array(obs), None)
+    healthy = got > half + 1e-9  # the premium moves exactly the healthy steps, by 2 - 0.7
+    assert np.allclose((got - half)[healthy], 1.3) and np.allclose((got - half)[~healthy], 0.0)
+
+
+def test_standing_mode_refuses_bad_input_in_one_line(capsys):
+    assert mod.main(["standing", "0"]) == 2
+    assert "--standing-weight None with mode 'standing' is not allowed" in capsys.readouterr().err
+    assert mod.main(["true", "0", "--standing-weight", "1"]) == 2
+    assert "give --standing-weight with mode standing, and only then" in capsys.readouterr().err
+    assert mod.main(["standing", "0", "--standing-weight", "1", "--task", "Hopper-v5"]) == 2
+    assert "--task 'Hopper-v5' with mode standing is not allowed" in capsys.readouterr().err
+    assert mod.main(["standing", "0", "--standing-weight", "nan"]) == 2
+    assert "--standing-weight nan is not allowed" in capsys.readouterr().err
