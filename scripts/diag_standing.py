@@ -62,7 +62,7 @@ def slices(labels: list[Label], online_slices: int) -> list[tuple[str, int, int]
     pre = sum(1 for lb in labels if lb.pair.first.agent_step < 0 and lb.pair.second.agent_step < 0)
     out = [("pretraining", 0, pre)] if pre else []
     edges = np.linspace(pre, len(labels), online_slices + 1).round().astype(int)
-    out += [(f"online {i + 1}/{online_slices}", int(a), int(b)) for i, (a, b) in enumerate(zip(edges[:-1], edges[1:]))
+    out += [(f"online {i + 1}/{online_slices}", int(a), int(b)) for i, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))
             if b > a]
     return out
 

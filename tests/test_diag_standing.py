@@ -60,7 +60,7 @@ def test_premium_fit_recovers_a_known_reward():
 
 def _store(path, rng, n):
     with PreferenceStore.create(path) as store:
-        for i in range(n):
+        for _ in range(n):
             first, second = clip(rng, int(rng.integers(0, 11))), clip(rng, int(rng.integers(0, 11)))
             q = store.add_query(SegmentPair(first, second), 0)
             value = 1 if first.true_return > second.true_return else -1
