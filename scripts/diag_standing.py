@@ -75,11 +75,8 @@ def composition(labels: list[Label]) -> dict[str, float]:
 
 
 def _clips(labels: list[Label]) -> list[Segment]:
-    seen: dict[int, Segment] = {}
-    for lb in labels:
-        for s in (lb.pair.first, lb.pair.second):
-            seen[s.uid] = s
-    return list(seen.values())
+    """The distinct clips of ``labels`` (by store id)."""
+    return list({s.uid: s for lb in labels for s in (lb.pair.first, lb.pair.second)}.values())
 
 
 def premium_fit(ens: RewardEnsemble, obs: np.ndarray, acts: np.ndarray, up: np.ndarray) -> tuple[float, float]:
