@@ -24,21 +24,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhf_control.errors import UserError
-from rlhf_control.reward.dataset import PreferenceDataset
-from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble
-from rlhf_control.reward.training import RewardTrainer, RewardTrainerConfig
-from rlhf_control.rundir import STORE_FILE
-from rlhf_control.store.store import PreferenceStore
-from rlhf_control.types import Label, Segment, segment_steps
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # rl_on_reward, a sibling script
+
+from rl_on_reward import walker_upright as upright  # noqa: E402
+
+from rlhf_control.errors import UserError  # noqa: E402
+from rlhf_control.reward.dataset import PreferenceDataset  # noqa: E402
+from rlhf_control.reward.ensemble import EnsembleConfig, RewardEnsemble  # noqa: E402
+from rlhf_control.reward.training import RewardTrainer, RewardTrainerConfig  # noqa: E402
+from rlhf_control.rundir import STORE_FILE  # noqa: E402
+from rlhf_control.store.store import PreferenceStore  # noqa: E402
+from rlhf_control.types import Label, Segment, segment_steps  # noqa: E402
 
 OBS_DIM = 17  # Walker2d-v5 without the x position: obs[0] height, obs[1] torso angle, obs[8] x speed
-
-
-def upright(obs: np.ndarray) -> np.ndarray:
-    """Per step: is the walker in Gymnasium's healthy range (height and torso angle)?"""
-    z, angle = obs[:, 0], obs[:, 1]
-    return (z > 0.8) & (z < 2.0) & (angle > -1.0) & (angle < 1.0)
 
 
 def load_labels(path: Path) -> list[Label]:
@@ -79,10 +77,10 @@ def _clips(labels: list[Label]) -> list[Segment]:
     return list({s.uid: s for lb in labels for s in (lb.pair.first, lb.pair.second)}.values())
 
 
-def premium_fit(ens: RewardEnsemble, obs: np.ndarray, acts: np.ndarray, up: np.ndarray) -> tuple[float, float]:
+def premium_fit(r_hat: np.ndarray, obs: np.ndarray, up: np.ndarray) -> tuple[float, float]:
     """``(a, b)`` of the least-squares fit r_hat = a*upright + b*vx + c per step."""
     x = np.stack([up.astype(float), obs[:, 8], np.ones(len(obs))], axis=1)
-    coef, *_ = np.linalg.lstsq(x, ens.reward(obs, acts), rcond=None)
+    coef, *_ = np.linalg.lstsq(x, r_hat, rcond=None)
     return float(coef[0]), float(coef[1])
 
 
@@ -106,8 +104,9 @@ def replay(labels: list[Label], ends: list[int], round_size: int, epochs: int, s
                 ens.set_input_stats(segment_steps(_clips(window.labels))[0])
             trainer.train(window, epochs)
             done = nxt
-        a, b = premium_fit(ens, obs, acts, up)
-        out.append((end, a, b, float(np.corrcoef(ens.reward(obs, acts), true)[0, 1])))
+        r_hat = ens.reward(obs, acts)
+        a, b = premium_fit(r_hat, obs, up)
+        out.append((end, a, b, float(np.corrcoef(r_hat, true)[0, 1])))
     return out
 
 

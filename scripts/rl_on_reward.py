@@ -85,14 +85,18 @@ class ChosenReward(VecEnvWrapper):
         return obs, rew, done, info
 
 
+def walker_upright(obs: np.ndarray) -> np.ndarray:
+    """Per step of Walker2d-v5 observations (no x position: obs[0] height, obs[1] torso angle): is the
+    walker in Gymnasium's healthy range (height in (0.8, 2), angle in (-1, 1))?"""
+    z, angle = obs[:, 0], obs[:, 1]
+    return (z > 0.8) & (z < 2.0) & (angle > -1.0) & (angle < 1.0)
+
+
 def standing_reward(weight: float):
     """Walker2d-v5's true reward with the standing premium ``weight`` (the true reward's is 2): forward
-    speed + ``weight`` while healthy (height in (0.8, 2), torso angle in (-1, 1), Gymnasium's ranges)
-    - 1, read off an observation without the x position (obs[0] height, obs[1] angle, obs[8] x speed)."""
+    speed (obs[8]) + ``weight`` while upright (:func:`walker_upright`) - 1."""
     def reward(obs: np.ndarray, acts: np.ndarray) -> np.ndarray:
-        z, angle, vx = obs[:, 0], obs[:, 1], obs[:, 8]
-        healthy = (z > 0.8) & (z < 2.0) & (angle > -1.0) & (angle < 1.0)
-        return vx + weight * healthy - 1.0
+        return obs[:, 8] + weight * walker_upright(obs) - 1.0
     return reward
 
 

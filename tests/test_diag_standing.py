@@ -47,14 +47,11 @@ def test_slices_put_the_pretraining_labels_first_and_cut_the_rest_evenly():
 
 
 def test_premium_fit_recovers_a_known_reward():
-    class Known:
-        def reward(self, obs, acts):
-            return 0.7 * mod.upright(obs) + 1.0 * obs[:, 8] - 0.2
-
     rng = np.random.default_rng(1)
     segs = [clip(rng, int(k)) for k in rng.integers(0, 11, 40)]
     obs = np.concatenate([s.obs for s in segs])
-    a, b = mod.premium_fit(Known(), obs, None, mod.upright(obs))
+    known = 0.7 * mod.upright(obs) + 1.0 * obs[:, 8] - 0.2
+    a, b = mod.premium_fit(known, obs, mod.upright(obs))
     assert a == pytest.approx(0.7) and b == pytest.approx(1.0)
 
 

@@ -91,8 +91,8 @@ def test_learned_reward_loads_the_runs_final_ensemble_and_task(tmp_path):
 
 def test_standing_reward_with_weight_2_is_walker2ds_true_reward():
     """On random steps of the catalogue's Walker2d-v5 (control cost dropped, a fallen step costs 1), the
-    observation-read reward with the true premium follows the task's reward: the same on every step
-    where the walker's state is the same before and after (up to the speed read at the step's end)."""
+    observation-read reward with the true premium follows the task's reward (they differ by the speed:
+    read at the step's end here, averaged over the step there); another weight moves the upright steps alone."""
     from rlhf_control.tasks.catalogue import get_task
 
     env = get_task("Walker2d-v5").make_env(0)
