@@ -116,9 +116,11 @@ def policy_spec(task: str, frames: int, seed: int, evals: int, eval_episodes: in
 
 
 def curve_specs(task: str, frames: int, seed: int, labels: int, pretrain: int, pretrain_epochs: int,
-                reward_epochs: int, evals: int, eval_episodes: int | None = None) -> dict[str, SweepSpec]:
+                reward_epochs: int, evals: int, eval_episodes: int | None = None,
+                reward_wait: bool = True) -> dict[str, SweepSpec]:
     """(c): ``{"a2c": ..., "rlhf": ...}``, the same task, agent steps, seed and evaluation episodes;
-    both evaluate about every steps/``evals`` steps, at the same steps."""
+    both evaluate about every steps/``evals`` steps, at the same steps. ``reward_wait=False``: the RLHF
+    run does not wait for each retraining (``--no-reward-wait``)."""
     steps = agent_steps(frames, task, "--rlhf-frames")
     for what, n in (("--rlhf-labels", labels), ("--rlhf-pretrain-epochs", pretrain_epochs),
                     ("--rlhf-reward-epochs", reward_epochs)):
@@ -129,6 +131,8 @@ def curve_specs(task: str, frames: int, seed: int, labels: int, pretrain: int, p
     common: dict[str, Any] = {"steps": steps} | ({} if eval_episodes is None else {"eval_episodes": eval_episodes})
     common["eval_every"] = _eval_every(steps, _iteration_steps(task, steps), evals)
     rlhf_run = dict(common, pretrain_labels=pretrain, pretrain_epochs=pretrain_epochs, reward_epochs=reward_epochs)
+    if not reward_wait:
+        rlhf_run["reward_wait"] = False
     a2c_run = dict(common)
     sweep = {"tasks": [task], "seeds": [seed]}
     return {"a2c": spec_from_dict({"sweep": dict(sweep, rlhf=False), "run": a2c_run}, where="atari_evidence (c)"),
@@ -339,6 +343,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help=f"reward epochs after pretraining (default {DEFAULTS['rlhf_pretrain_epochs']}; paper 200)")
     g.add_argument("--rlhf-reward-epochs", type=positive, default=None,
                    help=f"epochs per retraining (default {DEFAULTS['rlhf_reward_epochs']}; catalogue 3)")
+    g.add_argument("--rlhf-no-wait", dest="rlhf_wait", action="store_false",
+                   help="the RLHF run does not wait for each retraining (--no-reward-wait): the reward trains "
+                        "beside the agent, on the other core; the run no longer repeats to the digit")
     p.add_argument("--smoke", action="store_true", help="every stage at a tiny scale (2-3 minutes here)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and commands, run nothing")
     args = p.parse_args(argv)
@@ -375,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pspec = policy_spec(task, args.frames, args.seed, args.evals, args.eval_episodes)
         cspecs = curve_specs(task, args.rlhf_frames, args.seed, args.rlhf_labels, args.rlhf_pretrain,
-                             args.rlhf_pretrain_epochs, args.rlhf_reward_epochs, args.evals, args.eval_episodes)
+                             args.rlhf_pretrain_epochs, args.rlhf_reward_epochs, args.evals, args.eval_episodes,
+                             args.rlhf_wait)
         files = {k: write_spec(spec, out / folder / f"{k.replace('policy', 'a2c')}.toml", args.dry_run)
                  for k, folder, spec in (("policy", "policy", pspec), ("a2c", "curve", cspecs["a2c"]),
                                          ("rlhf", "curve", cspecs["rlhf"]))}
@@ -385,9 +393,12 @@ def main(argv: list[str] | None = None) -> int:
               f"labels, {args.clips} clips per policy, {args.pretrain_epochs} pretraining and {args.reward_epochs} "
               f"reward epochs, {args.rounds} rounds, {len(args.seeds)} seed(s); (c) RLHF and A2C for "
               f"{args.rlhf_frames:,} frames, {args.rlhf_labels} labels ({args.rlhf_pretrain} pretraining, "
-              f"{args.rlhf_pretrain_epochs} pretraining epochs, {args.rlhf_reward_epochs} per retraining)")
+              f"{args.rlhf_pretrain_epochs} pretraining epochs, {args.rlhf_reward_epochs} per retraining"
+              f"{'' if args.rlhf_wait else ', not waited for'})")
+        beside = ("before the agent's own time" if args.rlhf_wait else
+                  "after pretraining beside the agent's, which no longer waits for it")
         print(f"  (c)'s reward training alone: about {curve_reward_seconds(cspecs['rlhf']) / 60:.0f} min on one CPU "
-              f"thread here, at {CPU_PAIR_EPOCH_S} s per pair-epoch (README), before the agent's own time")
+              f"thread here, at {CPU_PAIR_EPOCH_S} s per pair-epoch (README), {beside}")
         for stage in args.stages:
             print(f"\n== ({'abc'[STAGES.index(stage)]}) {stage}", flush=True)
             if stage == "policy":

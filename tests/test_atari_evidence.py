@@ -106,6 +106,17 @@ def test_curve_runs_share_task_steps_seed_and_evaluation_steps(tmp_path):
         assert load_spec(ae.write_spec(spec, tmp_path / f"{kind}.toml")) == spec
 
 
+def test_curve_rlhf_run_can_skip_waiting_for_the_reward(tmp_path):
+    kw = dict(labels=500, pretrain=100, pretrain_epochs=20, reward_epochs=1, evals=10)
+    waiting = ae.curve_specs(PONG, 1_000_000, 0, **kw)
+    free = ae.curve_specs(PONG, 1_000_000, 0, **kw, reward_wait=False)
+    assert expand_grid(waiting["rlhf"])[0].cfg.reward_wait is True
+    (rlhf,) = expand_grid(free["rlhf"])
+    assert rlhf.cfg.reward_wait is False
+    assert expand_grid(free["a2c"])[0].cfg == expand_grid(waiting["a2c"])[0].cfg  # A2C has no reward to wait for
+    assert load_spec(ae.write_spec(free["rlhf"], tmp_path / "rlhf.toml")) == free["rlhf"]
+
+
 def test_policy_spec_is_one_baseline_run():
     (p,) = expand_grid(ae.policy_spec(PONG, 4_000_000, 0, evals=10))
     assert p.kind == "baseline" and p.cfg.steps == 1_000_000 and p.cfg.seed == 0
