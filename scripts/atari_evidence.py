@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.rlhf_pretrain_epochs} pretraining epochs, {args.rlhf_reward_epochs} per retraining"
               f"{'' if args.rlhf_wait else ', not waited for'})")
         beside = ("before the agent's own time" if args.rlhf_wait else
-                  "after pretraining beside the agent's, which no longer waits for it")
+                  "its pretraining before the agent starts, the rest beside the agent, which does not wait for it")
         print(f"  (c)'s reward training alone: about {curve_reward_seconds(cspecs['rlhf']) / 60:.0f} min on one CPU "
               f"thread here, at {CPU_PAIR_EPOCH_S} s per pair-epoch (README), {beside}")
         for stage in args.stages:
