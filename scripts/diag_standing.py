@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # rl_on_reward, a sibling script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # rl_on_reward, reward_from_stores: sibling scripts
 
+from reward_from_stores import clips as _clips  # noqa: E402
 from rl_on_reward import walker_upright as upright  # noqa: E402
 
 from rlhf_control.errors import UserError  # noqa: E402
@@ -70,11 +71,6 @@ def composition(labels: list[Label]) -> dict[str, float]:
     up = np.array([[upright(np.asarray(s.obs)).mean() for s in (lb.pair.first, lb.pair.second)] for lb in labels])
     return {"upright": float(up.mean()), "both_up": float(np.mean((up >= 0.9).all(axis=1))),
             "both_down": float(np.mean((up <= 0.1).all(axis=1)))}
-
-
-def _clips(labels: list[Label]) -> list[Segment]:
-    """The distinct clips of ``labels`` (by store id)."""
-    return list({s.uid: s for lb in labels for s in (lb.pair.first, lb.pair.second)}.values())
 
 
 def premium_fit(r_hat: np.ndarray, obs: np.ndarray, up: np.ndarray) -> tuple[float, float]:
