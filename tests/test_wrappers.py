@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from rlhf_control.tasks.wrappers import (
     DropControlCost,
     FixedHorizon,
     GymReturn,
+    HeightReward,
     ScoreMask,
     apply_wrappers,
 )
@@ -155,6 +158,53 @@ def test_drop_control_cost_without_the_key_fails_loudly():
     env = DropControlCost(Counter(), key="reward_torque")
     env.reset()
     with pytest.raises(ValueError, match="reward_torque"):
+        env.step(0)
+
+
+class Body(gym.Env):
+    """A body whose height ``data.qpos[1]`` follows ``heights`` step by step; Gymnasium-style reward:
+    forward 0.5 plus a healthy reward of 1 while the height is above 0.8 (``info["reward_survive"]``)."""
+
+    def __init__(self, heights: list[float]) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.heights, self.t = heights, 0
+        self.data = SimpleNamespace(qpos=np.array([0.0, heights[0]]))
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        self.data.qpos[1] = self.heights[0]
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        z = self.heights[self.t]
+        self.data.qpos[1] = z
+        survive = 1.0 if z > 0.8 else 0.0
+        return np.zeros(1, np.float32), 0.5 + survive, z <= 0.8, False, {"reward_survive": survive}
+
+
+def test_height_reward_grades_a_fallen_body_where_the_healthy_reward_does_not():
+    heights = [1.25, 1.2, 0.6, 0.3, 0.5]  # upright, then down, lying flat, sitting up
+    env = FixedHorizon(HeightReward(Body(heights), offset=1.0), horizon=4, penalty=0.0)
+    steps = run(env, 4)
+    rewards = [s[1] for s in steps]
+    np.testing.assert_allclose(rewards, [0.5 + z - 1.0 for z in heights[1:]])
+    assert rewards[2] < rewards[3]  # both out of the healthy range, yet sitting up earns more than lying
+    assert [s[4]["oracle_reward"] for s in steps] == rewards  # the oracle compares the same reward
+    assert [s[4]["gym_reward"] for s in steps] == [1.5, 0.5, 0.5, 0.5]  # Gymnasium's reward, unchanged
+    scaled = run(HeightReward(Body(heights), offset=1.0, scale=2.0), 1)[0]
+    assert scaled[1] == pytest.approx(0.5 + 2.0 * (1.2 - 1.0))
+
+
+def test_height_reward_refuses_envs_it_cannot_read():
+    with pytest.raises(ValueError, match="MuJoCo"):
+        HeightReward(Counter())
+    with pytest.raises(ValueError, match="index=5"):
+        HeightReward(Body([1.0, 1.0]), index=5)
+    env = HeightReward(Body([1.0, 1.0]), key="reward_healthy")
+    env.reset()
+    with pytest.raises(ValueError, match="reward_healthy"):
         env.step(0)
 
 

@@ -29,6 +29,7 @@ Names in :data:`WRAPPERS` (the ``wrappers`` list of a task entry):
 
 - ``fixed_horizon``: :class:`FixedHorizon` (no termination; penalty; fixed episode length)
 - ``drop_control_cost``: :class:`DropControlCost` (the reward without the control cost)
+- ``height_reward``: :class:`HeightReward` (a height term in place of the healthy reward)
 - ``atari_frames``: :class:`AtariFrames` (frame skip with max-pooling, 84x84 grayscale)
 - ``noop_reset``: SB3's ``NoopResetEnv`` (random 1..noop_max no-ops after each reset)
 - ``flatten_obs``: a dict of arrays (DeepMind Control's observations) as one float32 vector
@@ -184,6 +185,41 @@ class DropControlCost(gym.Wrapper):
         info[GYM_REWARD_KEY] = _gym_base(reward, info)
         info[ORACLE_KEY] = _oracle_base(reward, info) - ctrl
         return obs, float(reward) - ctrl, terminated, truncated, info
+
+
+@WRAPPERS.register("height_reward")
+class HeightReward(gym.Wrapper):
+    """Gymnasium's healthy reward (``info[key]``, v5's ``reward_survive``: a constant while the body is in
+    its healthy range, 0 outside it) replaced by ``scale * (z - offset)``, z the body's height
+    (``data.qpos[index]`` of the MuJoCo env after the step). This is rl-teacher's walker and hopper
+    reward (the open-source code of the paper's team; for Walker2d, offset 1: vx + z - 1), where the
+    catalogue's entries keep the paper's text (a penalty while out of range). A continuous height term
+    grades a fallen body too (lying flat, sitting, rising), where a healthy indicator is the same 0 on
+    all of them. Applied to the step's reward and to ``info["oracle_reward"]`` alike; ``gym_reward``
+    keeps the unmodified reward. A step whose info lacks ``key``, or an env without MuJoCo's ``data``,
+    raises.
+    """
+
+    def __init__(self, env: gym.Env, offset: float = 1.0, scale: float = 1.0, index: int = 1,
+                 key: str = "reward_survive") -> None:
+        super().__init__(env)
+        qpos = getattr(getattr(env.unwrapped, "data", None), "qpos", None)
+        if qpos is None:
+            raise UserError(f"height_reward needs a MuJoCo env (with data.qpos); {env.unwrapped!r} has none")
+        if not 0 <= int(index) < len(qpos):
+            raise UserError(f"height_reward index={index}; allowed: 0..{len(qpos) - 1} (this env's qpos)")
+        self.offset, self.scale, self.index, self.key = float(offset), float(scale), int(index), key
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self.key not in info:
+            raise UserError(f"height_reward: info has no {self.key!r}; keys: {', '.join(sorted(info))}")
+        info = dict(info)
+        z = float(self.env.unwrapped.data.qpos[self.index])
+        delta = self.scale * (z - self.offset) - float(info[self.key])
+        info[GYM_REWARD_KEY] = _gym_base(reward, info)
+        info[ORACLE_KEY] = _oracle_base(reward, info) + delta
+        return obs, float(reward) + delta, terminated, truncated, info
 
 
 @WRAPPERS.register("atari_frames")
