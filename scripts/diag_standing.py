@@ -12,7 +12,17 @@
    smaller a/b pays less for staying up than for speed, which ``scripts/rl_on_reward.py standing``
    turns into what it costs TRPO.
 
+``--relabel height`` first answers every pair again by rl-teacher's walker reward (vx + z - 1, the
+``walker2d-height`` catalogue variant; a perfect oracle: the sign of the clips' difference in return)
+and compares the learned a/b with that reward's own fit on the same clips (``binary`` does the same
+with the catalogue's reward recomputed from the observations). The printed share is (a/b learned) /
+(a/b of the reward that answered): what part of its standing premium the labels taught.
+``--ensemble-seeds N`` averages a/b over N ensemble seeds (one label flip moves a single seed's a/b
+by up to 0.3 on 175 labels).
+
     python scripts/diag_standing.py runs/mujoco-700/Walker2d-v5/L700-perfect-variance-s*
+    python scripts/diag_standing.py runs/mujoco-700/Walker2d-v5/L700-perfect-variance-s* \
+        --relabel height --ensemble-seeds 3 --slices 1
 """
 
 from __future__ import annotations
@@ -38,6 +48,26 @@ from rlhf_control.store.store import PreferenceStore  # noqa: E402
 from rlhf_control.types import Label, Segment, segment_steps  # noqa: E402
 
 OBS_DIM = 17  # Walker2d-v5 without the x position: obs[0] height, obs[1] torso angle, obs[8] x speed
+
+
+def binary_reward(obs: np.ndarray) -> np.ndarray:
+    """The catalogue's Walker2d-v5 reward per step, from the observations: vx + 2*upright - 1."""
+    return obs[:, 8] + 2.0 * upright(obs) - 1.0
+
+
+def height_reward(obs: np.ndarray) -> np.ndarray:
+    """rl-teacher's walker reward per step (the ``walker2d-height`` variant): vx + z - 1."""
+    return obs[:, 8] + obs[:, 0] - 1.0
+
+
+RELABEL = {"binary": binary_reward, "height": height_reward}
+
+
+def relabel(labels: list[Label], reward) -> list[Label]:
+    """The same pairs answered by a perfect oracle on ``reward`` (per step of a clip's observations)."""
+    def ret(s: Segment) -> float:
+        return float(reward(np.asarray(s.obs)).sum())
+    return [Label(lb.pair, int(np.sign(ret(lb.pair.first) - ret(lb.pair.second)))) for lb in labels]
 
 
 def load_labels(path: Path) -> list[Label]:
@@ -113,12 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--round", type=int, default=35, help="replay: labels per round (default 35)")
     ap.add_argument("--epochs", type=int, default=6, help="replay: reward epochs after each round (default 6)")
     ap.add_argument("--no-replay", action="store_true", help="print the labels' composition only")
+    ap.add_argument("--relabel", choices=sorted(RELABEL), help="answer every pair again by this reward first")
+    ap.add_argument("--ensemble-seeds", type=int, default=1, help="replay: a/b averaged over this many "
+                    "ensemble seeds (default 1)")
     args = ap.parse_args(argv)
     try:
-        for name in ("slices", "round", "epochs"):
+        for name in ("slices", "round", "epochs", "ensemble_seeds"):
             if getattr(args, name) < 1:
-                raise UserError(f"--{name} {getattr(args, name)} is not allowed; use an integer >= 1")
+                raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} is not allowed; use an integer >= 1")
         runs = [load_labels(p) for p in args.runs]
+        if args.relabel:
+            runs = [relabel(labels, RELABEL[args.relabel]) for labels in runs]
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -130,13 +165,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path} | {a + 1}-{b} | {name} | {c['upright']:.2f} | {c['both_up']:.2f} | {c['both_down']:.2f}")
     if args.no_replay or len(runs) < 2:
         return 0
-    print("\nreplayed offline; fit over the other runs' labelled clips: r_hat = a*upright + b*vx + c (true: a/b = 2)")
-    print("run | labels learnt from | a/b | a | b | per-step correlation with the true reward")
+    reward = RELABEL.get(args.relabel or "", None)
+    print(f"\nreplayed offline{f', every pair answered by the {args.relabel} reward' if reward else ''}; fit over "
+          f"the other runs' labelled clips: r_hat = a*upright + b*vx + c (mean a/b over {args.ensemble_seeds} "
+          f"ensemble seed(s)); the answering reward's own a/b on those clips, and the share taught")
+    print("run | labels learnt from | a/b | per seed | true a/b | share | per-step correlation with the stored true reward")
     for i, (path, labels) in enumerate(zip(args.runs, runs, strict=True)):
         test = _clips([lb for j, other in enumerate(runs) if j != i for lb in other])
+        obs = np.concatenate([np.asarray(s.obs) for s in test])
+        a_t, b_t = premium_fit(reward(obs) if reward else np.concatenate([s.true_rewards for s in test]),
+                               obs, upright(obs))
         ends = [b for _, _, b in slices(labels, args.slices)]
-        for end, a, b, corr in replay(labels, ends, args.round, args.epochs, 0, test):
-            print(f"{path} | {end} | {a / b:.2f} | {a:+.3f} | {b:+.3f} | {corr:.3f}", flush=True)
+        per_seed = [replay(labels, ends, args.round, args.epochs, seed, test) for seed in range(args.ensemble_seeds)]
+        for k, end in enumerate(ends):
+            ratios = [r[k][1] / r[k][2] for r in per_seed]
+            ab = float(np.mean(ratios))
+            corr = float(np.mean([r[k][3] for r in per_seed]))
+            print(f"{path} | {end} | {ab:.2f} | {' '.join(f'{v:.2f}' for v in ratios)} | {a_t / b_t:.2f} | "
+                  f"{ab / (a_t / b_t):.2f} | {corr:.3f}", flush=True)
     return 0
 
 

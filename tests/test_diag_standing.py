@@ -73,8 +73,35 @@ def test_two_runs_print_the_composition_and_the_replayed_premium(tmp_path, capsy
     assert len([line for line in head.splitlines() if line.startswith(str(tmp_path))]) == 2  # one slice a run
     rows = [line.split(" | ") for line in replayed.splitlines() if line.startswith(str(tmp_path))]
     assert len(rows) == 2 and all(r[1] == "60" for r in rows)  # fitted after all 60 labels of each run
-    # 60 perfect labels on clips whose true reward pays 2 for standing: the replay learns a premium.
-    assert all(float(r[3]) > 0 for r in rows) and all(float(r[5]) > 0.5 for r in rows)
+    # 60 perfect labels on clips whose true reward pays 2 for standing: the replay learns a premium,
+    # and the stored true reward's own fit says 2.
+    assert all(float(r[2]) > 0 for r in rows) and all(float(r[4]) == pytest.approx(2.0, abs=0.01) for r in rows)
+    assert all(float(r[5]) == pytest.approx(float(r[2]) / float(r[4]), abs=0.01) for r in rows)
+
+
+def test_relabel_answers_by_height_where_the_healthy_indicator_cannot_tell():
+    rng = np.random.default_rng(3)
+    flat, sitting = clip(rng, 0), clip(rng, 0)  # both on the ground all along: the indicator is 0 on both
+    flat.obs[:, 0], sitting.obs[:, 0] = 0.2, 0.6
+    flat.obs[:, 8], sitting.obs[:, 8] = 0.01, 0.0  # the flat one moves a little faster
+    from rlhf_control.types import Label
+    pair = [Label(SegmentPair(flat, sitting), 1)]
+    assert mod.relabel(pair, mod.binary_reward)[0].value == 1  # speed alone decides
+    assert mod.relabel(pair, mod.height_reward)[0].value == -1  # sitting up is worth more than 0.01 of speed
+    assert mod.relabel([Label(SegmentPair(flat, flat), 1)], mod.height_reward)[0].value == 0
+
+
+def test_relabelled_replay_prints_the_share_of_the_answering_reward_s_premium(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    runs = [_store(tmp_path / f"s{i}.sqlite", rng, 40) for i in range(2)]
+    args = [str(r) for r in runs] + ["--slices", "1", "--round", "40", "--epochs", "5", "--relabel", "height",
+                                     "--ensemble-seeds", "2"]
+    assert mod.main(args) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.split("replayed offline")[1].splitlines()
+            if line.startswith(str(tmp_path))]
+    assert len(rows) == 2 and all(len(r[3].split()) == 2 for r in rows)  # two ensemble seeds
+    # the clips' heights are 1.2 upright and 0.3 down: the height reward's premium is 0.9, not 2
+    assert all(float(r[4]) == pytest.approx(0.9, abs=0.01) for r in rows)
 
 
 def test_bad_input_is_refused_in_one_line(tmp_path, capsys):
@@ -82,3 +109,5 @@ def test_bad_input_is_refused_in_one_line(tmp_path, capsys):
     assert "is neither a run directory" in capsys.readouterr().err
     assert mod.main([str(tmp_path), "--slices", "0"]) == 2
     assert "--slices 0 is not allowed" in capsys.readouterr().err
+    assert mod.main([str(tmp_path), "--ensemble-seeds", "0"]) == 2
+    assert "--ensemble-seeds 0 is not allowed" in capsys.readouterr().err
