@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # rl_on_reward, reward_from_stores: sibling scripts
 
 from reward_from_stores import clips as _clips  # noqa: E402
+from rl_on_reward import standing_reward  # noqa: E402
 from rl_on_reward import walker_upright as upright  # noqa: E402
 
 from rlhf_control.errors import UserError  # noqa: E402
@@ -52,7 +53,7 @@ OBS_DIM = 17  # Walker2d-v5 without the x position: obs[0] height, obs[1] torso 
 
 def binary_reward(obs: np.ndarray) -> np.ndarray:
     """The catalogue's Walker2d-v5 reward per step, from the observations: vx + 2*upright - 1."""
-    return obs[:, 8] + 2.0 * upright(obs) - 1.0
+    return standing_reward(2.0)(obs, None)  # the true reward's premium; it reads no actions
 
 
 def height_reward(obs: np.ndarray) -> np.ndarray:
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path} | {a + 1}-{b} | {name} | {c['upright']:.2f} | {c['both_up']:.2f} | {c['both_down']:.2f}")
     if args.no_replay or len(runs) < 2:
         return 0
-    reward = RELABEL.get(args.relabel or "", None)
+    reward = RELABEL.get(args.relabel)
     print(f"\nreplayed offline{f', every pair answered by the {args.relabel} reward' if reward else ''}; fit over "
           f"the other runs' labelled clips: r_hat = a*upright + b*vx + c (mean a/b over {args.ensemble_seeds} "
           f"ensemble seed(s)); the answering reward's own a/b on those clips, and the share taught")
