@@ -320,7 +320,14 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
     if cfg.agent:
         task = task.with_overrides(agent=dict(cfg.agent))
     labels = cfg.labels or task.label_budget
-    if cfg.pretrain_labels is not None:
+    schedule = cfg.schedule or task.schedule
+    if schedule == "offline":
+        # The paper's "no online queries" ablation: every label on clips of the random policy, before RL.
+        if cfg.pretrain_labels is not None and cfg.pretrain_labels != labels:
+            raise UserError(f"pretrain-labels {cfg.pretrain_labels} contradicts the offline schedule, which asks "
+                            f"all {labels} labels before RL: leave pretrain-labels out")
+        pretrain = labels
+    elif cfg.pretrain_labels is not None:
         pretrain = cfg.pretrain_labels
     elif task.pretrain_share:
         # Keep the task's share of the budget when --labels changes it (MuJoCo: 25%).
@@ -330,7 +337,6 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
     if pretrain > labels:
         raise UserError(f"pretrain-labels {pretrain} must not exceed labels {labels}")
     agent_params = task.agent_kwargs()
-    schedule = cfg.schedule or task.schedule
     SCHEDULES.get(schedule)  # an unknown name (the flag's or the task's) fails here, naming the known ones
     steps = cfg.steps or task.total_steps
     n_envs = cfg.n_envs or task.n_envs

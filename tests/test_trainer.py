@@ -15,7 +15,7 @@ import tomli_w
 
 from rlhf_control.agent.evaluation import make_eval_env
 from rlhf_control.cli import main
-from rlhf_control.config import RunConfig
+from rlhf_control.config import RunConfig, resolve
 from rlhf_control.errors import UserError
 from rlhf_control.loop.evaluate import evaluate_run
 from rlhf_control.loop.trainer import RLHFTrainer
@@ -153,9 +153,9 @@ def test_a_run_shorter_than_one_default_iteration_still_spends_its_budget(tmp_pa
 
 
 def _tiny(**kw) -> RunConfig:
-    return RunConfig(task="Pendulum-v1", steps=2048, labels=16, pretrain_labels=4, pretrain_epochs=1,
-                     reward_epochs=1, n_envs=2, seed=0, iteration_steps=256, checkpoint_every=100,
-                     agent={"n_steps": 128, "batch_size": 64, "n_epochs": 1}, **kw)
+    return RunConfig(**{"task": "Pendulum-v1", "steps": 2048, "labels": 16, "pretrain_labels": 4, "pretrain_epochs": 1,
+                        "reward_epochs": 1, "n_envs": 2, "seed": 0, "iteration_steps": 256, "checkpoint_every": 100,
+                        "agent": {"n_steps": 128, "batch_size": 64, "n_epochs": 1}, **kw})
 
 
 def test_retraining_runs_in_the_worker_during_the_next_rollout(tmp_path, monkeypatch):
@@ -164,20 +164,22 @@ def test_retraining_runs_in_the_worker_during_the_next_rollout(tmp_path, monkeyp
     events = []
     submit, result = RewardWorker.submit, RewardWorker.result
     monkeypatch.setattr(RewardWorker, "submit", lambda self, *a, **k: (
-        events.append(("submit", trainer.iterations, len(trainer.dataset))), submit(self, *a, **k))[1])
+        events.append(("submit", trainer.iterations, len(trainer.dataset), trainer.agent.num_timesteps)),
+        submit(self, *a, **k))[1])
     monkeypatch.setattr(RewardWorker, "result", lambda self, *a, **k: (
-        events.append(("result", trainer.iterations, trainer.agent.num_timesteps)), result(self, *a, **k))[1])
+        events.append(("result", trainer.iterations, 0, trainer.agent.num_timesteps)), result(self, *a, **k))[1])
     trainer = RLHFTrainer(_tiny(), tmp_path / "run")
     trainer.run()
     submits = [e for e in events if e[0] == "submit"]
     results = [e for e in events if e[0] == "result"]
     assert len(submits) >= 4 and len(results) == len(submits)
-    # Each job is taken at the start of the next iteration, after one more rollout of the agent.
-    for (_, it_s, _), (_, it_r, _) in zip(submits, results, strict=True):
-        assert it_r == it_s + 1
+    # Each job is taken after one more rollout of the agent, before the next iteration starts (just
+    # before that rollout's rewards are computed).
+    for (_, it_s, _, t_s), (_, it_r, _, t_r) in zip(submits, results, strict=True):
+        assert it_r == it_s and t_r == t_s + 256
     assert [e[0] for e in events] == ["submit", "result"] * len(submits)
     # The window grows job by job, and the last labels were trained on by the end (in process).
-    sizes = [n for _, _, n in submits]
+    sizes = [n for _, _, n, _ in submits]
     assert sizes == sorted(sizes) and sizes[-1] < 16
     assert trainer.trained_answer_id == _sql(tmp_path / "run", "SELECT MAX(id) FROM answers WHERE skipped = 0")[0][0]
     assert trainer.worker is None  # closed with the run
@@ -190,19 +192,19 @@ def test_without_reward_wait_the_agent_goes_on_while_a_job_runs(tmp_path, monkey
     labels that came meanwhile go into the next job; the last iteration takes and trains on everything."""
     from rlhf_control.reward.worker import RewardWorker
 
-    events, polls = [], {}
+    events, submitted_at = [], {}
     submit, result = RewardWorker.submit, RewardWorker.result
 
     def counted_submit(self, *a, **k):
         events.append(("submit", trainer.iterations, len(trainer.dataset)))
-        polls[id(self)] = 0
+        submitted_at[id(self)] = trainer.iterations
         return submit(self, *a, **k)
 
     def slow_ready(self):
         if not self.busy:
             return False
-        polls[id(self)] += 1
-        return polls[id(self)] > 1 and self._recv_conn.poll(60)
+        # unfinished until the second iteration after its submission
+        return trainer.iterations >= submitted_at[id(self)] + 2 and self._recv_conn.poll(60)
 
     monkeypatch.setattr(RewardWorker, "submit", counted_submit)
     monkeypatch.setattr(RewardWorker, "ready", slow_ready)
@@ -216,11 +218,83 @@ def test_without_reward_wait_the_agent_goes_on_while_a_job_runs(tmp_path, monkey
     assert [e[0] for e in events] == ["submit", "result"] * len(submits)  # one job at a time
     last = trainer.iterations
     for (_, it_s, _), (_, it_r, _) in zip(submits, results, strict=True):
-        assert it_r == (it_s + 2 if it_s + 2 <= last else last)  # one iteration went on without it
+        # one iteration went on without it; the last rollout waits for it before it is scored
+        assert it_r == min(it_s + 2, last - 1)
     assert len(submits) < trainer.iterations - 1  # iterations that submitted nothing: a job was running
     sizes = [n for _, _, n in submits]
     assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
     assert trainer.trained_answer_id == _sql(tmp_path / "run", "SELECT MAX(id) FROM answers WHERE skipped = 0")[0][0]
+
+
+def test_a_rollout_that_ends_an_iteration_is_scored_by_the_reward_trained_during_it(tmp_path, monkeypatch):
+    """With the worker (the default), the rewards the agent updates on after a rollout come from
+    weights trained on every label asked before that rollout began, not one round older."""
+    from rlhf_control.agent.learned_reward import LearnedReward
+
+    flushes, asked_before = [], {}
+    flush = LearnedReward.flush
+
+    def recording_flush(self):
+        step = trainer.agent.num_timesteps
+        if trainer._ends_iteration(step):
+            start = step - 256  # the rollout's first step (rollouts of 128 steps x 2 envs)
+            flushes.append((step, trainer.updater.running, trainer.trained_answer_id, asked_before.get(start)))
+        return flush(self)
+
+    rollout_end = RLHFTrainer._rollout_end
+
+    def recording_rollout_end(self, step):
+        rollout_end(self, step)
+        ids = _sql(tmp_path / "run", "SELECT MAX(id) FROM answers WHERE skipped = 0")[0][0]
+        asked_before[step] = ids  # the labels there are when the next rollout starts
+
+    monkeypatch.setattr(LearnedReward, "flush", recording_flush)
+    monkeypatch.setattr(RLHFTrainer, "_rollout_end", recording_rollout_end)
+    trainer = RLHFTrainer(_tiny(), tmp_path / "run")
+    trainer.run()
+    scored = [f for f in flushes if f[3] is not None]
+    assert len(scored) >= 5
+    for step, running, trained, labelled in scored:
+        assert not running, step
+        assert trained == labelled, (step, trained, labelled)
+
+
+def test_the_worker_gives_the_agent_what_training_in_process_gives(tmp_path):
+    # The job trained during a rollout scores that rollout, as in-process training between rollouts
+    # does: the two runs' agents are the same, step by step.
+    returns = {}
+    for reward_async in (True, False):
+        run = tmp_path / f"async-{reward_async}"
+        RLHFTrainer(_tiny(reward_async=reward_async, eval_episodes=2, eval_every=2), run).run()
+        with open(run / "metrics.csv", newline="") as f:
+            returns[reward_async] = [(r["step"], r["true_return"], r["eval_true_return"]) for r in csv.DictReader(f)]
+    assert len(returns[True]) >= 8 and sum(bool(e) for _, _, e in returns[True]) >= 4
+    assert returns[True] == returns[False]
+
+
+def test_the_no_online_queries_ablation_asks_every_label_before_rl(tmp_path):
+    run = tmp_path / "run"
+    cfg = _tiny(schedule="offline", pretrain_labels=None, reward_async=False)
+    assert resolve(cfg).pretrain_labels == 16
+    RLHFTrainer(cfg, run).run()
+    steps = _sql(run, "SELECT q.created_step, s.agent_step FROM answers a JOIN queries q ON q.id = a.query_id "
+                      "JOIN segments s ON s.id IN (q.first_id, q.second_id) WHERE a.skipped = 0")
+    assert len(steps) == 2 * 16
+    assert {c for c, _ in steps} == {0} and {a for _, a in steps} == {-1}  # random-policy clips only
+
+
+def test_pretraining_labels_that_contradict_the_offline_schedule_are_refused():
+    with pytest.raises(UserError, match="pretrain-labels 4 contradicts the offline schedule, which asks all 16"):
+        resolve(_tiny(schedule="offline"))
+
+
+def test_a_round_larger_than_max_pending_is_asked_whole_when_the_oracle_answers_at_once(tmp_path):
+    run = tmp_path / "run"
+    # bpref: 4 labels in pretraining, then rounds of 12 every iteration; 5 pairs may be pending at a time.
+    RLHFTrainer(_tiny(schedule="bpref", label_batch=12, max_pending=5, reward_async=False), run).run()
+    online = _sql(run, "SELECT q.created_step, COUNT(*) FROM answers a JOIN queries q ON q.id = a.query_id "
+                       "WHERE a.skipped = 0 AND q.created_step > 0 GROUP BY q.created_step")
+    assert online == [(online[0][0], 12)]
 
 
 def test_continuous_reward_training_and_no_reward_wait_are_refused_together():

@@ -253,14 +253,16 @@ class LearnedReward(VecEnvWrapper):
         return x
 
 
-def relabel_rollouts(agent: Any, learned: LearnedReward) -> None:
+def relabel_rollouts(agent: Any, learned: LearnedReward, before: Callable[[int], None] | None = None) -> None:
     """Give an SB3 on-policy ``agent`` (PPO, A2C, TRPO) the rewards of a ``deferred`` ``learned``
     env in one batch per rollout.
 
     SB3 fills its rollout buffer with the rewards the env returned (0 here) plus, where an episode
     was cut by a time limit, ``gamma * V(terminal obs)``; then it computes returns and advantages.
     Just before that computation the rollout's learned rewards are added to the buffer, which gives
-    the buffer exactly what per-step rewards would have. Call again after the agent's buffer is
+    the buffer exactly what per-step rewards would have. ``before(agent steps so far)`` runs first,
+    so that a reward trained during the rollout can take over before it is scored (SB3 calls the
+    rollout-end callback only after this computation). Call again after the agent's buffer is
     rebuilt (a loaded agent gets a new one).
     """
     if not learned.deferred:
@@ -269,6 +271,8 @@ def relabel_rollouts(agent: Any, learned: LearnedReward) -> None:
     original = buf.compute_returns_and_advantage
 
     def compute_returns_and_advantage(last_values: Any, dones: np.ndarray) -> None:
+        if before is not None:
+            before(int(agent.num_timesteps))
         rewards = learned.flush()
         if rewards.shape != (buf.pos if not buf.full else buf.buffer_size, buf.n_envs):
             raise RuntimeError(

@@ -182,18 +182,29 @@ class RLHFTrainer:
     def _rollout_end(self, step: int) -> None:
         if self.offpolicy is not None:  # SAC: PEBBLE's phases, relabelling (loop/offpolicy.py)
             return self.offpolicy.rollout_end(step)
-        # The last rollout always ends an iteration, so that the schedule's whole budget is asked for.
-        if step - self.last_iteration_step >= self.r.iteration_steps or step >= self.r.steps:
+        if self._ends_iteration(step):
             self.iteration(step)
         elif self.pacer is not None:  # short rollouts (A2C): refill the labellers' buffer between iterations
             self.pacer.top_up(step, every_s=1.0)
+
+    def _ends_iteration(self, step: int) -> bool:
+        # The last rollout always ends an iteration, so that the schedule's whole budget is asked for.
+        return step - self.last_iteration_step >= self.r.iteration_steps or step >= self.r.steps
+
+    def _before_rewards(self, step: int) -> None:
+        """Just before an on-policy rollout's learned rewards are computed: when the rollout ends an
+        iteration, the reward job trained during it takes over now, so that the update that follows
+        learns from it (as it does when the reward trains in this process), not from the one before."""
+        if self._ends_iteration(step):
+            self.updater.take(wait=self.cfg.reward_wait or step >= self.r.steps)
 
     def iteration(self, step: int) -> None:
         """One RLHF iteration at agent step ``step`` (called after each rollout)."""
         self.iterations += 1
         self.last_iteration_step = step
-        # The reward trained during the last rollout takes over (what the agent trains on next); with
-        # --no-reward-wait only a finished job's, the last iteration's always.
+        # The reward trained during the last rollout takes over (on-policy agents: already taken
+        # before that rollout was scored, _before_rewards); with --no-reward-wait only a finished
+        # job's, the last iteration's always.
         final = step >= self.r.steps
         self.updater.take(wait=self.cfg.reward_wait or final)
         if self.offpolicy is not None:
@@ -210,11 +221,7 @@ class RLHFTrainer:
             new = self._collect()
             new += self.pacer.wait(step, final=final)
         else:
-            due = self.schedule.target(step) - self._asked()
-            room = self.cfg.max_pending - self.store.count_pending()
-            self._ask(min(due, room), step)
-            new = self._collect()
-            new += self._wait_answers()
+            new = self._ask_due(step)
         retrain = new or self.updater.behind()  # (--no-reward-wait: labels that came while a job ran)
         if retrain and final:
             self.updater.train_now(self.r.reward_epochs)  # the last: no rollout left to overlap with
@@ -227,6 +234,20 @@ class RLHFTrainer:
             time.monotonic() - self._last_checkpoint >= 60.0 * self.cfg.checkpoint_minutes
         if self.iterations % self.cfg.checkpoint_every == 0 or overdue:
             self.checkpoint(step)
+
+    def _ask_due(self, step: int) -> int:
+        """An oracle not paced: ask what the schedule owes at ``step``, ``max_pending`` pairs at a time,
+        for as long as the answers come (a synthetic oracle answers each batch at once); the new labels.
+        A round whose answers are all skips, or whose queries stay pending, ends the asking."""
+        new = 0
+        while True:
+            due = self.schedule.target(step) - self._asked()
+            room = self.cfg.max_pending - self.store.count_pending()
+            asked = self._ask(min(due, room), step)
+            got = self._collect() + self._wait_answers()
+            new += got
+            if asked == 0 or got == 0 or self.store.count_pending() > 0:
+                return new
 
     def _log(self, step: int, evaluate: bool = False) -> None:
         learned, true = self.learned.recent_returns()
@@ -356,7 +377,7 @@ class RLHFTrainer:
                 self.updater.train_now(self.r.reward_epochs)
             if remaining > 0:
                 if self.offpolicy is None:
-                    relabel_rollouts(self.agent, self.learned)
+                    relabel_rollouts(self.agent, self.learned, before=self._before_rewards)
                 else:
                     self.offpolicy.start()
                 self.agent.learn(total_timesteps=remaining, callback=OnRolloutEnd(self._rollout_end),
