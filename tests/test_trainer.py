@@ -20,6 +20,7 @@ from rlhf_control.errors import UserError
 from rlhf_control.loop.evaluate import evaluate_run
 from rlhf_control.loop.trainer import RLHFTrainer
 from rlhf_control.tasks.catalogue import get_task
+from rlhf_control.types import Answer
 
 ROOT = Path(__file__).parents[1]
 
@@ -270,6 +271,52 @@ def test_the_worker_gives_the_agent_what_training_in_process_gives(tmp_path):
             returns[reward_async] = [(r["step"], r["true_return"], r["eval_true_return"]) for r in csv.DictReader(f)]
     assert len(returns[True]) >= 8 and sum(bool(e) for _, _, e in returns[True]) >= 4
     assert returns[True] == returns[False]
+
+
+def test_a_resume_that_retrains_sets_the_rewards_scale_on_the_stores_newest_clips(tmp_path):
+    # A resumed run's clip pool starts empty; the retraining for labels that came after the checkpoint
+    # must still set the reward's scale (std 1 over recent clips), not keep the checkpoint's.
+    import json
+
+    import torch
+
+    run = tmp_path / "run"
+    cfg = _tiny(reward_async=False)
+    RLHFTrainer(cfg, run).run()
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "LATEST").read_text().strip()
+    state = json.loads((ckpt / "state.json").read_text())
+    state["trained_answer_id"] = 0  # as if every label had come after the checkpoint
+    (ckpt / "state.json").write_text(json.dumps(state))
+    trainer = RLHFTrainer(cfg, run, resume=True)
+    try:
+        assert trainer._train_on_resume and len(trainer.pool) == 0
+        trainer.updater.train_now(1)
+        clips = trainer.store.newest_segments(512)
+        assert len(clips) >= 20
+        with torch.no_grad():
+            raw = trainer.ensemble._segment_step_outputs(clips).double()
+        np.testing.assert_allclose((raw.std(dim=1, correction=0) / trainer.ensemble.norm_std).numpy(), 1.0, rtol=1e-6)
+    finally:
+        trainer.close()
+
+
+def test_a_skip_after_the_checkpoint_is_no_label_to_retrain_on(tmp_path):
+    run = tmp_path / "run"
+    cfg = _tiny(reward_async=False)
+    RLHFTrainer(cfg, run).run()
+    from rlhf_control.store.store import PreferenceStore
+
+    store = PreferenceStore.open(run / "preferences.sqlite")
+    try:
+        q = store.add_query(store.labels()[0].pair, 2048)
+        store.record_answer(Answer(query_id=q.query_id, label=None))
+    finally:
+        store.close()
+    trainer = RLHFTrainer(cfg, run, resume=True)
+    try:
+        assert not trainer._train_on_resume
+    finally:
+        trainer.close()
 
 
 def test_the_no_online_queries_ablation_asks_every_label_before_rl(tmp_path):

@@ -152,8 +152,18 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     frames = FrameFile(run_dir / FRAMES_FILE, resume=resume) if task.frame_stack else None
     dataset = PreferenceDataset(max_size=r.label_window, frame_file=frames)
 
+    stored_recent: list[Segment] = []
+
     def recent_clips() -> list[Segment]:
-        return pool.recent(min(len(pool), NORM_CLIPS))
+        """The clips the reward's scale is set on: the pool's newest; a resumed run's pool starts empty,
+        so until it holds enough, the newest clips of the store (read once) fill it up."""
+        clips = pool.recent(min(len(pool), NORM_CLIPS))
+        if len(clips) >= NORM_CLIPS or not resume:
+            return clips
+        if not stored_recent:
+            segs = store.newest_segments(NORM_CLIPS)
+            stored_recent.extend(segs if frames is None else (frames.put(s) for s in segs))
+        return (stored_recent + clips)[-NORM_CLIPS:]
 
     reference: list[Segment] = []
 

@@ -4,10 +4,12 @@ Inside a run directory (file names: rlhf_control.rundir)::
 
     checkpoints/LATEST   name of the newest complete checkpoint
     checkpoints/ckpt-<step>/  agent.zip, ensemble.pt, reward_trainer.pt, state.json
+    checkpoints/ckpt-<step>-r<n>/  the same step written again (a stop right after a checkpoint)
 
 A checkpoint is written to a temporary folder, each file's SHA-256 recorded in ``state.json``,
-renamed into place, and only then named in ``LATEST`` (atomic replace). A kill at any moment leaves
-the previous checkpoint intact; a damaged one is detected by its hashes.
+renamed into place under a name no other checkpoint has, and only then named in ``LATEST`` (atomic
+replace); older ones are deleted after that. A kill at any moment leaves the previous checkpoint
+intact and named; a damaged one is detected by its hashes.
 """
 
 from __future__ import annotations
@@ -78,9 +80,12 @@ def save_checkpoint(run_dir: Path, step: int, writers: dict[str, Callable[[Path]
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(tmp)
+    # The same step again (a stop right after a checkpoint): a new name after every copy of that step,
+    # never deleting the one LATEST may still name.
+    copies = [q.name[len(name):] for q in root.glob(f"{name}*") if q.is_dir()]
+    if copies:
+        name += f"-r{1 + max(int(c[2:]) if c.startswith('-r') else 0 for c in copies):03d}"
     final = root / name
-    if final.exists():
-        shutil.rmtree(final)
     tmp.rename(final)
     write_atomic(root / "LATEST", name + "\n", fsync=True)
     _fsync_dir(root)

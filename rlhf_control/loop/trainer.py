@@ -345,8 +345,9 @@ class RLHFTrainer:
         trained_up_to = int(state.get("trained_answer_id", state.get("last_answer_id", 0))) if state else 0
         self.updater.trained_answer_id = trained_up_to
         self.last_answer_id = self.store.last_answer_id()
-        # Answers that arrived after the checkpoint (or while the run was stopped) are trained on first.
-        self._train_on_resume = self.pretrain_done and self.last_answer_id > trained_up_to
+        # Labels that arrived after the checkpoint (or while the run was stopped) are trained on first;
+        # a skip or an undone answer after it is no label to train on.
+        self._train_on_resume = self.pretrain_done and len(self.dataset) > 0 and int(self.dataset.seqs[-1]) > trained_up_to
         # Segments stored after the checkpoint keep their ids: new pool ids start above them.
         if self.store.max_segment_id() >= self.pool.next_uid:
             self.pool.load_state_dict({"next_uid": self.store.max_segment_id() + 1})

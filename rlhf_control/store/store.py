@@ -226,6 +226,13 @@ class PreferenceStore:
         ids = list(dict.fromkeys(i for row in rows for i in row))[: max(0, int(limit))]
         return self.get_segments(ids) if ids else []
 
+    def newest_segments(self, limit: int) -> list[Segment]:
+        """The ``limit`` most recently stored segments (the clips of the latest queries), oldest first."""
+        with self._db.read() as conn:
+            rows = conn.execute("SELECT id FROM segments ORDER BY id DESC LIMIT ?", (max(0, int(limit)),)).fetchall()
+        ids = [i for (i,) in reversed(rows)]
+        return self.get_segments(ids) if ids else []
+
     def pending_queries(self, limit: int | None = None) -> list[QueryRecord]:
         """Pending queries, oldest first (held ones included)."""
         return self._query_rows("WHERE status = 'pending' ORDER BY id LIMIT ?", (-1 if limit is None else limit,))
