@@ -211,8 +211,13 @@ class RunConfig:
         if isinstance(self.checkpoint_minutes, bool) or not isinstance(self.checkpoint_minutes, (int, float)) \
                 or not 0 <= self.checkpoint_minutes < float("inf"):
             raise UserError(f"checkpoint-minutes {self.checkpoint_minutes!r} must be a number >= 0")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise UserError(f"seed {self.seed!r} must be a non-negative integer")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise UserError(f"seed {self.seed!r} must be an integer in [0, 2**32 - 1]")
+        if self.stale_after_steps is not None and (isinstance(self.stale_after_steps, bool)
+                                                   or not isinstance(self.stale_after_steps, int)
+                                                   or self.stale_after_steps < 1):
+            raise UserError(f"stale-after {self.stale_after_steps!r} must be an integer >= 1 (agent steps; "
+                            "leave it out for a quarter of the run)")
         if isinstance(self.label_port, bool) or not isinstance(self.label_port, int) or not 0 <= self.label_port <= 65535:
             raise UserError(f"label-port {self.label_port!r} must be an integer in [0, 65535] (0 picks a free port)")
         if not self.reward_lr > 0:

@@ -13,11 +13,13 @@ Layout of a run directory (``rlhf-control train`` and the RL baseline)::
     instructions.md      the labelling page's instructions, when edited there
     baseline.json        a baseline run's random-policy return
     DONE                 written last, when the run has finished
+    .lock                held (flock) by the process training in the run, so that a second one is refused
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import threading
@@ -40,6 +42,7 @@ POOL_FRAMES_FILE = "pool_frames.u8"
 INSTRUCTIONS_FILE = "instructions.md"
 BASELINE_FILE = "baseline.json"
 DONE_FILE = "DONE"
+LOCK_FILE = ".lock"
 
 
 class RunDirError(UserError):
@@ -80,6 +83,28 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, fsync: bool = False
 def write_json(path: str | os.PathLike, doc: Any) -> None:
     """``doc`` as indented JSON, atomically."""
     write_atomic(path, json.dumps(doc, indent=1) + "\n")
+
+
+class RunLock:
+    """An exclusive lock on a run directory for as long as one process trains in it: ``flock`` on its
+    :data:`LOCK_FILE`, which the kernel releases when the process ends, however it ends. A second
+    process (another ``train --resume``, a sweep started twice) is refused in one line."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            self._fd = None
+            raise RunDirError(f"run directory {str(Path(run_dir))!r} is in use by another process (it holds "
+                              f"{LOCK_FILE}); wait for that process to end or stop it first") from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor releases the lock
+            self._fd = None
 
 
 def mark_done(run_dir: str | os.PathLike, step: int) -> None:

@@ -155,6 +155,8 @@ def _snapshot(d: Path) -> dict:
         (["train", "--oracle", "mistake:epsilon=2"], "epsilon"),
         (["train", "--reward-obs", "later"], "invalid choice: 'later'"),
         (["train", "--task", "ALE/Pong-v5", "--reward-obs", "after"], "reward-obs after is not supported for frame"),
+        (["train", "--stale-after", "-5"], "stale-after -5 must be an integer >= 1"),
+        (["train", "--seed", "4294967296"], "seed 4294967296 must be an integer in [0, 2**32 - 1]"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needle, capsys, monkeypatch):
@@ -182,6 +184,18 @@ def test_resume_of_a_non_run_and_unknown_config_keys(tmp_path):
     res = _cli("train", "--config", str(cfg), "--run-dir", str(tmp_path / "r"), cwd=tmp_path)
     assert res.returncode == 2 and "labelz" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_finished_run_is_not_resumed_and_resume_takes_no_other_run_dir(tiny_run, tmp_path):
+    before = _snapshot(tiny_run)
+    res = _cli("train", "--resume", str(tiny_run), "--no-progress", cwd=tmp_path)
+    assert res.returncode == 2 and "has finished" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = _cli("train", "--resume", str(tiny_run), "--run-dir", str(tmp_path / "elsewhere"), cwd=tmp_path)
+    assert res.returncode == 2 and "drop --run-dir" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert _snapshot(tiny_run) == before and not (tmp_path / "elsewhere").exists()
+    (tmp_path / "afile").write_text("x")
+    res = _cli("train", "--run-dir", str(tmp_path / "afile"), *TINY, cwd=tmp_path)
+    assert res.returncode == 2 and "is a file" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_existing_run_is_never_overwritten(tiny_run, tmp_path):

@@ -98,11 +98,11 @@ def test_a_truncated_ring_file_is_refused_when_read(tmp_path):
     rng = np.random.default_rng(5)
     ring = FrameRing(tmp_path / "pool.u8", slots=3)
     seg = SegmentPool(2, np.random.default_rng(0), frames=ring).add(clip(rng))
-    ring.close()
     with open(ring.path, "r+b") as f:
         f.truncate(100)
     with pytest.raises(ValueError, match="ends before"):
         np.asarray(seg.obs.frames)
+    ring.close()
 
 
 def test_the_reward_scale_set_on_ring_clips_is_the_one_set_on_the_clips_in_memory(tmp_path):
@@ -118,3 +118,11 @@ def test_the_reward_scale_set_on_ring_clips_is_the_one_set_on_the_clips_in_memor
         scales.append((ens.norm_mean.clone(), ens.norm_std.clone()))
     assert all(float(s) > 0 for s in scales[0][1])
     assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(scales[0], scales[1], strict=True))
+
+
+def test_closing_the_ring_deletes_its_file(tmp_path):
+    ring = FrameRing(tmp_path / "pool_frames.u8", 4)
+    SegmentPool(2, np.random.default_rng(0), frames=ring).add(clip(np.random.default_rng(0)))
+    assert (tmp_path / "pool_frames.u8").stat().st_size > 0
+    ring.close()
+    assert not (tmp_path / "pool_frames.u8").exists()

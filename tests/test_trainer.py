@@ -319,6 +319,32 @@ def test_a_skip_after_the_checkpoint_is_no_label_to_retrain_on(tmp_path):
         trainer.close()
 
 
+def test_a_second_process_on_a_run_directory_is_refused_until_the_first_closes(tmp_path):
+    from rlhf_control.rundir import RunDirError
+
+    run = tmp_path / "run"
+    first = RLHFTrainer(_tiny(reward_async=False), run)
+    try:
+        with pytest.raises(RunDirError, match="is in use by another process"):
+            RLHFTrainer(_tiny(reward_async=False), run, resume=True)
+    finally:
+        first.close()
+    RLHFTrainer(_tiny(reward_async=False), run, resume=True).close()  # free again
+
+
+def test_a_new_run_whose_label_port_is_taken_leaves_nothing_behind(tmp_path):
+    import socket
+
+    run = tmp_path / "run"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port}.*--label-port"):
+            RLHFTrainer(_tiny(oracle="human", label_port=port), run)
+    assert not run.exists() or not any(run.iterdir())
+
+
 def test_the_no_online_queries_ablation_asks_every_label_before_rl(tmp_path):
     run = tmp_path / "run"
     cfg = _tiny(schedule="offline", pretrain_labels=None, reward_async=False)

@@ -43,7 +43,15 @@ from rlhf_control.reward.fitting import FITTERS, RewardFitter, make_fitter
 from rlhf_control.reward.frame_file import FrameFile
 from rlhf_control.reward.training import RewardTrainerConfig
 from rlhf_control.reward.updater import RewardUpdater
-from rlhf_control.rundir import CLIPS_DIR, CONFIG_FILE, FRAMES_FILE, POOL_FRAMES_FILE, STORE_FILE
+from rlhf_control.rundir import (
+    CLIPS_DIR,
+    CONFIG_FILE,
+    FRAMES_FILE,
+    LOCK_FILE,
+    POOL_FRAMES_FILE,
+    STORE_FILE,
+    RunLock,
+)
 from rlhf_control.store.store import PreferenceStore
 from rlhf_control.tasks.spec import OFF_POLICY, TaskSpec
 from rlhf_control.types import Segment
@@ -76,12 +84,29 @@ class RunParts:
     oracle: Any
     label_server: Any
     checkpoint: dict[str, Any] | None
+    lock: RunLock
 
 
 def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpec | None = None,
               label_token: str | None = None) -> RunParts:
-    """Check everything, then build every part of the run in ``run_dir`` (see the module docstring)."""
+    """Check everything, then build every part of the run in ``run_dir`` (see the module docstring),
+    holding the run directory's lock. If a new run fails after its files were created (a label port in
+    use), they are removed again, so that the same command can be retried; a resumed run's are kept."""
     run_dir = Path(run_dir)
+    held: list[Any] = []  # the lock, then the store: released if the build fails
+    try:
+        return _build_run(cfg, run_dir, resume, task, label_token, held)
+    except BaseException:
+        for thing in reversed(held):
+            thing.release() if isinstance(thing, RunLock) else thing.close()
+        if not resume and held:
+            for name in (CONFIG_FILE, STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", LOCK_FILE):
+                (run_dir / name).unlink(missing_ok=True)
+        raise
+
+
+def _build_run(cfg: RunConfig, run_dir: Path, resume: bool, task: TaskSpec | None, label_token: str | None,
+               held: list[Any]) -> RunParts:
     r = resolve(cfg, task)
     cfg, task = r.cfg, r.task
     if cfg.reward_obs == "after" and task.frame_stack:
@@ -102,6 +127,8 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
         schedule = ShiftedSchedule(schedule, r.rl_start)
     selector = make_selector(cfg.selector)
     # A damaged checkpoint is reported before the run directory is touched.
+    if resume:
+        held.append(RunLock(run_dir))  # before anything in the directory is read or repaired
     ckpt_dir, ckpt = load_run_checkpoint(run_dir) if resume else (None, None)
 
     # Queries come from the newest clips (query_min_clips), the scale from the newest NORM_CLIPS and the
@@ -187,7 +214,10 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
         store = PreferenceStore.open(run_dir / STORE_FILE)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
+        held.append(RunLock(run_dir))
         store = PreferenceStore.create(run_dir / STORE_FILE)
+    held.append(store)
+    if not resume:
         write_config_file(run_dir / CONFIG_FILE, cfg, task.to_dict(),
                           {"version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     renderer = label_server = None
@@ -204,7 +234,7 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     return RunParts(r=r, device=device, rng=rng, schedule=schedule, selector=selector, pool=pool,
                     recorder=recorder, learned=learned, agent_env=agent_env, ensemble=ensemble, fitter=fitter,
                     dataset=dataset, updater=updater, agent=agent, store=store, oracle=oracle,
-                    label_server=label_server, checkpoint=ckpt)
+                    label_server=label_server, checkpoint=ckpt, lock=held[0])
 
 
 def _new_ensemble(cfg: RunConfig, task: TaskSpec, venv: VecEnv, device: str) -> RewardEnsemble:

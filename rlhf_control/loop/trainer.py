@@ -420,3 +420,4 @@ class RLHFTrainer:
             now = self._stopping and "finish" in inspect.signature(self.oracle.close).parameters
             self.oracle.close(timeout=5, **({"finish": False} if now else {}))
         self.store.close()
+        self.parts.lock.release()

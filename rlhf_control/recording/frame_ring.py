@@ -72,6 +72,9 @@ class FrameRing:
         return seg if obs is seg.obs else dataclasses.replace(seg, obs=obs)
 
     def close(self) -> None:
+        """Close and delete the file: its frames are of this process's pool only (a resumed run starts
+        an empty pool), so nothing in it is worth its disk (593 MB for a 3,000-label Atari pool)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            self.path.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from rlhf_control.errors import UserError
 from rlhf_control.rundir import STORE_FILE
 from rlhf_control.store.errors import StoreError
 from rlhf_control.store.store import PreferenceStore
@@ -350,7 +351,8 @@ def make_server(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int =
         try:
             httpd = _Server((host, port), app, token)
         except OSError as exc:
-            raise ValueError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port") from None
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another port "
+                            "(train: --label-port, label: --port; 0 picks a free one)") from None
     except BaseException:
         if owns:
             store.close()
