@@ -345,6 +345,19 @@ def test_a_new_run_whose_label_port_is_taken_leaves_nothing_behind(tmp_path):
     assert not run.exists() or not any(run.iterdir())
 
 
+def test_flags_a_resume_changes_are_written_into_the_runs_config(tmp_path):
+    import tomllib
+
+    run = tmp_path / "run"
+    RLHFTrainer(_tiny(), run).close()
+    RLHFTrainer(_tiny(), run, resume=True).close()  # nothing changed: nothing recorded
+    assert "resumed_with" not in tomllib.loads((run / "config.toml").read_text())["meta"]
+    RLHFTrainer(_tiny(reward_wait=False), run, resume=True).close()
+    doc = tomllib.loads((run / "config.toml").read_text())
+    assert doc["run"]["reward_wait"] is False and doc["run"]["seed"] == 0
+    assert len(doc["meta"]["resumed_with"]) == 1 and doc["meta"]["resumed_with"][0].endswith("reward_wait=False")
+
+
 def test_the_no_online_queries_ablation_asks_every_label_before_rl(tmp_path):
     run = tmp_path / "run"
     cfg = _tiny(schedule="offline", pretrain_labels=None, reward_async=False)

@@ -22,7 +22,14 @@ from rlhf_control import __version__
 from rlhf_control.agent.factory import load_agent, load_obs_normalization, make_agent
 from rlhf_control.agent.learned_reward import LearnedReward, ReturnScale
 from rlhf_control.agent.replay import REPLAY_FILE, load_replay
-from rlhf_control.config import Resolved, RunConfig, resolve, resolve_device, write_config_file
+from rlhf_control.config import (
+    Resolved,
+    RunConfig,
+    resolve,
+    resolve_device,
+    run_config_to_dict,
+    write_config_file,
+)
 from rlhf_control.errors import UserError
 from rlhf_control.loop.checkpoint import (
     AGENT_FILE,
@@ -51,6 +58,7 @@ from rlhf_control.rundir import (
     POOL_FRAMES_FILE,
     STORE_FILE,
     RunLock,
+    read_config_doc,
 )
 from rlhf_control.store.store import PreferenceStore
 from rlhf_control.tasks.spec import OFF_POLICY, TaskSpec
@@ -212,6 +220,7 @@ def _build_run(cfg: RunConfig, run_dir: Path, resume: bool, task: TaskSpec | Non
     # Everything is valid: only now touch the run directory.
     if resume:
         store = PreferenceStore.open(run_dir / STORE_FILE)
+        _record_resume_changes(run_dir, cfg)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         held.append(RunLock(run_dir))
@@ -235,6 +244,21 @@ def _build_run(cfg: RunConfig, run_dir: Path, resume: bool, task: TaskSpec | Non
                     recorder=recorder, learned=learned, agent_env=agent_env, ensemble=ensemble, fitter=fitter,
                     dataset=dataset, updater=updater, agent=agent, store=store, oracle=oracle,
                     label_server=label_server, checkpoint=ckpt, lock=held[0])
+
+
+def _record_resume_changes(run_dir: Path, cfg: RunConfig) -> None:
+    """Flags a resume changed (the resumable ones: reward waiting, device, ...) go into ``config.toml``,
+    so that it describes how the run went on and a later plain resume keeps them; ``[meta] resumed_with``
+    lists each change."""
+    doc = read_config_doc(run_dir)
+    before, now = doc.get("run", {}), run_config_to_dict(cfg)
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if not changed:
+        return
+    meta = dict(doc.get("meta", {}))
+    note = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} " + ", ".join(f"{k}={now.get(k)!r}" for k in changed)
+    meta["resumed_with"] = [*meta.get("resumed_with", []), note]
+    write_config_file(run_dir / CONFIG_FILE, cfg, doc.get("task", {}), meta)
 
 
 def _new_ensemble(cfg: RunConfig, task: TaskSpec, venv: VecEnv, device: str) -> RewardEnsemble:
