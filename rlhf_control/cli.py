@@ -201,6 +201,8 @@ def _slug(name: str) -> str:
 def _eval(args: argparse.Namespace) -> int:
     from rlhf_control.loop.evaluate import evaluate_run
 
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed {args.seed} must be an integer in [0, 2**32 - 1]")
     seed = {} if args.seed is None else {"seed": args.seed}
     result = evaluate_run(args.run_dir, episodes=args.episodes, video=args.video, **seed)
     print(f"true return over {result.episodes} episodes: mean {result.mean:.2f}, std {result.std:.2f}, "

@@ -312,6 +312,9 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
     task = task or get_task(cfg.task)
     if cfg.clip_length is not None:
         task = task.with_overrides(clip_length=cfg.clip_length)
+    if cfg.reward_crop > task.clip_length:
+        raise UserError(f"reward-crop {cfg.reward_crop} must not exceed the clip length {task.clip_length} "
+                        f"of task {task.name!r} (0 turns the crop off)")
     algo = cfg.algo or task.algo
     if algo != task.algo:
         # The task's hyperparameters belong to its own algorithm: another one starts from SB3's

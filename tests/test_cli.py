@@ -157,6 +157,7 @@ def _snapshot(d: Path) -> dict:
         (["train", "--task", "ALE/Pong-v5", "--reward-obs", "after"], "reward-obs after is not supported for frame"),
         (["train", "--stale-after", "-5"], "stale-after -5 must be an integer >= 1"),
         (["train", "--seed", "4294967296"], "seed 4294967296 must be an integer in [0, 2**32 - 1]"),
+        (["train", "--reward-crop", "1000"], "reward-crop 1000 must not exceed the clip length 25"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needle, capsys, monkeypatch):
