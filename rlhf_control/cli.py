@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from rlhf_control.config import RunConfig, load_config_file
     from rlhf_control.loop.trainer import RLHFTrainer
-    from rlhf_control.rundir import CONFIG_FILE, DONE_FILE, RunExistsError, check_run_dir, is_done
+    from rlhf_control.rundir import CONFIG_FILE, RunExistsError, check_run_dir
     from rlhf_control.tasks.spec import TaskSpec
 
     if args.env and args.task:
@@ -149,8 +149,6 @@ def _train(args: argparse.Namespace) -> int:
             raise UserError("--resume uses the run's own config; drop --config")
         if args.run_dir is not None and Path(args.run_dir).resolve() != run_dir.resolve():
             raise UserError(f"--resume continues {str(run_dir)!r} in place; drop --run-dir {str(args.run_dir)!r}")
-        if is_done(run_dir):
-            raise UserError(f"run {str(run_dir)!r} has finished (its {DONE_FILE} file); there is nothing to resume")
         cfg, task_dict = load_config_file(run_dir / CONFIG_FILE)
         allowed = {name for name, f in fields.items() if f.metadata.get("resumable")}
         bad = sorted(set(overrides) - allowed)

@@ -17,7 +17,7 @@ from typing import Any
 import tomli_w
 
 from rlhf_control.errors import UserError
-from rlhf_control.queries.schedule import SCHEDULES
+from rlhf_control.queries.schedule import SCHEDULES, pretrain_count
 from rlhf_control.rundir import read_toml, write_atomic
 from rlhf_control.tasks.catalogue import get_task
 from rlhf_control.tasks.spec import (
@@ -213,9 +213,7 @@ class RunConfig:
             raise UserError(f"checkpoint-minutes {self.checkpoint_minutes!r} must be a number >= 0")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise UserError(f"seed {self.seed!r} must be an integer in [0, 2**32 - 1]")
-        if self.stale_after_steps is not None and (isinstance(self.stale_after_steps, bool)
-                                                   or not isinstance(self.stale_after_steps, int)
-                                                   or self.stale_after_steps < 1):
+        if self.stale_after_steps is not None and (type(self.stale_after_steps) is not int or self.stale_after_steps < 1):
             raise UserError(f"stale-after {self.stale_after_steps!r} must be an integer >= 1 (agent steps; "
                             "leave it out for a quarter of the run)")
         if isinstance(self.label_port, bool) or not isinstance(self.label_port, int) or not 0 <= self.label_port <= 65535:
@@ -329,21 +327,8 @@ def resolve(cfg: RunConfig, task: TaskSpec | None = None) -> Resolved:
         task = task.with_overrides(agent=dict(cfg.agent))
     labels = cfg.labels or task.label_budget
     schedule = cfg.schedule or task.schedule
-    if schedule == "offline":
-        # The paper's "no online queries" ablation: every label on clips of the random policy, before RL.
-        if cfg.pretrain_labels is not None and cfg.pretrain_labels != labels:
-            raise UserError(f"pretrain-labels {cfg.pretrain_labels} contradicts the offline schedule, which asks "
-                            f"all {labels} labels before RL: leave pretrain-labels out")
-        pretrain = labels
-    elif cfg.pretrain_labels is not None:
-        pretrain = cfg.pretrain_labels
-    elif task.pretrain_share:
-        # Keep the task's share of the budget when --labels changes it (MuJoCo: 25%).
-        pretrain = int(round(task.pretrain_labels * labels / task.label_budget))
-    else:
-        pretrain = min(task.pretrain_labels, labels)  # a fixed count (Atari: the paper's 500)
-    if pretrain > labels:
-        raise UserError(f"pretrain-labels {pretrain} must not exceed labels {labels}")
+    pretrain = pretrain_count(schedule, labels, cfg.pretrain_labels, task.pretrain_labels, task.label_budget,
+                              task.pretrain_share)
     agent_params = task.agent_kwargs()
     SCHEDULES.get(schedule)  # an unknown name (the flag's or the task's) fails here, naming the known ones
     steps = cfg.steps or task.total_steps

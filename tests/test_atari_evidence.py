@@ -246,4 +246,5 @@ def test_policy_stage_is_reused_when_done_and_resumed_when_not(tmp_path, monkeyp
     with pytest.raises(UserError, match="status resume"):
         ae.trained_agent(spec, out)
     assert ae.run_spec(spec, out, dry_run=False) == 0 and ran == [False, True]
-    assert ae.trained_agent(spec, out) == agent
+    again = ae.trained_agent(spec, out)  # the same step's checkpoint, written again under a new name
+    assert again.is_file() and again.parent.name.startswith(agent.parent.name + "-r")

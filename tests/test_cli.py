@@ -187,10 +187,8 @@ def test_resume_of_a_non_run_and_unknown_config_keys(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_a_finished_run_is_not_resumed_and_resume_takes_no_other_run_dir(tiny_run, tmp_path):
+def test_resume_takes_no_other_run_dir_and_a_run_dir_that_is_a_file_is_refused(tiny_run, tmp_path):
     before = _snapshot(tiny_run)
-    res = _cli("train", "--resume", str(tiny_run), "--no-progress", cwd=tmp_path)
-    assert res.returncode == 2 and "has finished" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     res = _cli("train", "--resume", str(tiny_run), "--run-dir", str(tmp_path / "elsewhere"), cwd=tmp_path)
     assert res.returncode == 2 and "drop --run-dir" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert _snapshot(tiny_run) == before and not (tmp_path / "elsewhere").exists()

@@ -113,6 +113,8 @@ def test_offline_labelling_then_resume_learns_the_answers(tmp_path):
     assert main(["train", "--resume", str(run), "--no-progress", "--label-port", "0", "--sync-reward"]) == 0
     rows = _rows(run)
     assert rows[-1]["labels"] == "6" and rows[-1]["reward_val_accuracy"] != ""
+    steps = [r["step"] for r in rows]
+    assert len(steps) == len(set(steps)) and (run / "DONE").is_file()  # the last row written again, once
     con = sqlite3.connect(run / "preferences.sqlite")
     assert con.execute("SELECT COUNT(*) FROM answers WHERE labeller = 'bot'").fetchone()[0] == 6
     con.close()

@@ -115,6 +115,39 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def iteration_row(step: int, iteration: int, labels: int, pending: int, learned: Sequence[float],
+                  true: Sequence[float], gym: Sequence[float], ev: Any, rep: Any, corr: float | None,
+                  rank_corr: float | None, steps_per_second: float, wall_seconds: float) -> dict[str, Any]:
+    """One row of ``COLUMNS``: recent training returns (learned, true, Gymnasium; empty lists give empty
+    cells), an evaluation ``ev`` (``mean``, ``gym_mean``) or None, the last reward fit's report ``rep``
+    or None, the reward's correlations with the true return, and the run's speed."""
+    def mean(xs: Sequence[float]) -> float | None:
+        return float(np.mean(xs)) if len(xs) else None
+
+    def of(obj: Any, name: str) -> Any:
+        return getattr(obj, name) if obj is not None else None
+
+    return {
+        "step": step, "iteration": iteration, "labels": labels, "pending": pending,
+        "learned_return": mean(learned), "true_return": mean(true), "gym_return": mean(gym),
+        "eval_true_return": of(ev, "mean"), "eval_gym_return": of(ev, "gym_mean"),
+        "reward_val_accuracy": of(rep, "mean_val_accuracy"), "reward_train_loss": of(rep, "mean_train_loss"),
+        "reward_val_loss": of(rep, "mean_val_loss"), "reward_l2": of(rep, "mean_l2"),
+        "reward_l2_min": of(rep, "min_l2"), "reward_l2_max": of(rep, "max_l2"),
+        "reward_return_corr": corr, "reward_rank_corr_latest": rank_corr,
+        "steps_per_second": steps_per_second, "wall_seconds": wall_seconds,
+    }
+
+
+def progress_postfix(row: dict[str, Any]) -> dict[str, Any]:
+    """What the progress bar shows of a row: labels, and the returns there are."""
+    post: dict[str, Any] = {"labels": row["labels"]}
+    for key, name in (("eval_true_return", "eval"), ("true_return", "true"), ("learned_return", "learned")):
+        if row[key] is not None:
+            post[name] = f"{row[key]:.1f}"
+    return post
+
+
 def truncate_metrics(path: Path, max_step: int) -> None:
     """Drop rows past ``max_step`` (a resumed run re-runs those steps); atomic rewrite."""
     if not path.exists():

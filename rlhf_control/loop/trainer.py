@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -19,6 +18,7 @@ from rlhf_control.agent.evaluation import evaluate_agent
 from rlhf_control.agent.factory import OnRolloutEnd, pretrain_actor, save_obs_normalization
 from rlhf_control.agent.learned_reward import relabel_rollouts
 from rlhf_control.config import RunConfig
+from rlhf_control.loop.asking import QueryRounds
 from rlhf_control.loop.build import build_run
 from rlhf_control.loop.checkpoint import (
     AGENT_FILE,
@@ -28,17 +28,23 @@ from rlhf_control.loop.checkpoint import (
     jsonable,
     save_checkpoint,
 )
-from rlhf_control.loop.metrics import MetricsLogger, reward_correlations, truncate_metrics
+from rlhf_control.loop.metrics import (
+    MetricsLogger,
+    iteration_row,
+    progress_postfix,
+    reward_correlations,
+    truncate_metrics,
+)
 from rlhf_control.loop.offpolicy import OffPolicyPhases
 from rlhf_control.loop.pacing import LabelPacer
 from rlhf_control.oracles import ClosableOracle, PacedOracle, ResumableOracle, StatefulOracle
 from rlhf_control.queries.selection import make_selector
-from rlhf_control.rundir import METRICS_FILE, mark_done
+from rlhf_control.rundir import DONE_FILE, METRICS_FILE, is_done, mark_done
 from rlhf_control.tasks.spec import OFF_POLICY, TaskSpec
-from rlhf_control.types import Label, Segment, SegmentPair
+from rlhf_control.types import SegmentPair
 
 
-class RLHFTrainer:
+class RLHFTrainer(QueryRounds):
     """Trains an agent on a reward learned online from an oracle's preferences.
 
     ``run_dir`` must not hold a run unless ``resume`` is set; a resumed run continues from its
@@ -86,62 +92,6 @@ class RLHFTrainer:
     def trained_answer_id(self) -> int:
         """The last answer the ensemble's weights were trained on."""
         return self.updater.trained_answer_id
-
-    # ----------------------------------------------------------------- labels
-    def _asked(self) -> int:
-        return self.store.count_labels() + self.store.count_pending()
-
-    def candidates(self) -> list[Segment]:
-        """The clips online queries are chosen from: those of the rollouts since the last query round,
-        widened to the ``query_min_clips`` newest clips of the agent's own (post-pretraining) behaviour."""
-        fresh = self.pool.since(self.query_mark)
-        if len(fresh) >= self.r.query_min_clips:
-            return fresh
-        return self.pool.since(self.rl_start_uid)[-self.r.query_min_clips:]
-
-    def _ask(self, n: int, step: int, selector=None, segments: list[Segment] | None = None) -> int:
-        """Select up to ``n`` pairs from ``segments`` (default: :meth:`candidates`), store them as queries
-        and hand them to the oracle."""
-        segments = self.candidates() if segments is None else segments
-        if n <= 0 or len(segments) < 2:
-            return 0
-        pairs = (selector or self.selector).select(segments, n, self.ensemble, self.rng)
-        self.query_mark = self.pool.next_uid
-        queries = []
-        frames = self.dataset.frame_file
-        for pair in pairs:
-            q = self.store.add_query(pair, step)
-            # Image frames go to the window's frame file now: the pool's ring reuses its slots.
-            self._pairs[q.query_id] = q.pair if frames is None else frames.put_pair(q.pair)
-            queries.append(q)
-        self.oracle.submit(queries)
-        return len(queries)
-
-    def _collect(self) -> int:
-        """Arrived answers into the store, new labels from it into the window, undone ones out of it."""
-        for answer in self.oracle.collect():
-            self.store.record_answer(answer)
-        new = 0
-        for answer_id, answer in self.store.answers_since(self.last_answer_id):
-            self.last_answer_id = max(self.last_answer_id, answer_id)
-            pair = self._pairs.pop(answer.query_id, None)
-            if answer.label is None:
-                continue
-            pair = pair or self.store.load_query(answer.query_id).pair
-            self.dataset.add(Label(pair, answer.label), seq=answer_id)
-            new += 1
-        undone = self.store.undone_answer_ids()
-        self.dataset.remove(undone - self._undone)
-        self._undone = undone
-        return new
-
-    def _wait_answers(self) -> int:
-        """``wait_for_labels``, an oracle not paced: wait for every pending answer; the new labels."""
-        new = 0
-        while self.cfg.wait_for_labels and self.store.count_pending() > 0:
-            time.sleep(0.5)
-            new += self._collect()
-        return new
 
     # ----------------------------------------------------------------- phases
     def pretrain(self) -> None:
@@ -235,20 +185,6 @@ class RLHFTrainer:
         if self.iterations % self.cfg.checkpoint_every == 0 or overdue:
             self.checkpoint(step)
 
-    def _ask_due(self, step: int) -> int:
-        """An oracle not paced: ask what the schedule owes at ``step``, ``max_pending`` pairs at a time,
-        for as long as the answers come (a synthetic oracle answers each batch at once); the new labels.
-        A round whose answers are all skips, or whose queries stay pending, ends the asking."""
-        new = 0
-        while True:
-            due = self.schedule.target(step) - self._asked()
-            room = self.cfg.max_pending - self.store.count_pending()
-            asked = self._ask(min(due, room), step)
-            got = self._collect() + self._wait_answers()
-            new += got
-            if asked == 0 or got == 0 or self.store.count_pending() > 0:
-                return new
-
     def _log(self, step: int, evaluate: bool = False) -> None:
         learned, true = self.learned.recent_returns()
         gym = self.learned.recent_gym_returns()
@@ -262,36 +198,14 @@ class RLHFTrainer:
         if evaluate and self.r.eval_episodes and self.task.has_true_reward:
             ev = evaluate_agent(self.agent, self.task, self.r.eval_episodes, agent_env=self.agent_env)
         elapsed = max(time.time() - self.t_start, 1e-9)
-        row: dict[str, Any] = {
-            "step": step,
-            "iteration": self.iterations,
-            "labels": self.store.count_labels(),
-            "pending": self.store.count_pending(),
-            "learned_return": float(np.mean(learned)) if learned else None,
-            "true_return": float(np.mean(true)) if (true and self.task.has_true_reward) else None,
-            "eval_true_return": ev.mean if ev else None,
-            "gym_return": float(np.mean(gym)) if gym else None,
-            "eval_gym_return": ev.gym_mean if ev else None,
-            "reward_val_accuracy": rep.mean_val_accuracy if rep else None,
-            "reward_train_loss": rep.mean_train_loss if rep else None,
-            "reward_val_loss": rep.mean_val_loss if rep else None,
-            "reward_l2": rep.mean_l2 if rep else None,
-            "reward_l2_min": rep.min_l2 if rep else None,
-            "reward_l2_max": rep.max_l2 if rep else None,
-            "reward_return_corr": corr,
-            "reward_rank_corr_latest": rank_corr,
-            "steps_per_second": (step - self.step_at_start) / elapsed,
-            "wall_seconds": elapsed,
-        }
+        row = iteration_row(step, self.iterations, self.store.count_labels(), self.store.count_pending(),
+                            learned, true if self.task.has_true_reward else [], gym, ev, rep, corr, rank_corr,
+                            (step - self.step_at_start) / elapsed, elapsed)
         self.metrics.log(row)
         self._last_logged = step
         if self._pbar is not None:
             self._pbar.update(step - self._pbar.n)
-            post = {"labels": row["labels"]}
-            for key, name in (("eval_true_return", "eval"), ("true_return", "true"), ("learned_return", "learned")):
-                if row[key] is not None:
-                    post[name] = f"{row[key]:.1f}"
-            self._pbar.set_postfix(post)
+            self._pbar.set_postfix(progress_postfix(row))
 
     # ----------------------------------------------------------------- checkpoints
     def checkpoint(self, step: int) -> None:
@@ -338,6 +252,9 @@ class RLHFTrainer:
                 self.oracle.load_state_dict(state["oracle"])
             self.learned.load_scale_state(state.get("return_scale"))
         resume_step = int(state["step"]) if state is not None else -1
+        if state is not None and is_done(self.run_dir):  # a finished run, resumed to learn later answers:
+            (self.run_dir / DONE_FILE).unlink()  # its last row is written again at the end
+            resume_step -= 1
         truncate_metrics(self.run_dir / METRICS_FILE, resume_step)
         # The store is the source of truth for labels, including those answered after the checkpoint.
         for answer_id, label in self.store.labels_with_ids(limit=self.r.label_window):

@@ -43,6 +43,23 @@ class LabelSchedule:
 SCHEDULES: Registry[LabelSchedule] = Registry("label schedule")
 
 
+def pretrain_count(schedule: str, labels: int, given: int | None, task_pretrain: int, task_budget: int,
+                   share: bool) -> int:
+    """How many of ``labels`` are asked before RL: all of them for the ``offline`` schedule (the paper's
+    "no online queries" ablation), else ``given`` (a flag), else the task's count, scaled with the budget
+    when ``share`` (MuJoCo keeps its 25%) or fixed (Atari: the paper's 500)."""
+    if schedule == "offline":
+        if given is not None and given != labels:
+            raise UserError(f"pretrain-labels {given} contradicts the offline schedule, which asks all {labels} "
+                            "labels before RL: leave pretrain-labels out")
+        return labels
+    n = given if given is not None else (int(round(task_pretrain * labels / task_budget)) if share
+                                         else min(task_pretrain, labels))
+    if n > labels:
+        raise UserError(f"pretrain-labels {n} must not exceed labels {labels}")
+    return n
+
+
 @SCHEDULES.register("paper")
 @dataclass(frozen=True)
 class HyperbolicSchedule(LabelSchedule):

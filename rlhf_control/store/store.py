@@ -218,8 +218,7 @@ class PreferenceStore:
         return Query(rec.query_id, SegmentPair(first, second))
 
     def first_round_segments(self, limit: int) -> list[Segment]:
-        """The distinct segments of the queries asked at the earliest agent step (a run's pretraining
-        round), in the order they were asked, at most ``limit``; empty while no query exists."""
+        """The distinct segments of the earliest step's queries (pretraining), as asked, at most ``limit``."""
         with self._db.read() as conn:
             rows = conn.execute("SELECT first_id, second_id FROM queries WHERE created_step ="
                                 " (SELECT MIN(created_step) FROM queries) ORDER BY id").fetchall()
@@ -229,9 +228,8 @@ class PreferenceStore:
     def newest_segments(self, limit: int) -> list[Segment]:
         """The ``limit`` most recently stored segments (the clips of the latest queries), oldest first."""
         with self._db.read() as conn:
-            rows = conn.execute("SELECT id FROM segments ORDER BY id DESC LIMIT ?", (max(0, int(limit)),)).fetchall()
-        ids = [i for (i,) in reversed(rows)]
-        return self.get_segments(ids) if ids else []
+            ids = [i for (i,) in conn.execute("SELECT id FROM segments ORDER BY id DESC LIMIT ?", (max(0, limit),))]
+        return self.get_segments(ids[::-1])
 
     def pending_queries(self, limit: int | None = None) -> list[QueryRecord]:
         """Pending queries, oldest first (held ones included)."""
