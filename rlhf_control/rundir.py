@@ -101,9 +101,10 @@ class RunLock:
             raise RunDirError(f"run directory {str(Path(run_dir))!r} is in use by another process (it holds "
                               f"{LOCK_FILE}); wait for that process to end or stop it first") from None
 
-    def release(self) -> None:
+    def close(self) -> None:
+        """Release the lock (closing the only descriptor releases it)."""
         if self._fd is not None:
-            os.close(self._fd)  # closing the only descriptor releases the lock
+            os.close(self._fd)
             self._fd = None
 
 

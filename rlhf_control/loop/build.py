@@ -101,12 +101,12 @@ def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpe
     holding the run directory's lock. If a new run fails after its files were created (a label port in
     use), they are removed again, so that the same command can be retried; a resumed run's are kept."""
     run_dir = Path(run_dir)
-    held: list[Any] = []  # the lock, then the store: released if the build fails
+    held: list[Any] = []  # the lock, then the store: closed if the build fails
     try:
         return _build_run(cfg, run_dir, resume, task, label_token, held)
     except BaseException:
         for thing in reversed(held):
-            thing.release() if isinstance(thing, RunLock) else thing.close()
+            thing.close()
         if not resume and held:
             for name in (CONFIG_FILE, STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", LOCK_FILE):
                 (run_dir / name).unlink(missing_ok=True)
@@ -220,13 +220,13 @@ def _build_run(cfg: RunConfig, run_dir: Path, resume: bool, task: TaskSpec | Non
     # Everything is valid: only now touch the run directory.
     if resume:
         store = PreferenceStore.open(run_dir / STORE_FILE)
+        held.append(store)
         _record_resume_changes(run_dir, cfg)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         held.append(RunLock(run_dir))
         store = PreferenceStore.create(run_dir / STORE_FILE)
-    held.append(store)
-    if not resume:
+        held.append(store)
         write_config_file(run_dir / CONFIG_FILE, cfg, task.to_dict(),
                           {"version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     renderer = label_server = None

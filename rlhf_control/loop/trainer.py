@@ -146,17 +146,19 @@ class RLHFTrainer(QueryRounds):
         iteration, the reward job trained during it takes over now, so that the update that follows
         learns from it (as it does when the reward trains in this process), not from the one before."""
         if self._ends_iteration(step):
-            self.updater.take(wait=self.cfg.reward_wait or step >= self.r.steps)
+            self._take_reward(step)
+
+    def _take_reward(self, step: int) -> None:
+        """The job trained during the last rollout takes over; with --no-reward-wait only a finished
+        one, the last iteration's always."""
+        self.updater.take(wait=self.cfg.reward_wait or step >= self.r.steps)
 
     def iteration(self, step: int) -> None:
         """One RLHF iteration at agent step ``step`` (called after each rollout)."""
         self.iterations += 1
         self.last_iteration_step = step
-        # The reward trained during the last rollout takes over (on-policy agents: already taken
-        # before that rollout was scored, _before_rewards); with --no-reward-wait only a finished
-        # job's, the last iteration's always.
         final = step >= self.r.steps
-        self.updater.take(wait=self.cfg.reward_wait or final)
+        self._take_reward(step)  # (on-policy agents: taken already, before the rollout was scored)
         if self.offpolicy is not None:
             self.offpolicy.sync()  # its replay buffer relabelled with the new reward
         # Clips from a much older policy are retired rather than shown (a quarter of the run by default);
@@ -337,4 +339,4 @@ class RLHFTrainer(QueryRounds):
             now = self._stopping and "finish" in inspect.signature(self.oracle.close).parameters
             self.oracle.close(timeout=5, **({"finish": False} if now else {}))
         self.store.close()
-        self.parts.lock.release()
+        self.parts.lock.close()
