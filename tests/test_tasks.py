@@ -141,6 +141,36 @@ def test_a_fallen_inverted_pendulum_costs_10_and_restarts_within_the_episode():
     assert falls >= 3  # the bang-bang pushes topple it again and again, each time from a fresh start
 
 
+def test_a_reward_read_after_the_step_sees_the_fallen_pole_not_the_restart():
+    # With --reward-obs after, the fall step's -10 belongs to the state the step led to: the fallen
+    # pole. The wrapper restarts the pole within that same step, so the recorder (the oracle's and the
+    # fitter's clips) and the learned-reward wrapper (the agent's rewards) must be handed the state
+    # before the restart, not the upright start state.
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from rlhf_control.agent.learned_reward import LearnedReward
+
+    task = load_task("InvertedPendulum-v5")
+    venv = DummyVecEnv([lambda: task.make_env(seed=0)])
+    pool = SegmentPool(1000, np.random.default_rng(0))
+    rec = TrajectoryRecorder(venv, clip_length=5, pool=pool, next_obs=True)
+    seen = []
+    env = LearnedReward(rec, lambda obs, acts: (seen.append(np.array(obs)), np.zeros(len(obs)))[1], next_obs=True)
+    env.reset()
+    fall_obs = []
+    for t in range(1, 201):
+        _, rews, _, infos = env.step(np.array([[3.0 if (t // 5) % 2 else -3.0]], dtype=np.float32))
+        if infos[0]["inner_reset"]:
+            assert rews[0] == 0.0 and infos[0]["true_reward"] == -10.0
+            fall_obs.append(seen[-1][0])
+    assert len(fall_obs) >= 3
+    assert all(abs(o[1]) > 0.2 for o in fall_obs)  # the pole as it fell (falls are past 0.2 rad)
+    clip_steps = [(seg.obs[j], seg.true_rewards[j]) for seg in pool.segments() for j in range(5)]
+    falls = [o for o, r in clip_steps if r == -10.0]
+    assert len(falls) >= 3 and all(abs(o[1]) > 0.2 for o in falls)
+    assert all(abs(o[1]) <= 0.2 for o, r in clip_steps if r == 1.0)
+
+
 def test_a_fallen_double_pendulum_costs_10_and_restarts_within_the_episode():
     env = load_task("InvertedDoublePendulum-v5").make_env(seed=0)
     env.reset(seed=0)

@@ -56,14 +56,25 @@ GYM_REWARD_KEY = "gym_reward"
 GYM_RETURN_KEY = "gym_return"
 
 
+INNER_TERMINAL_KEY = "inner_terminal_observation"
+
+
 def with_terminal_obs(obs: np.ndarray, dones: np.ndarray, infos: list[dict]) -> np.ndarray:
-    """A vector step's observations with each finished episode's last one (SB3's
-    ``info["terminal_observation"]``) in place of the next episode's first, which SB3's auto-reset returns."""
-    if not np.any(dones):
+    """A vector step's observations, each as the step left its env: a finished episode's last one (SB3's
+    ``info["terminal_observation"]``) in place of the next episode's first, which SB3's auto-reset
+    returns, and the state before a restart within the episode (:class:`FixedHorizon`'s
+    ``info["inner_terminal_observation"]``, the fallen pole) in place of the restart's."""
+    swap = [(i, "terminal_observation") for i in np.flatnonzero(dones)]
+    swap += [(i, INNER_TERMINAL_KEY) for i, info in enumerate(infos) if not dones[i] and INNER_TERMINAL_KEY in info]
+    if not swap:
         return obs
     out = np.array(obs, copy=True)
-    for i in np.flatnonzero(dones):
-        out[i] = infos[i]["terminal_observation"]
+    for i, key in swap:
+        before = np.asarray(infos[i][key])
+        if before.shape != out.shape[1:]:
+            raise ValueError(f"info[{key!r}] has shape {before.shape}, the observations {out.shape[1:]}: "
+                             "a wrapper outside fixed_horizon changes observations")
+        out[i] = before
     return out
 
 
@@ -103,7 +114,10 @@ class FixedHorizon(gym.Wrapper):
       state; the observation returned is the reset one.
 
     An inner time limit reached before ``horizon`` also resets the wrapped env without ending the
-    episode. ``info["inner_reset"]`` is True on a step after which the wrapped env was reset.
+    episode. ``info["inner_reset"]`` is True on a step after which the wrapped env was reset, and
+    ``info["inner_terminal_observation"]`` then holds the observation the step led to (the fallen pole),
+    where the returned one is the restart's; :func:`with_terminal_obs` puts it back for a learned reward
+    read from the observation after each step.
     """
 
     def __init__(
@@ -152,6 +166,8 @@ class FixedHorizon(gym.Wrapper):
         # At the horizon the episode ends anyway: keep the real last observation (SB3 bootstraps on it)
         # unless it is invalid.
         if need_reset and (invalid or self._t < self.horizon) and not info.get("inner_reset", False):
+            if not invalid:  # the state the step led to, for a reward read from the observation after it
+                info[INNER_TERMINAL_KEY] = obs
             obs, reset_info = self.env.reset()
             info.update(reset_info)
             info["inner_reset"] = True
