@@ -84,7 +84,8 @@ def test_point_names_are_deterministic_and_distinct() -> None:
 def test_grid_expands_axes_ablations_and_baselines() -> None:
     spec = spec_from_dict({"sweep": {"tasks": ["Pendulum-v1"], "seeds": [0, 1], "labels": [20, 40],
                                      "ablations": list(ABLATIONS)},
-                           "run": {"steps": 1000, "eval_every": 7, "eval_episodes": 3, "reward_epochs": 2}})
+                           "run": {"steps": 1000, "eval_every": 7, "eval_episodes": 3, "reward_epochs": 2,
+                                   "iteration_steps": 200}})
     points = expand_grid(spec)
     names = [p.name for p in points]
     assert len(names) == len(set(names)) == 2 * (1 + 2 * len(ABLATIONS))
@@ -100,7 +101,7 @@ def test_grid_expands_axes_ablations_and_baselines() -> None:
     rl = by["Pendulum-v1/rl-true-reward-s1"]
     assert rl.kind == "baseline"
     # measured like the RLHF runs; the reward model's settings do not reach it
-    assert (rl.cfg.eval_every, rl.cfg.eval_episodes, rl.cfg.steps) == (7, 3, 1000)
+    assert (rl.cfg.eval_every, rl.cfg.eval_episodes, rl.cfg.steps, rl.cfg.iteration_steps) == (7, 3, 1000, 200)
     assert rl.cfg.reward_epochs is None and ne.reward_epochs == 2
     assert [p.name for p in expand_grid(spec)] == names  # same spec, same names, same order
     scaled = expand_grid(spec_from_dict({"sweep": {"tasks": ["Pendulum-v1"], "scale": 0.01}}))

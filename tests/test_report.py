@@ -31,7 +31,7 @@ def _run(root: Path, name: str, cfg: RunConfig, returns: list[float | None], bas
     d = root / name
     d.mkdir(parents=True)
     meta = {"version": "0.1.0"} | ({"baseline": "rl-true-reward"} if baseline else {})
-    write_config_file(d / "config.toml", cfg, {"name": cfg.task, "label_budget": 99}, meta)
+    write_config_file(d / "config.toml", cfg, {"name": cfg.task, "label_budget": 99, "total_steps": 300_000}, meta)
     columns = {"true_return": returns, **(extra or {})}
     with open(d / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(COLUMNS))
@@ -123,6 +123,19 @@ def test_normalised_score() -> None:
     assert normalised(50.0, 100.0, 0.0) == 0.5
     assert normalised(-5.0, 100.0, -10.0) == pytest.approx(5 / 110)
     assert normalised(50.0, 1.0, 1.0) is None and normalised(1.0, None, 0.0) is None
+    # RL below random (Reacher's Gymnasium return, control cost included, at 300k steps): no scale to
+    # score on; dividing anyway ranked a run that beat both as worse than random (-0.45)
+    assert normalised(-22.9, -85.8, -42.6) is None
+
+
+def test_runs_that_cannot_share_a_table_are_refused_in_one_line(sweep: Path, tmp_path: Path) -> None:
+    longer = _run(tmp_path, "long", RunConfig(task="Pendulum-v1", seed=5, labels=700, steps=400_000), [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"Pendulum-v1 runs of different step counts: 300,000 .*400,000"):
+        load_runs([sweep, longer])
+    again = _run(tmp_path, "again", RunConfig(task="Pendulum-v1", seed=1, labels=350), [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"are both Pendulum-v1, perfect, variance, 350 labels, seed 1; give one"):
+        write_report([sweep, again], tmp_path / "rep")
+    assert not (tmp_path / "rep").exists()  # nothing written
 
 
 def test_bad_paths(tmp_path: Path) -> None:

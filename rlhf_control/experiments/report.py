@@ -20,11 +20,12 @@ every run of the task has one, else the training episodes' (``true_return`` / ``
 of the last 100), so that all runs of a task are measured alike. *RL* is the mean final return of the
 task's baseline runs. *random* is the mean over the task's baseline runs of the return of a uniformly
 random policy, which each baseline measures before it trains (``baseline.json``: ``random_return``,
-``random_gym_return``; 10 episodes, or as many as end in 25,000 steps); a task without a baseline run
-has no normalised score. A run's *last third* is the mean of its values logged at or after two
-thirds of its last logged step (with evaluations about ten times a run, three or four of them): a
-figure less at the mercy of the last evaluation, whose score is taken against RL's last thirds. Runs are grouped by the ``point.json`` a sweep writes, or else by their
-``config.toml`` (oracle, selector, label budget).
+``random_gym_return``; 10 episodes, or as many as end in 25,000 steps); a task without a baseline run,
+or whose RL is not above random, has no normalised score. A run's *last third* is the mean of its
+values logged at or after two thirds of its last logged step (with evaluations about ten times a run,
+three or four of them), scored against RL's last thirds. Runs are grouped by the ``point.json`` a
+sweep writes, or else by their ``config.toml`` (oracle, selector, label budget); a task's runs must
+share one step count, and a seed may not count twice.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class RunData:
     curves: dict[str, tuple[np.ndarray, np.ndarray]]
     done: bool
     random: dict[str, float | None] = field(default_factory=dict)
+    steps: int | None = None  # the run's configured agent steps
 
     def final(self, column: str = "true_return") -> float:
         return float(self.curves[column][1][-1])
@@ -132,8 +134,7 @@ def _curves(rows: list[dict[str, str]]) -> dict[str, tuple[np.ndarray, np.ndarra
 
 def load_run(path: Path) -> RunData | None:
     """Read a run directory; None (with a warning) if it has no true-return rows yet."""
-    path = Path(path)
-    doc = rundir.read_config_doc(path)
+    doc = rundir.read_config_doc(path := Path(path))
     run, task, meta = doc.get("run", {}), doc.get("task", {}), doc.get("meta", {})
     point: dict[str, Any] = {}
     if (path / POINT_FILE).is_file():
@@ -152,19 +153,38 @@ def load_run(path: Path) -> RunData | None:
     method = RL_METHOD if baseline else method_name(run.get("oracle"), run.get("selector"), point.get("ablation"))
     return RunData(path=path, task=str(run.get("task", task.get("name", "?"))), kind="baseline" if baseline else "rlhf",
                    method=method, labels=labels, seed=int(run.get("seed", 0)), curves=curves,
-                   done=rundir.is_done(path), random=random)
+                   done=rundir.is_done(path), random=random,
+                   steps=int(run.get("steps") or task.get("total_steps") or 0) or None)
 
 
 def load_runs(paths: list[Path]) -> list[RunData]:
     runs = [r for r in (load_run(p) for p in find_run_dirs(paths)) if r is not None]
     if not runs:
         raise UserError("no run under " + ", ".join(map(str, paths)) + " has logged a true return yet")
+    _check_comparable(runs)
     unfinished = [r for r in runs if not r.done]
     if unfinished:
         print(f"report: {len(unfinished)} run(s) not finished; their last logged values are used: "
               + ", ".join(str(r.path) for r in unfinished[:5]) + (" ..." if len(unfinished) > 5 else ""),
               file=sys.stderr)
     return runs
+
+
+def _check_comparable(runs: list[RunData]) -> None:
+    """One line, nothing written, for a task's runs of different step counts or a seed given twice."""
+    steps: dict[str, dict[int, Path]] = {}
+    seen: dict[tuple[str, str, int | None, int], Path] = {}
+    for r in runs:
+        if r.steps is not None:
+            steps.setdefault(r.task, {}).setdefault(r.steps, r.path)
+        key = (r.task, r.method, r.labels, r.seed)
+        if key in seen:
+            raise UserError(f"{seen[key]} and {r.path} are both {r.task}, {r.method}"
+                            f"{'' if r.labels is None else f', {r.labels} labels'}, seed {r.seed}; give one of them")
+        seen[key] = r.path
+    for task, by_steps in ((t, b) for t, b in steps.items() if len(b) > 1):
+        found = ", ".join(f"{n:,} ({path})" for n, path in sorted(by_steps.items()))
+        raise UserError(f"{task} runs of different step counts: {found}; report each step count separately")
 
 
 def _groups(runs: list[RunData]) -> dict[tuple[str, str, int | None], list[RunData]]:
@@ -197,7 +217,8 @@ def task_reference(runs: list[RunData], task: str, column: str = "true_return",
 
 
 def normalised(value: float, rl: float | None, rnd: float | None) -> float | None:
-    if rl is None or rnd is None or math.isclose(rl, rnd, rel_tol=1e-9, abs_tol=1e-12):
+    """(value - random) / (RL - random); None where RL is not above random (no scale to measure on)."""
+    if rl is None or rnd is None or rl <= rnd or math.isclose(rl, rnd, rel_tol=1e-9, abs_tol=1e-12):
         return None
     return (value - rnd) / (rl - rnd)
 
@@ -340,16 +361,17 @@ def _markdown(rows: list[Row], gym_rows: list[Row]) -> str:
             "penalty). Final return, mean ± std over seeds: per task, the last periodic evaluation (deterministic "
             "episodes on a separate, seeded env) when every run of the task has one, else the mean of the last "
             "100 training episodes. Normalised score: (method − random) / (RL − random), with RL the baselines' "
-            "final return and random the return of a uniformly random policy measured by each baseline run. "
-            "By seed: each run's final return, in the order of their seeds. Last third: the mean, over seeds, of "
+            "final return and random the return of a uniformly random policy measured by each baseline run; "
+            "none (–) where RL's return is not above random's. By seed: each run's final return, in the order of their seeds. Last third: the mean, over seeds, of "
             "each run's values logged at or after two thirds of its last step; its score is taken against RL's "
             "last thirds. From: " + _sources(rows) + ".\n\n## Gymnasium return (standard reward)\n\n")
     if not gym_rows:
         return text + "No run logged a Gymnasium return (runs written before it was logged, or no true reward).\n"
     return text + (markdown_table(gym_rows) + "\n\n"
                    "Gymnasium return: the unmodified Gymnasium reward (control costs included, no termination "
-                   "penalty) of the same episodes, beside the true return for comparison with published results; "
-                   "nothing is trained or judged on it. Final return and normalised score as above, with the random "
+                   "penalty) of the same episodes, beside the true return; nothing is trained or judged on it. On a "
+                   "task whose episodes end early in Gymnasium (a fall), it is summed over the fixed-length episode "
+                   "this project runs, so it is not a published episode return. Final return and normalised score as above, with the random "
                    "policy's Gymnasium return. From: " + _sources(gym_rows) + ".\n")
 
 

@@ -66,7 +66,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 # Only these fields reach a baseline run (the others are about labels and the reward model); the
 # evaluation settings do, so that both kinds of run are measured alike.
 BASELINE_FIELDS = ("task", "seed", "steps", "algo", "device", "n_envs", "checkpoint_every", "agent",
-                   "eval_every", "eval_episodes")
+                   "eval_every", "eval_episodes", "iteration_steps")
 SPEC_FILE = "sweep.toml"  # the spec a sweep output directory was last run with
 
 
