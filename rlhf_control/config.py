@@ -52,7 +52,7 @@ class RunConfig:
     """who answers: perfect, a B-Pref teacher (stochastic, mistake, skip, equal, myopic; combine with +,
     options as name:key=value), or human"""
     selector: str = "variance"
-    """how query pairs are chosen: random, variance (the paper's), entropy, kcenter-variance"""
+    """how query pairs are chosen: random, variance (the paper's), entropy (B-Pref's), predictive-entropy, kcenter-variance"""
     query_min_clips: int | None = None
     """online queries are drawn from the clips of the rollouts since the last query round, widened to at
     least this many of the newest clips of the agent (default 256, or a task entry's query_episodes for

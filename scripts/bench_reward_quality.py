@@ -62,7 +62,7 @@ from rlhf_control.types import Label, Query, Segment, StackedFrames, segment_ste
 
 POLICY_STEPS = {"Pendulum-v1": 100_000, "HalfCheetah-v5": 150_000}
 POLICIES = ("random", "half", "trained")
-SELECTORS = ("random", "variance", "entropy", "kcenter-variance")
+SELECTORS = ("random", "variance", "entropy", "predictive-entropy", "kcenter-variance")
 NORM_CLIPS = 512  # clips that set the output normalisation after each retraining (the loop's count)
 RECORD_ENVS = 8
 

@@ -51,6 +51,8 @@ def all_pair_scores(returns, kind):
         p = sigmoid(returns[:, a] - returns[:, b])
         if kind == "variance":
             out[frozenset((a, b))] = p.var()
+        elif kind == "entropy":  # B-Pref's get_entropy: each member's entropy, then their mean
+            out[frozenset((a, b))] = np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
         else:
             q = p.mean()
             out[frozenset((a, b))] = -(q * np.log(q) + (1 - q) * np.log(1 - q))
@@ -61,7 +63,7 @@ def uid_pairs(pairs):
     return [frozenset((p.first.uid, p.second.uid)) for p in pairs]
 
 
-@pytest.mark.parametrize("kind", ["variance", "entropy"])
+@pytest.mark.parametrize("kind", ["variance", "entropy", "predictive-entropy"])
 def test_scored_selector_returns_exact_top_pairs_when_all_pairs_are_candidates(kind):
     rng = np.random.default_rng(1)
     returns = rng.normal(scale=2.0, size=(4, 8))  # 28 pairs; 3 * 10 candidates covers them all
@@ -75,11 +77,12 @@ def test_scored_selector_returns_exact_top_pairs_when_all_pairs_are_candidates(k
     assert len(ens.calls) == 1 and len(set(ens.calls[0])) == len(ens.calls[0])
 
 
-def test_variance_and_entropy_disagree_on_this_ensemble():
-    # guards the two tests above against checking the same thing twice
+def test_variance_and_both_entropies_disagree_on_this_ensemble():
+    # guards the tests above against checking the same thing twice
     returns = np.random.default_rng(1).normal(scale=2.0, size=(4, 8))
-    v, e = all_pair_scores(returns, "variance"), all_pair_scores(returns, "entropy")
-    assert sorted(v, key=v.get)[-3:] != sorted(e, key=e.get)[-3:]
+    tops = [tuple(sorted(sc, key=sc.get)[-3:]) for sc in
+            (all_pair_scores(returns, k) for k in ("variance", "entropy", "predictive-entropy"))]
+    assert len(set(tops)) == 3
 
 
 def test_variance_picks_high_variance_pairs_from_a_large_pool():

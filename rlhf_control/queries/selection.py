@@ -9,7 +9,10 @@ Bradley-Terry scale, so P_k(first better) = sigmoid(R_k(first) - R_k(second)).
 - ``random``: n random pairs.
 - ``variance`` (Christiano et al. 2017): ``oversample * n`` candidates, keep the n with the highest
   variance across members of P_k.
-- ``entropy`` (B-Pref): the n candidates with the highest binary entropy of the ensemble-mean P.
+- ``entropy`` (B-Pref's ``entropy_sampling``): the n candidates with the highest mean, over members,
+  of each member's binary entropy of P_k (pairs every member finds close).
+- ``predictive-entropy``: the n candidates with the highest binary entropy of the ensemble-mean P
+  (members that disagree raise it too). Until 2026-12-07 this was the one named ``entropy``.
 - ``kcenter-variance`` (B-Pref's "k-center + disagreement"): the ``top_factor * n`` highest-variance
   candidates, then greedy k-center on pair features (the two segments' flattened obs + acts,
   images block-averaged) to pick n diverse ones. The first centre is the top-variance pair.
@@ -151,10 +154,20 @@ def variance_scores(probs: np.ndarray) -> np.ndarray:
     return probs.var(axis=0)
 
 
-def entropy_scores(probs: np.ndarray) -> np.ndarray:
-    """(M,) binary entropy (nats) of the member-mean probability of (K, M) probabilities."""
-    p = np.clip(probs.mean(axis=0), 1e-12, 1 - 1e-12)
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Binary entropy (nats) of probabilities ``p``, elementwise."""
+    p = np.clip(p, 1e-12, 1 - 1e-12)
     return -(p * np.log(p) + (1 - p) * np.log1p(-p))
+
+
+def entropy_scores(probs: np.ndarray) -> np.ndarray:
+    """(M,) mean over members of each member's binary entropy, of (K, M) probabilities (B-Pref's)."""
+    return binary_entropy(probs).mean(axis=0)
+
+
+def predictive_entropy_scores(probs: np.ndarray) -> np.ndarray:
+    """(M,) binary entropy of the member-mean probability of (K, M) probabilities."""
+    return binary_entropy(probs.mean(axis=0))
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
@@ -261,10 +274,19 @@ class VarianceSelector:
 @SELECTORS.register("entropy")
 @dataclass(frozen=True)
 class EntropySelector(VarianceSelector):
-    """B-Pref's entropy sampling: the n candidates whose ensemble-mean P is closest to 1/2."""
+    """B-Pref's entropy sampling: the n candidates with the highest mean member entropy."""
 
     def _score(self, probs: np.ndarray) -> np.ndarray:
         return entropy_scores(probs)
+
+
+@SELECTORS.register("predictive-entropy")
+@dataclass(frozen=True)
+class PredictiveEntropySelector(VarianceSelector):
+    """The n candidates whose ensemble-mean P is closest to 1/2."""
+
+    def _score(self, probs: np.ndarray) -> np.ndarray:
+        return predictive_entropy_scores(probs)
 
 
 @SELECTORS.register("kcenter-variance")
