@@ -1,5 +1,7 @@
 """Synthetic oracles: perfect and B-Pref scripted teachers, their noise rates, specs and the queue."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -186,6 +188,29 @@ def test_set_margin_overrides_running_mean():
     oracle.set_margin(100.0)  # threshold 10
     labels = ask(oracle, queries_from_returns([0.0, 0.0], [9.0, 11.0]))
     assert labels.tolist() == [0, -1]
+
+
+def test_thresholds_scale_with_the_agents_recent_clips_when_told_them():
+    # B-Pref scales skip and equal by the recent episodes' mean return, not by the clips it was asked
+    # about (which a selector picks and which, over a run, lag the agent)
+    oracle = make_oracle("equal+skip:epsilon=0.5", 0)
+    assert isinstance(oracle, SyntheticOracle)
+    ask(oracle, queries_from_returns([1.0] * 50, [2.0] * 50))  # running mean 1.5 until told otherwise
+    assert oracle.margin == pytest.approx(1.5)
+    oracle.observe_behaviour([40.0, -20.0, 60.0])  # mean 26.7, mean absolute 40
+    assert oracle.margin == pytest.approx(80 / 3) and oracle._abs_margin() == pytest.approx(40.0)
+    # skip below 0.5 * 26.7 = 13.3 (both clips); equal within 0.1 * 40 = 4
+    labels = ask(oracle, queries_from_returns([13.0, 30.0, 30.0, 12.0], [10.0, 33.5, 34.5, 20.0]))
+    assert np.isnan(labels[0]) and labels[1:].tolist() == [0, -1, -1]
+    oracle.observe_behaviour([])  # nothing to go on: the last scale stays
+    assert oracle.margin == pytest.approx(80 / 3)
+    again = make_oracle("equal+skip:epsilon=0.5", 0)
+    again.load_state_dict(json.loads(json.dumps(oracle.state_dict())))
+    assert again.margin == oracle.margin and again._abs_margin() == oracle._abs_margin()
+    old = oracle.state_dict()
+    del old["behaviour"]  # a checkpoint written before 2026-12-07
+    again.load_state_dict(old)
+    assert again.margin == pytest.approx(np.mean([1.0, 2.0] * 50 + [13.0, 10.0, 30.0, 33.5, 30.0, 34.5, 12.0, 20.0]))
 
 
 def test_spec_parsing():

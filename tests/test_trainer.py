@@ -383,6 +383,31 @@ def test_a_round_larger_than_max_pending_is_asked_whole_when_the_oracle_answers_
     assert online == [(online[0][0], 12)]
 
 
+def test_a_teachers_thresholds_come_from_all_the_clips_a_round_is_drawn_from(tmp_path, monkeypatch):
+    from rlhf_control.oracles import SyntheticOracle
+
+    rounds = []  # per round: the returns the oracle was told, its scale when answering, queries asked
+    online = []  # online rounds: the returns told, and those of the loop's candidate clips then
+    observe, submit = SyntheticOracle.observe_behaviour, SyntheticOracle.submit
+
+    def told(self, returns):
+        rounds.append([list(returns)])
+        if trainer.agent.num_timesteps > 0:
+            online.append((list(returns), [float(c.true_rewards.sum()) for c in trainer.candidates()]))
+        observe(self, returns)
+
+    monkeypatch.setattr(SyntheticOracle, "observe_behaviour", told)
+    monkeypatch.setattr(SyntheticOracle, "submit",
+                        lambda self, qs: (rounds[-1].extend([self._abs_margin(), len(qs)]), submit(self, qs))[1])
+    trainer = RLHFTrainer(_tiny(oracle="equal", reward_async=False), tmp_path / "run")
+    trainer.run()
+    assert len(rounds) >= 3 and all(len(r) == 3 for r in rounds)  # told before every round
+    for returns, scale, asked in rounds:
+        assert len(returns) > 2 * asked  # every candidate clip, not only the pairs asked about
+        assert scale == pytest.approx(np.mean(np.abs(returns)))
+    assert len(online) >= 2 and all(got == pytest.approx(want) for got, want in online)
+
+
 def test_continuous_reward_training_and_no_reward_wait_are_refused_together():
     with pytest.raises(UserError, match="reward-continuous and no-reward-wait contradict"):
         _tiny(reward_continuous=True, reward_wait=False)

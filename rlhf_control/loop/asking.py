@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rlhf_control.oracles import BehaviourScaledOracle
 from rlhf_control.types import Label, Segment
 
 
@@ -36,6 +37,8 @@ class QueryRounds:
         if n <= 0 or len(segments) < 2:
             return 0
         pairs = (selector or self.selector).select(segments, n, self.ensemble, self.rng)
+        if isinstance(self.oracle, BehaviourScaledOracle):  # B-Pref's thresholds: the agent's recent clips
+            self.oracle.observe_behaviour([float(s.true_rewards.sum()) for s in segments if s.true_rewards is not None])
         self.query_mark = self.pool.next_uid
         queries = []
         frames = self.dataset.frame_file

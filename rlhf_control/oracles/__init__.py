@@ -3,6 +3,7 @@
 from rlhf_control.oracles import human, synthetic  # noqa: F401  (registration)
 from rlhf_control.oracles.base import (
     ORACLES,
+    BehaviourScaledOracle,
     ClosableOracle,
     Oracle,
     OracleContext,
@@ -17,6 +18,6 @@ from rlhf_control.oracles.base import (
 )
 from rlhf_control.oracles.synthetic import ScriptedTeacher, SyntheticOracle
 
-__all__ = ["ORACLES", "ClosableOracle", "Oracle", "OracleContext", "OracleFactory", "PacedOracle", "ResumableOracle",
+__all__ = ["ORACLES", "BehaviourScaledOracle", "ClosableOracle", "Oracle", "OracleContext", "OracleFactory", "PacedOracle", "ResumableOracle",
            "ScriptedTeacher", "SpecTerm", "StatefulOracle", "SyntheticOracle", "check_spec", "make_oracle",
            "parse_spec"]

@@ -15,7 +15,8 @@ a clip renderer, which a person's oracle needs and a synthetic one ignores).
 
 Beyond the protocol, an oracle may declare optional capabilities, each a protocol of its own:
 :class:`StatefulOracle` (state saved in checkpoints), :class:`ResumableOracle` (takes back the queries
-left unanswered by a stopped run), :class:`ClosableOracle` (has work to finish when the run ends) and
+left unanswered by a stopped run), :class:`ClosableOracle` (has work to finish when the run ends),
+:class:`BehaviourScaledOracle` (told the returns of the agent's recent clips before each round) and
 :class:`PacedOracle` (answers at a person's pace: asked for pairs as its labellers need them).
 """
 
@@ -72,6 +73,15 @@ class ClosableOracle(Protocol):
     """An oracle with work in flight (clips being rendered) to finish, for up to ``timeout`` s, at the end."""
 
     def close(self, timeout: float) -> None: ...
+
+
+@runtime_checkable
+class BehaviourScaledOracle(Protocol):
+    """An oracle whose answers scale with how well the agent does now (B-Pref's skip and equal
+    teachers): before each round the loop hands it the true returns of the clips the round's pairs are
+    drawn from, the agent's recent behaviour."""
+
+    def observe_behaviour(self, returns: Sequence[float]) -> None: ...
 
 
 @runtime_checkable

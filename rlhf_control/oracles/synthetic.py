@@ -13,13 +13,17 @@ order (``get_label`` in rail-berkeley/BPref's ``reward_model.py``):
 6. equal: answer 0 where step 2 said so (overrides 3-5).
 
 Threshold scale (``margin``). B-Pref scales both thresholds by the average true return of a
-segment-length slice of the recent episodes. Here ``margin`` is either fixed (the teacher's
-``margin`` field, spec ``skip:margin=5``, or ``SyntheticOracle.set_margin``) or, when None, a
-running mean over the last ``margin_window`` segments the oracle has been asked about (each
-segment of a submitted batch counted once, the batch itself included, before answering it). The
-skip threshold uses the signed mean return; the equal threshold uses the mean absolute return, so
-it is a scale on any task. As in B-Pref, skipping needs a positive threshold: on a task whose mean
-segment return is <= 0 the skip teacher never skips.
+segment-length slice of the recent episodes (the mean return of the last 10 training episodes times
+segment / episode length). Here ``margin`` is either fixed (the teacher's ``margin`` field, spec
+``skip:margin=5``, or ``SyntheticOracle.set_margin``) or, when None, the mean true return of the
+clips of the agent's recent behaviour, which the loop hands over before each round
+(:meth:`SyntheticOracle.observe_behaviour`: the clips the round's pairs are drawn from, all of them,
+not only the selected ones). An oracle never told that (used outside the loop) falls back to a
+running mean over the last ``margin_window`` segments it has been asked about (each segment of a
+submitted batch counted once, the batch itself included, before answering it). The skip threshold
+uses the signed mean return; the equal threshold uses the mean absolute return, so it is a scale on
+any task. As in B-Pref, skipping needs a positive threshold: on a task whose mean segment return is
+<= 0 the skip teacher never skips.
 
 Randomness: two uniforms per query (Bradley-Terry draw, mistake draw) from one generator seeded
 at construction, drawn for every query whatever the settings, so answers are a function of the
@@ -211,6 +215,7 @@ class SyntheticOracle:
         self.labeller = labeller
         self._rng = np.random.default_rng(seed)
         self._recent_returns: deque[float] = deque(maxlen=int(margin_window))
+        self._behaviour: tuple[float, float] | None = None  # (mean, mean absolute) recent clip return
         self._ready: list[Answer] = []
 
     @property
@@ -219,15 +224,27 @@ class SyntheticOracle:
 
     @property
     def margin(self) -> float:
-        """Threshold scale now: the teacher's fixed margin, else the running mean segment return (0 if none seen)."""
+        """Threshold scale now: the teacher's fixed margin, else the mean return of the agent's recent
+        clips (:meth:`observe_behaviour`), else the running mean segment return (0 if none seen)."""
         if self.teacher.margin is not None:
             return self.teacher.margin
+        if self._behaviour is not None:
+            return self._behaviour[0]
         return float(np.mean(self._recent_returns)) if self._recent_returns else 0.0
 
     def _abs_margin(self) -> float:
         if self.teacher.margin is not None:
             return abs(self.teacher.margin)
+        if self._behaviour is not None:
+            return self._behaviour[1]
         return float(np.mean(np.abs(self._recent_returns))) if self._recent_returns else 0.0
+
+    def observe_behaviour(self, returns: Sequence[float]) -> None:
+        """The true returns of the agent's recent clips, which scale the thresholds of the next rounds
+        (B-Pref's margin); an empty sequence changes nothing."""
+        r = np.asarray(returns, dtype=np.float64)
+        if r.size:
+            self._behaviour = (float(r.mean()), float(np.abs(r).mean()))
 
     def set_margin(self, margin: float | None) -> None:
         """Fix the threshold scale (segment-return units), or None to go back to the running mean."""
@@ -272,6 +289,7 @@ class SyntheticOracle:
         return {
             "rng": self._rng.bit_generator.state,
             "recent_returns": list(self._recent_returns),
+            "behaviour": None if self._behaviour is None else list(self._behaviour),
             "margin": self.teacher.margin,
         }
 
@@ -279,6 +297,8 @@ class SyntheticOracle:
         self._rng.bit_generator.state = state["rng"]
         self._recent_returns.clear()
         self._recent_returns.extend(float(r) for r in state["recent_returns"])
+        behaviour = state.get("behaviour")  # absent in checkpoints before 2026-12-07
+        self._behaviour = None if behaviour is None else (float(behaviour[0]), float(behaviour[1]))
         self.set_margin(state["margin"])
 
 
