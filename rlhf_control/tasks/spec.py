@@ -59,10 +59,10 @@ def algo_class(algo: str) -> type:
         from sb3_contrib import TRPO
 
         return TRPO
-    if algo == "sac":
-        from stable_baselines3 import SAC
+    if algo == "sac":  # SB3's SAC, with PEBBLE's settings as options (agent/sac.py)
+        from rlhf_control.agent.sac import PebbleSAC
 
-        return SAC
+        return PebbleSAC
     raise UserError(f"unknown algorithm {algo!r}; allowed: {', '.join(ALGOS)}")
 
 
@@ -231,11 +231,15 @@ class TaskSpec:
         return cls(**dict(data))
 
     def with_overrides(self, **kw: Any) -> TaskSpec:
-        """A copy with fields replaced; dict fields (agent, env_kwargs, reward_net_kwargs) are merged."""
+        """A copy with fields replaced; dict fields (agent, env_kwargs, reward_net_kwargs) are merged, and
+        so are tables within them (an override of ``policy_kwargs.net_arch`` keeps the entry's other
+        policy keywords)."""
         check_fields(kw, self.name, "overrides", with_name=True)
         for name in DICT_FIELDS:
             if isinstance(kw.get(name), Mapping):
-                kw[name] = {**getattr(self, name), **kw[name]}
+                old = getattr(self, name)
+                kw[name] = {**old, **{k: {**old[k], **v} if isinstance(v, Mapping) and isinstance(old.get(k), Mapping)
+                                      else v for k, v in kw[name].items()}}
         return dataclasses.replace(self, **kw)
 
     # --- agent -----------------------------------------------------------------------------------
