@@ -376,11 +376,12 @@ def test_pretraining_labels_that_contradict_the_offline_schedule_are_refused():
 
 def test_a_round_larger_than_max_pending_is_asked_whole_when_the_oracle_answers_at_once(tmp_path):
     run = tmp_path / "run"
-    # bpref: 4 labels in pretraining, then rounds of 12 every iteration; 5 pairs may be pending at a time.
-    RLHFTrainer(_tiny(schedule="bpref", label_batch=12, max_pending=5, reward_async=False), run).run()
-    online = _sql(run, "SELECT q.created_step, COUNT(*) FROM answers a JOIN queries q ON q.id = a.query_id "
-                       "WHERE a.skipped = 0 AND q.created_step > 0 GROUP BY q.created_step")
-    assert online == [(online[0][0], 12)]
+    # bpref: 4 labels in pretraining and B-Pref's first round of 12 at step 0, then rounds of 12 every
+    # iteration (256 steps) until the 28 are spent; 5 pairs may be pending at a time.
+    RLHFTrainer(_tiny(schedule="bpref", labels=28, label_batch=12, max_pending=5, reward_async=False), run).run()
+    rounds = _sql(run, "SELECT q.created_step, COUNT(*) FROM answers a JOIN queries q ON q.id = a.query_id "
+                       "WHERE a.skipped = 0 GROUP BY q.created_step")
+    assert rounds == [(0, 16), (256, 12)]  # before, the first online round asked two batches at once
 
 
 def test_a_teachers_thresholds_come_from_all_the_clips_a_round_is_drawn_from(tmp_path, monkeypatch):

@@ -97,7 +97,7 @@ class RLHFTrainer(QueryRounds):
     def pretrain(self) -> None:
         """The paper's pretraining: labels on clips of a random policy (the agent's untrained one, the paper's
         "randomly initialized policy network", or uniform actions), then extra reward epochs."""
-        n = self.r.pretrain_labels
+        n = self.schedule.target(0)  # the pretraining labels, and B-Pref's first round (due at step 0)
         if n > 0:
             want = min(self.pool.capacity, max(2 * n, 20))
             # The recorder alone: random-policy steps need no learned reward. The agent's first
