@@ -15,7 +15,10 @@ Bradley-Terry scale, so P_k(first better) = sigmoid(R_k(first) - R_k(second)).
   (members that disagree raise it too). Until 2026-12-07 this was the one named ``entropy``.
 - ``kcenter-variance`` (B-Pref's "k-center + disagreement"): the ``top_factor * n`` highest-variance
   candidates, then greedy k-center on pair features (the two segments' flattened obs + acts,
-  images block-averaged) to pick n diverse ones. The first centre is the top-variance pair.
+  images block-averaged) to pick n diverse ones. The first centre is the top-variance pair. Two
+  departures from B-Pref's ``kcenter_disagree_sampling``: its features are the observations alone,
+  and its distances also count the pairs labelled before (its first pick is the candidate farthest
+  from them); here the selector sees only the candidates.
 
 If fewer pairs can be formed than asked for, a selector returns all of them.
 """
