@@ -409,6 +409,20 @@ def test_a_teachers_thresholds_come_from_all_the_clips_a_round_is_drawn_from(tmp
     assert len(online) >= 2 and all(got == pytest.approx(want) for got, want in online)
 
 
+def test_a_noisy_teacher_draws_from_its_own_stream_not_the_selectors(tmp_path):
+    trainer = RLHFTrainer(_tiny(oracle="mistake+stochastic", seed=3), tmp_path / "run")
+    try:
+        ours = trainer.oracle._rng.random(64)
+        assert not np.isin(ours, np.random.default_rng(3).random(10_000)).any()  # not the selector's, shifted
+        again = RLHFTrainer(_tiny(oracle="mistake+stochastic", seed=3), tmp_path / "again")
+        try:
+            np.testing.assert_array_equal(again.oracle._rng.random(64), ours)  # a function of the run's seed
+        finally:
+            again.close()
+    finally:
+        trainer.close()
+
+
 def test_continuous_reward_training_and_no_reward_wait_are_refused_together():
     with pytest.raises(UserError, match="reward-continuous and no-reward-wait contradict"):
         _tiny(reward_continuous=True, reward_wait=False)

@@ -95,6 +95,8 @@ class RunParts:
     lock: RunLock
 
 
+ORACLE_STREAM = 0x0AC1E  # spawn key of the oracle's random stream (B-Pref's noisy teachers draw from it)
+
 def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpec | None = None,
               label_token: str | None = None) -> RunParts:
     """Check everything, then build every part of the run in ``run_dir`` (see the module docstring),
@@ -238,7 +240,9 @@ def _build_run(cfg: RunConfig, run_dir: Path, resume: bool, task: TaskSpec | Non
         label_server = start_server(run_dir, host=cfg.label_host, port=cfg.label_port, token=label_token,
                                     store=store)
         print(f"label the clips at {label_server.url}", flush=True)
-    oracle = oracle_factory.build(oracle_terms, cfg.seed,
+    # The oracle's own stream: seeded with the run's seed it repeated the selector's draws.
+    oracle_seed = int(np.random.SeedSequence([cfg.seed, ORACLE_STREAM]).generate_state(1)[0])
+    oracle = oracle_factory.build(oracle_terms, oracle_seed,
                                   OracleContext(store=store, renderer=renderer, clips_dir=run_dir / CLIPS_DIR))
     return RunParts(r=r, device=device, rng=rng, schedule=schedule, selector=selector, pool=pool,
                     recorder=recorder, learned=learned, agent_env=agent_env, ensemble=ensemble, fitter=fitter,
