@@ -175,3 +175,25 @@ def test_label_renders_the_clips_a_stopped_run_still_needs(tmp_path):
             proc.kill()
     assert len(list((run / "clips").glob("*.mp4"))) == 2 * pending
     assert not list((run / "clips").glob(".*.tmp"))
+
+
+def test_a_pair_whose_clips_fail_to_render_is_retired_so_that_another_is_asked(tmp_path):
+    from rlhf_control.oracles.human import HumanOracle
+    from rlhf_control.web.demo import BrightnessRenderer, make_demo_run
+
+    class Flaky(BrightnessRenderer):
+        def render_pair(self, pair, directory, query_id):
+            if query_id == 2:
+                raise RuntimeError("GL context lost\nmore detail")
+            return super().render_pair(pair, directory, query_id)
+
+    run = tmp_path / "run"
+    make_demo_run(run, n_segments=6, n_queries=4, render=False)
+    with PreferenceStore.open(run / "preferences.sqlite") as store:
+        oracle = HumanOracle(store, Flaky())  # queues the 4 pending queries without clips
+        assert oracle.wait_rendered(timeout=60)
+        oracle.close()
+        # Never shown to anyone, it would have counted as asked and as ready to label all run long.
+        assert store.get_query(2).status == "retired" and oracle.errors == [(2, "RuntimeError: GL context lost")]
+        assert sorted(r.query_id for r in store.pending_queries()) == [1, 3, 4]
+        assert store.count_pending() == 3

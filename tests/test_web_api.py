@@ -21,7 +21,7 @@ from rlhf_control.rundir import STORE_FILE
 from rlhf_control.store.errors import StoreError
 from rlhf_control.store.store import PreferenceStore
 from rlhf_control.types import Answer, SegmentPair
-from rlhf_control.web.app import ApiError
+from rlhf_control.web.app import ApiError, run_identity
 from rlhf_control.web.demo import BrightnessRenderer, make_demo_run, make_segments
 from rlhf_control.web.server import parse_range, start_server
 
@@ -154,6 +154,44 @@ def test_answer_undo_and_idempotent_repeat(server, run_dir):
         assert store.count_answers() == 0
     stats = jcall(server, "GET", "/api/stats")[1]
     assert stats["answered"] == 0 and stats["pending"] == N_QUERIES
+
+
+def test_answers_and_clips_are_tied_to_their_run(server, run_dir):
+    # A page keeps answers the server could not take, and resends them to whatever server answers on
+    # its port later: another run's would store them on that run's pair of the same number.
+    run_id = jcall(server, "GET", "/api/stats")[1]["run_id"]
+    assert len(run_id) == 12 and run_id == run_identity(run_dir)
+    q = jcall(server, "GET", "/api/next?labeller=ann")[1]
+    assert q["first"].endswith(f"?run={run_id}") and q["second"].endswith(f"?run={run_id}")  # cache keys per run
+    assert call(server, "GET", q["first"])[0] == 200
+    ans = {"query_id": q["query_id"], "label": 1, "labeller": "ann", "run": "0123456789ab"}
+    status, body = jcall(server, "POST", "/api/answer", ans)
+    assert status == 409 and "given in run '0123456789ab'" in body["error"] and "not stored" in body["error"]
+    assert jcall(server, "GET", "/api/stats")[1]["answered"] == 0
+    assert jcall(server, "POST", "/api/answer", dict(ans, run=run_id)) == (200, {"stored": True, "query_id": q["query_id"]})
+    # a later run in the same folder (a config created at another time) is another run
+    doc = (run_dir / "config.toml").read_text()
+    (run_dir / "config.toml").write_text('[meta]\ncreated = "2099-01-01T00:00:00"\n\n' + doc)
+    later = run_identity(run_dir)
+    (run_dir / "config.toml").write_text('[meta]\ncreated = "2099-01-01T00:00:01"\n\n' + doc)
+    assert len({run_id, later, run_identity(run_dir)}) == 3
+
+
+def test_undo_of_a_pages_own_last_answer_only(server, run_dir):
+    q1 = jcall(server, "GET", "/api/next?labeller=ann")[1]["query_id"]
+    assert jcall(server, "POST", "/api/answer", {"query_id": q1, "label": 1, "labeller": "ann"})[0] == 200
+    q2 = jcall(server, "GET", "/api/next?labeller=ann")[1]["query_id"]
+    assert jcall(server, "POST", "/api/answer", {"query_id": q2, "label": -1, "labeller": "ann"})[0] == 200
+    # a page whose last answer was q1 (q2 came from another tab) must not take back q2
+    status, body = jcall(server, "POST", "/api/undo", {"labeller": "ann", "query_id": q1})
+    assert status == 409 and f"pair {q1} is not 'ann''s last answer (pair {q2} is" in body["error"]
+    assert jcall(server, "GET", "/api/stats")[1]["answered"] == 2
+    assert jcall(server, "POST", "/api/undo", {"labeller": "ann", "query_id": q2})[1]["query_id"] == q2
+    # another labeller's answer on a pair: no advice to undo what is not theirs
+    status, body = jcall(server, "POST", "/api/answer", {"query_id": q1, "label": -1, "labeller": "bob"})
+    assert status == 409 and "undo" not in body["error"]
+    status, body = jcall(server, "POST", "/api/answer", {"query_id": q1, "label": -1, "labeller": "ann"})
+    assert status == 409 and "(undo it first)" in body["error"]
 
 
 BAD_REQUESTS = [
@@ -463,9 +501,10 @@ def test_human_oracle_renders_in_background_and_records_clips(tmp_path):
             rec = store.get_query(q.query_id)
             assert rec.clip_first == f"clips/seg{q.pair.first.uid}.mp4"  # relative to the run dir
             assert (tmp_path / rec.clip_second).is_file()
-        assert store.get_query(qs[1].query_id).clip_first is None  # failed render
+        failed = store.get_query(qs[1].query_id)
+        assert failed.clip_first is None and failed.status == "retired"  # failed render: asked again elsewhere
         assert store.get_query(qs[3].query_id).clip_first is None  # retired: not rendered
-        assert oracle.pending == store.count_pending() == 4
+        assert oracle.pending == store.count_pending() == 3
         with start_server(tmp_path, port=0) as srv:
             got = {jcall(srv, "GET", f"/api/next?labeller=u{i}")[1]["query_id"] for i in range(3)}
             assert got == {q0.query_id, qs[0].query_id, qs[2].query_id}

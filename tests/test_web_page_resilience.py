@@ -73,6 +73,46 @@ def test_an_answer_the_server_could_not_take_is_kept_and_sent_when_it_is_back(br
         ctx.close()
 
 
+def test_a_kept_answer_is_never_stored_in_another_run_nor_undone_before_it_is_sent(browser, run_dir, tmp_path):
+    srv = start_server(run_dir, port=0)
+    port = srv.port
+    ctx, page = open_page(browser, srv.url, "ann")
+    try:
+        srv.stop()
+        page.keyboard.press("1")
+        page.wait_for_function("window.labelApp.outbox.length === 1", timeout=WAIT_MS)
+        page.keyboard.press("u")  # the server would take back ann's previous answer, not this one
+        page.wait_for_function("document.querySelector('#toast').textContent.includes('not sent yet')",
+                               timeout=WAIT_MS)
+        assert page.evaluate("window.labelApp.outbox.length") == 1
+        # Another run, whose queries are numbered from 1 as well, is served on the same port.
+        other = tmp_path / "other"
+        make_demo_run(other, n_segments=8, n_queries=6, seed=8)
+        with start_server(other, port=port):
+            page.wait_for_function("window.labelApp.outbox.length === 0 && window.labelApp.online", timeout=WAIT_MS)
+            page.wait_for_function("document.querySelector('#toast').textContent.includes('another run')",
+                                   timeout=WAIT_MS)
+            for run in (other, run_dir):
+                with PreferenceStore.open(run / STORE_FILE) as store:
+                    assert store.count_answers() == 0
+            # a fresh page has answered nothing: undo takes back nothing of an earlier visit's
+            page.reload()
+            page.wait_for_function("window.labelApp && window.labelApp.current !== null && window.labelApp.idle",
+                                   timeout=WAIT_MS)
+            page.keyboard.press("2")
+            page.wait_for_function("window.labelApp.mine === 1 && window.labelApp.idle", timeout=WAIT_MS)
+            page.reload()
+            page.wait_for_function("window.labelApp && window.labelApp.current !== null && window.labelApp.idle",
+                                   timeout=WAIT_MS)
+            page.keyboard.press("u")
+            page.wait_for_function("document.querySelector('#toast').textContent.includes('Nothing answered')",
+                                   timeout=WAIT_MS)
+            with PreferenceStore.open(other / STORE_FILE) as store:
+                assert store.count_answers() == 1
+    finally:
+        ctx.close()
+
+
 def test_closing_or_hiding_the_tab_gives_its_pairs_back(browser, run_dir):
     with start_server(run_dir, port=0) as srv, PreferenceStore.open(run_dir / STORE_FILE) as store:
         ctx, page = open_page(browser, srv.url, "bob")

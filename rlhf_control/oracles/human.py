@@ -137,7 +137,14 @@ class HumanOracle:
                     qid = item if isinstance(item, int) else getattr(item, "query_id", -1)
                     msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                     self.errors.append((qid, msg))
-                    log.warning("human oracle: rendering query %d failed (%s); it stays without clips", qid, msg)
+                    # No page can show it: retired, it no longer counts as asked nor as ready to label,
+                    # so the loop asks another pair in its place.
+                    try:
+                        self.store.retire(qid)
+                    except StoreError:
+                        pass
+                    log.warning("human oracle: rendering query %d failed (%s); retired, another pair will be asked",
+                                qid, msg)
                 finally:
                     if item is not None:
                         with self._lock:

@@ -50,8 +50,9 @@ def insert_answer(conn: sqlite3.Connection, query_id: int, label: int | None, la
     if old is not None:
         if old == (label, labeller):
             return False
+        hint = " (undo it first)" if old[1] == labeller else ""
         raise AlreadyAnsweredError(f"query {query_id} already has answer {old[0]} by {old[1]!r}; "
-                                   f"refusing {label} by {labeller!r} (undo it first)")
+                                   f"refusing {label} by {labeller!r}{hint}")
     if row[0] == "retired":
         raise QueryRetiredError(f"query {query_id} was retired and takes no answers")
     conn.execute("INSERT INTO answers(query_id, label, skipped, labeller, answered_at, seconds)"

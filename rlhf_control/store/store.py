@@ -32,7 +32,7 @@ from typing import Any
 from rlhf_control.store import leases
 from rlhf_control.store.answers import check_answer, export_rows, import_row, insert_answer
 from rlhf_control.store.db import Database, new_store_file
-from rlhf_control.store.errors import StoreError, UnknownQueryError
+from rlhf_control.store.errors import AlreadyAnsweredError, StoreError, UnknownQueryError
 from rlhf_control.store.leases import check_labeller_name
 from rlhf_control.store.serialize import ENCODING, decode_segment, encode_segment
 from rlhf_control.types import Answer, Label, Query, Segment, SegmentPair
@@ -304,15 +304,20 @@ class PreferenceStore:
         with self._db.write() as conn:
             return insert_answer(conn, int(answer.query_id), label, labeller, seconds, self._clock())
 
-    def undo_last(self, labeller: str, lease_s: float = 120.0) -> int | None:
+    def undo_last(self, labeller: str, lease_s: float = 120.0, query_id: int | None = None) -> int | None:
         """Mark ``labeller``'s most recent live answer undone (by them, now); its query goes back to
-        pending, held by them. Returns that query id, or None if they have no live answer. The row
-        stays (the history); a trainer that collected it drops it (:meth:`undone_answer_ids`)."""
+        pending, held by them. Returns that query id, or None if they have no live answer. With
+        ``query_id``, only if that answer is to that query (:class:`AlreadyAnsweredError` otherwise, and
+        nothing changes). The row stays (the history); a trainer that collected it drops it
+        (:meth:`undone_answer_ids`)."""
         with self._db.write() as conn:
             row = conn.execute("SELECT id, query_id FROM answers WHERE labeller = ? AND undone_at IS NULL"
                                " ORDER BY id DESC LIMIT 1", (labeller,)).fetchone()
             if row is None:
                 return None
+            if query_id is not None and int(row[1]) != int(query_id):
+                raise AlreadyAnsweredError(f"pair {query_id} is not {labeller!r}'s last answer (pair {row[1]} is, "
+                                           "perhaps from another page); nothing undone")
             now = self._clock()
             conn.execute("UPDATE answers SET undone_at = ?, undone_by = ? WHERE id = ?", (now, labeller, row[0]))
             conn.execute("UPDATE queries SET status = 'pending', assigned_to = ?, assigned_at = ?, lease_until = ?"

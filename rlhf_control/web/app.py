@@ -17,6 +17,7 @@ gives back, with ``release``, any claim that turns out to have none (a query add
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import os
 import threading
@@ -101,6 +102,18 @@ def parse_flag(text: str | None, name: str) -> bool:
     raise ApiError(400, f"{name}={text[:40]!r} is not allowed; use 1 or 0")
 
 
+def run_identity(run_dir: Path) -> str:
+    """A short id of the run: its folder and its config's creation time, so the same for every server
+    of it and apart from any other run, one made later in the same folder included. Pages tag the
+    answers they keep and the clips they fetch with it."""
+    try:
+        meta = read_config_doc(run_dir).get("meta", {})
+        created = str(meta.get("created", "")) if isinstance(meta, dict) else ""
+    except (OSError, RunDirError):
+        created = ""
+    return hashlib.sha1(f"{run_dir}|{created}".encode()).hexdigest()[:12]
+
+
 def _config_numbers(run_dir: Path) -> tuple[int | None, float | None]:
     """The run's label budget ([run] labels, else [task] label_budget) and clip frame rate ([task] fps)
     from its config.toml; None for what is missing."""
@@ -155,6 +168,7 @@ class LabelApp:
         self._scanned_at = -math.inf
         # What the run is doing; without a trainer (``rlhf-control label``) the run is stopped.
         budget, self.fps = _config_numbers(self.run_dir)
+        self.run_id = run_identity(self.run_dir)
         self._run: dict[str, Any] = {"state": "stopped", "budget": budget}
 
     def set_run(self, **info: Any) -> None:
@@ -174,7 +188,8 @@ class LabelApp:
         p = (p if p.is_absolute() else self.run_dir / p).resolve()
         if p.suffix.lower() not in CLIP_TYPES or not p.is_relative_to(self.clips_dir) or not p.is_file():
             return None
-        return "/clips/" + quote(p.relative_to(self.clips_dir).as_posix())
+        # The run's id in the URL: a browser's cache must not hand one run's query_7 clip to another run.
+        return "/clips/" + quote(p.relative_to(self.clips_dir).as_posix()) + f"?run={self.run_id}"
 
     def clip_file(self, rel: str) -> Path:
         """The file a ``/clips/<rel>`` URL (already %-decoded) names; ApiError 404 unless it is a clip
@@ -246,6 +261,9 @@ class LabelApp:
         if label is not None and (isinstance(label, bool) or not isinstance(label, int) or label not in (-1, 0, 1)):
             raise ApiError(400, f"label {label!r} is not allowed; {_LABEL_HELP}")
         name = check_labeller(body.get("labeller"))
+        if body.get("run") not in (None, self.run_id):  # a page's kept answer, sent to the next run's server
+            raise ApiError(409, f"answer to pair {qid} was given in run {str(body['run'])[:20]!r}; this server "
+                                f"labels run {self.run_id!r}, so it is not stored")
         seconds = body.get("seconds", 0.0)
         if seconds is None:
             seconds = 0.0
@@ -263,11 +281,16 @@ class LabelApp:
         return {"stored": stored, "query_id": qid}
 
     def undo(self, body: Any) -> dict[str, Any]:
-        """Delete ``labeller``'s last answer; its query comes back held by them (``query`` is its payload)."""
+        """Delete ``labeller``'s last answer; its query comes back held by them (``query`` is its payload).
+        With ``query_id`` (the page's own last answer), only if that is their last answer (409 otherwise)."""
         if not isinstance(body, dict):
             raise ApiError(400, f"expected a JSON object {{labeller}}, got {type(body).__name__}")
         name = check_labeller(body.get("labeller"))
-        qid = self.store.undo_last(name, lease_s=self.lease_s)
+        expect = _int_field(body, "query_id") if body.get("query_id") is not None else None
+        try:
+            qid = self.store.undo_last(name, lease_s=self.lease_s, query_id=expect)
+        except AlreadyAnsweredError as exc:
+            raise ApiError(409, str(exc)) from None
         if qid is None:
             return {"query_id": None, "query": None}
         return {"query_id": qid, "query": self._payload(self.store.get_query(qid))}
@@ -307,6 +330,7 @@ class LabelApp:
         with self._lock:
             out["run"] = dict(self._run)
         out["budget"] = out["run"].get("budget")
+        out["run_id"] = self.run_id
         return out
 
     def progress(self) -> dict[str, Any]:

@@ -43,7 +43,9 @@
     loops: 0,
     watchedMs: 0,
     visibleSince: null,
-    outbox: loadOutbox(), // answers the server could not take yet
+    outbox: loadOutbox(), // answers the server could not take yet, each tagged with its run
+    answered: [], // pairs this page's answers were stored for, oldest first: what undo may take back
+    runId: null, // the run the server labels (from /api/stats)
     flushing: false,
     online: true,
     run: null,
@@ -259,10 +261,12 @@
     document.body.classList.add("busy");
     press(BUTTON_OF[String(label)]);
     const q = st.cur.q;
+    if (!st.runId) await refreshStats(); // the run the answer belongs to, should it have to be kept
     try {
       const r = await api("POST", "/api/answer",
-        { query_id: q.query_id, label, labeller: st.name, seconds: watchedSeconds() });
+        { query_id: q.query_id, label, labeller: st.name, seconds: watchedSeconds(), run: st.runId });
       if (r.ok) {
+        st.answered.push(q.query_id);
         st.mine += 1;
         $("stat-mine").textContent = String(st.mine);
         toast(`✓ Saved pair #${q.query_id}: ${LABEL_TEXT[String(label)]}`);
@@ -271,13 +275,13 @@
         toast(`${errText(r)} (moving on)`, "warn");
         await advance();
       } else if (r.status >= 500) {
-        keep({ query_id: q.query_id, label, labeller: st.name, seconds: watchedSeconds() });
+        keep({ query_id: q.query_id, label, labeller: st.name, seconds: watchedSeconds(), run: st.runId });
         await advance();
       } else {
         toast(`Not saved: ${errText(r)}`, "error");
       }
     } catch (_) {
-      keep({ query_id: q.query_id, label, labeller: st.name, seconds: watchedSeconds() });
+      keep({ query_id: q.query_id, label, labeller: st.name, seconds: watchedSeconds(), run: st.runId });
       setOnline(false);
       await advance();
     } finally {
@@ -289,12 +293,22 @@
 
   async function undo() {
     if (st.busy || !st.name) return;
-    st.busy = true;
     press("btn-undo");
+    // Only this page's own stored answers, the last first: not one still kept here unsent (the server
+    // would take back the one before it), nor one from another page or an earlier visit.
+    if (st.outbox.length) {
+      toast(`${st.outbox.length} answer(s) kept in this page are not sent yet: undo once they are`, "warn");
+      return;
+    }
+    if (!st.answered.length) { toast("Nothing answered in this page to undo"); return; }
+    st.busy = true;
     try {
-      const r = await api("POST", "/api/undo", { labeller: st.name });
+      const mine = st.answered[st.answered.length - 1];
+      const r = await api("POST", "/api/undo", { labeller: st.name, query_id: mine });
+      if (r.status === 409) { st.answered = []; toast(`Not undone: ${errText(r)}`, "warn"); return; }
       if (!r.ok) { toast(`Undo failed: ${errText(r)}`, "error"); return; }
-      if (r.data.query_id === null) { toast("Nothing of yours to undo"); return; }
+      if (r.data.query_id === null) { st.answered = []; toast("Nothing of yours to undo"); return; }
+      st.answered.pop();
       st.mine = Math.max(0, st.mine - 1);
       $("stat-mine").textContent = String(st.mine);
       if (st.preloading) await st.preloading;
@@ -340,6 +354,12 @@
     try {
       while (st.outbox.length) {
         const e = st.outbox[0];
+        if (e.run !== st.runId) { // kept for another run (or by an older page): its pair numbers are not this run's
+          st.outbox.shift();
+          saveOutbox();
+          toast(`Pair #${e.query_id} was answered for another run: not sent to this one`, "warn");
+          continue;
+        }
         let r;
         try { r = await api("POST", "/api/answer", e); } catch (_) { setOnline(false); return; }
         if (r.status >= 500) return; // the store is not there yet: keep it
@@ -422,6 +442,7 @@
     if (!r.ok) return;
     const d = r.data;
     st.run = d.run || null;
+    st.runId = d.run_id || null;
     setOnline(true);
     flushOutbox();
     $("stat-labels").textContent = d.budget ? `${d.labels} of ${d.budget}` : String(d.labels);
@@ -553,6 +574,8 @@
     get idle() { return !st.busy && !st.filling && !st.preloading; },
     get name() { return st.name; },
     get outbox() { return st.outbox.map((e) => e.query_id); },
+    get runId() { return st.runId; },
+    get mine() { return st.mine; },
     get run() { return st.run; },
     get online() { return st.online; },
     get paused() { return st.paused; },
