@@ -365,7 +365,14 @@ def test_agent_presets_build_sb3_agents():
         venv = task.make_vec_env(1, seed=0)
         model = algos[task.algo](task.policy, venv, device="cpu", **task.agent_kwargs())
         assert model.gamma == task.agent["gamma"]
+        if task.algo == "a2c":  # the paper's A2C is baselines': TensorFlow's RMSprop, epsilon inside the root
+            from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+
+            opt = model.policy.optimizer
+            assert type(opt) is RMSpropTFLike and (opt.defaults["alpha"], opt.defaults["eps"]) == (0.99, 1e-5)
         venv.close()
+    with pytest.raises(ValueError, match=r"policy_kwargs.optimizer_class.*'rmsprop_tf'.*rmsprop_tf_like"):
+        load_task("ALE/Breakout-v5").with_overrides(agent={"policy_kwargs": {"optimizer_class": "rmsprop_tf"}})
 
 
 @pytest.mark.parametrize("name", [DEFAULT_TASK, "Hopper-v5", "ALE/Pong-v5"])

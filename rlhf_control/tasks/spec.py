@@ -39,6 +39,10 @@ QUERY_MIN_CLIPS = 256  # the query window's floor (README: measured against 64 a
 REWARD_NETS = ("mlp", "cnn")
 POLICIES = ("MlpPolicy", "CnnPolicy", "MultiInputPolicy")
 ACTIVATIONS = ("relu", "tanh", "elu", "leaky_relu", "gelu", "silu")
+# Optimisers a task entry may name (policy_kwargs.optimizer_class); rmsprop_tf_like is TensorFlow's
+# RMSprop (epsilon inside the square root, the average starting at 1), which OpenAI baselines' A2C and
+# so the paper's Atari agent used.
+OPTIMIZERS = ("adam", "rmsprop", "rmsprop_tf_like")
 DICT_FIELDS = ("agent", "env_kwargs", "reward_net_kwargs")
 # Arguments the run sets, not the task preset.
 _RUN_LEVEL_ARGS = {"self", "policy", "env", "seed", "device", "verbose", "tensorboard_log", "_init_setup_model",
@@ -202,6 +206,9 @@ class TaskSpec:
         act = self.agent.get("policy_kwargs", {}).get("activation_fn")
         if act is not None:
             check_choice(f"task {self.name!r}: policy_kwargs.activation_fn", act, ACTIVATIONS)
+        opt = self.agent.get("policy_kwargs", {}).get("optimizer_class")
+        if opt is not None:
+            check_choice(f"task {self.name!r}: policy_kwargs.optimizer_class", opt, OPTIMIZERS)
 
     def _check_wrapper(self, spec: Any) -> dict[str, Any]:
         if not isinstance(spec, Mapping) or "name" not in spec or set(spec) - {"name", "kwargs"}:
@@ -253,6 +260,12 @@ class TaskSpec:
             names = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU,
                      "gelu": nn.GELU, "silu": nn.SiLU}
             pk["activation_fn"] = names[pk["activation_fn"]]
+        if pk and "optimizer_class" in pk:
+            import torch.optim as optim
+            from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+
+            pk["optimizer_class"] = {"adam": optim.Adam, "rmsprop": optim.RMSprop,
+                                     "rmsprop_tf_like": RMSpropTFLike}[pk["optimizer_class"]]
         return kwargs
 
     # --- environments ----------------------------------------------------------------------------
