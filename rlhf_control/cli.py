@@ -219,7 +219,7 @@ def _label(args: argparse.Namespace) -> int:
     """Serve a stopped run's pending pairs, rendering the clips they still lack (newest first)."""
     from rlhf_control.config import load_config_file
     from rlhf_control.oracles.human import HumanOracle
-    from rlhf_control.rundir import CLIPS_DIR, CONFIG_FILE, check_run_dir
+    from rlhf_control.rundir import CLIPS_DIR, CONFIG_FILE, RunDirError, RunLock, check_run_dir
     from rlhf_control.tasks.catalogue import get_task
     from rlhf_control.tasks.spec import TaskSpec
     from rlhf_control.video.render import SegmentRenderer
@@ -228,7 +228,16 @@ def _label(args: argparse.Namespace) -> int:
     run_dir = check_run_dir(args.run_dir)
     cfg, task_dict = load_config_file(run_dir / CONFIG_FILE)
     task = TaskSpec.from_dict(task_dict) if task_dict else get_task(cfg.task)
-    server = make_server(run_dir, host=args.host, port=args.port, token=args.token, instructions=args.instructions)
+    try:  # a training run serves its own page; two renderers in one clips folder would undo each other's files
+        lock = RunLock(run_dir)
+    except RunDirError:
+        raise UserError(f"run {str(run_dir)!r} is in use by another process (a training run serves its own "
+                        "labelling page, whose address it printed); label serves stopped runs") from None
+    try:
+        server = make_server(run_dir, host=args.host, port=args.port, token=args.token, instructions=args.instructions)
+    except BaseException:
+        lock.close()
+        raise
     _stop_on_sigterm()
     oracle = None
     try:
@@ -241,6 +250,7 @@ def _label(args: argparse.Namespace) -> int:
         if oracle is not None:
             oracle.close(timeout=5, finish=False)
         server.stop()
+        lock.close()
     return 0
 
 

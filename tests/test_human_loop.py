@@ -197,3 +197,20 @@ def test_a_pair_whose_clips_fail_to_render_is_retired_so_that_another_is_asked(t
         assert store.get_query(2).status == "retired" and oracle.errors == [(2, "RuntimeError: GL context lost")]
         assert sorted(r.query_id for r in store.pending_queries()) == [1, 3, 4]
         assert store.count_pending() == 3
+
+
+def test_label_refuses_a_run_that_is_training(tmp_path, capsys):
+    from rlhf_control.rundir import RunLock
+    from rlhf_control.web.demo import make_demo_run
+
+    run = tmp_path / "run"
+    make_demo_run(run, n_segments=4, n_queries=2, render=False)
+    (run / "config.toml").write_text('[run]\ntask = "Pendulum-v1"\n')
+    lock = RunLock(run)  # as `train` holds it while it runs
+    try:
+        assert main(["label", str(run), "--port", "0"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "is in use by another process (a training run serves its own labelling page" in err
+        assert "\n" not in err
+    finally:
+        lock.close()
