@@ -184,7 +184,7 @@ def test_undo_of_a_pages_own_last_answer_only(server, run_dir):
     assert jcall(server, "POST", "/api/answer", {"query_id": q2, "label": -1, "labeller": "ann"})[0] == 200
     # a page whose last answer was q1 (q2 came from another tab) must not take back q2
     status, body = jcall(server, "POST", "/api/undo", {"labeller": "ann", "query_id": q1})
-    assert status == 409 and f"pair {q1} is not 'ann''s last answer (pair {q2} is" in body["error"]
+    assert status == 409 and f"pair {q1} is not 'ann''s last answer (pair {q2} is)" in body["error"]
     assert jcall(server, "GET", "/api/stats")[1]["answered"] == 2
     assert jcall(server, "POST", "/api/undo", {"labeller": "ann", "query_id": q2})[1]["query_id"] == q2
     # another labeller's answer on a pair: no advice to undo what is not theirs

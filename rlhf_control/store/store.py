@@ -257,8 +257,7 @@ class PreferenceStore:
         return cur.rowcount == 1
 
     def retire_older_than(self, step: int, keep_held: bool = False) -> int:
-        """Retire pending queries asked before agent step ``step``; returns how many. ``keep_held``:
-        not those a labeller holds now (a pair on someone's screen is never taken away)."""
+        """Retire pending queries asked before agent step ``step`` (how many); ``keep_held``: not held ones."""
         held = " AND (assigned_to IS NULL OR lease_until < ?)" if keep_held else ""
         with self._db.write() as conn:
             return conn.execute("UPDATE queries SET status = 'retired', assigned_to = NULL, assigned_at = NULL,"
@@ -305,19 +304,15 @@ class PreferenceStore:
             return insert_answer(conn, int(answer.query_id), label, labeller, seconds, self._clock())
 
     def undo_last(self, labeller: str, lease_s: float = 120.0, query_id: int | None = None) -> int | None:
-        """Mark ``labeller``'s most recent live answer undone (by them, now); its query goes back to
-        pending, held by them. Returns that query id, or None if they have no live answer. With
-        ``query_id``, only if that answer is to that query (:class:`AlreadyAnsweredError` otherwise, and
-        nothing changes). The row stays (the history); a trainer that collected it drops it
-        (:meth:`undone_answer_ids`)."""
+        """Mark ``labeller``'s latest live answer undone (the row stays; a trainer drops it) and hold its
+        query for them; its id, or None. ``query_id``: only if it is that query's (else AlreadyAnsweredError)."""
         with self._db.write() as conn:
             row = conn.execute("SELECT id, query_id FROM answers WHERE labeller = ? AND undone_at IS NULL"
                                " ORDER BY id DESC LIMIT 1", (labeller,)).fetchone()
             if row is None:
                 return None
             if query_id is not None and int(row[1]) != int(query_id):
-                raise AlreadyAnsweredError(f"pair {query_id} is not {labeller!r}'s last answer (pair {row[1]} is, "
-                                           "perhaps from another page); nothing undone")
+                raise AlreadyAnsweredError(f"pair {query_id} is not {labeller!r}'s last answer (pair {row[1]} is); nothing undone")
             now = self._clock()
             conn.execute("UPDATE answers SET undone_at = ?, undone_by = ? WHERE id = ?", (now, labeller, row[0]))
             conn.execute("UPDATE queries SET status = 'pending', assigned_to = ?, assigned_at = ?, lease_until = ?"
