@@ -38,7 +38,7 @@ class QueryRounds:
             return 0
         pairs = (selector or self.selector).select(segments, n, self.ensemble, self.rng)
         if isinstance(self.oracle, BehaviourScaledOracle):  # B-Pref's thresholds: the agent's recent clips
-            self.oracle.observe_behaviour([float(s.true_rewards.sum()) for s in segments if s.true_rewards is not None])
+            self.oracle.observe_behaviour([s.true_return for s in segments if s.true_rewards is not None])
         self.query_mark = self.pool.next_uid
         queries = []
         frames = self.dataset.frame_file

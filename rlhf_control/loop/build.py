@@ -97,6 +97,7 @@ class RunParts:
 
 ORACLE_STREAM = 0x0AC1E  # spawn key of the oracle's random stream (B-Pref's noisy teachers draw from it)
 
+
 def build_run(cfg: RunConfig, run_dir: Path, resume: bool = False, task: TaskSpec | None = None,
               label_token: str | None = None) -> RunParts:
     """Check everything, then build every part of the run in ``run_dir`` (see the module docstring),

@@ -265,7 +265,7 @@ class SyntheticOracle:
                         f"query {q.query_id}: segment (episode {seg.episode_id}, step {seg.start_step}) has no "
                         "true rewards; a synthetic oracle needs them (use a human oracle for tasks without one)"
                     )
-                seen.setdefault(id(seg), float(seg.true_rewards.sum()))
+                seen.setdefault(id(seg), seg.true_return)
         self._recent_returns.extend(seen.values())
         skip_thr = self.teacher.eps_skip * self.margin
         equal_thr = self.teacher.eps_equal * self._abs_margin()
