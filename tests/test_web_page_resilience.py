@@ -155,6 +155,18 @@ def test_the_page_shows_progress_and_that_the_agent_waits(browser, run_dir):
             page.wait_for_function("document.getElementById('stat-labels').textContent === '1 of 40'",
                                    timeout=WAIT_MS)
             assert "ready" in page.inner_text("#pending-split")
+            # a poll that finds nothing new writes nothing: the banner, a live region, is not read out
+            # again every 2 s, and the counts keep their text nodes
+            page.evaluate("""() => { window.writes = 0;
+                const seen = new MutationObserver((records) => { window.writes += records.length; });
+                for (const id of ['banner', 'stat-labels', 'stat-answered'])
+                  seen.observe(document.getElementById(id),
+                               {childList: true, characterData: true, subtree: true, attributes: true});
+                window.seen = seen; }""")
+            polls = []
+            page.on("request", lambda req: polls.append(req.url) if "/api/stats" in req.url else None)
+            page.wait_for_timeout(4_500)
+            assert len(polls) >= 2 and page.evaluate("window.writes") == 0
             shown = store_steps(run_dir, page.evaluate("window.labelApp.current"))
             assert f"clips from agent step {shown[0]:,} and agent step {shown[1]:,}" in page.inner_text("#qinfo")
             (run_dir / "metrics.csv").write_text("step,labels,learned_return\n0,0,\n2048,1,-3.5\n4096,2,-1.0\n")

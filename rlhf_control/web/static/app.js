@@ -73,6 +73,11 @@
   }
   const errText = (r) => (r.data && r.data.error) || `HTTP ${r.status}`;
 
+  // Write a text or a class only when it changes: a live region re-announces every write, even of
+  // the same words, and the stats are polled every 2 s.
+  function setText(el, text) { if (el.textContent !== text) el.textContent = text; }
+  function setClass(el, cls) { if (el.className !== cls) el.className = cls; }
+
   let toastTimer = 0;
   function toast(text, kind = "") {
     const t = $("toast");
@@ -426,9 +431,9 @@
       kind = st.run.state;
       text = RUN_TEXT[st.run.state](st.run);
     }
-    b.hidden = !text;
-    b.textContent = text;
-    b.className = `banner ${kind}`;
+    if (b.hidden !== !text) b.hidden = !text;
+    setText(b, text);
+    setClass(b, `banner ${kind}`);
     document.body.dataset.run = st.online ? (st.run ? st.run.state : "") : "offline";
   }
   async function refreshStats() {
@@ -445,11 +450,11 @@
     st.runId = d.run_id || null;
     setOnline(true);
     flushOutbox();
-    $("stat-labels").textContent = d.budget ? `${d.labels} of ${d.budget}` : String(d.labels);
-    $("stat-answered").textContent = String(d.answered);
-    $("stat-pending").textContent = String(d.pending);
-    $("pending-split").textContent = `pending: ${d.ready} ready · ${d.rendering} rendering · ${d.held_by_others} held by others`;
-    $("stat-rate").textContent = Number(d.answers_per_minute).toFixed(1);
+    setText($("stat-labels"), d.budget ? `${d.labels} of ${d.budget}` : String(d.labels));
+    setText($("stat-answered"), String(d.answered));
+    setText($("stat-pending"), String(d.pending));
+    setText($("pending-split"), `pending: ${d.ready} ready · ${d.rendering} rendering · ${d.held_by_others} held by others`);
+    setText($("stat-rate"), Number(d.answers_per_minute).toFixed(1));
   }
   async function refreshCurve() {
     let r;
