@@ -215,6 +215,18 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def trained_answer_id(run_dir: Path) -> int:
+    """The last answer the run's saved reward model had trained on (0: none, or no readable
+    checkpoint: ``train --resume`` refuses a damaged one, labelling does not need it)."""
+    from rlhf_control.loop.checkpoint import CheckpointError, load_run_checkpoint
+
+    try:
+        _, state = load_run_checkpoint(run_dir)
+    except CheckpointError:
+        return 0
+    return int((state or {}).get("trained_answer_id") or 0)
+
+
 def _label(args: argparse.Namespace) -> int:
     """Serve a stopped run's pending pairs, rendering the clips they still lack (newest first)."""
     from rlhf_control.config import load_config_file
@@ -238,6 +250,7 @@ def _label(args: argparse.Namespace) -> int:
     except BaseException:
         lock.close()
         raise
+    server.app.set_run(trained_answer_id=trained_answer_id(run_dir))  # so that an undo can say so
     _stop_on_sigterm()
     oracle = None
     try:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_control.cli import main
+from rlhf_control.cli import main, trained_answer_id
 from rlhf_control.store.store import PreferenceStore
+from rlhf_control.web.app import LabelApp
 from rlhf_control.web.server import start_server
 
 ROOT = Path(__file__).parents[1]
@@ -94,7 +95,7 @@ def test_labels_answered_while_training_reach_the_reward_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_offline_labelling_then_resume_learns_the_answers(tmp_path):
+def test_offline_labelling_then_resume_learns_the_answers(tmp_path, monkeypatch):
     run = tmp_path / "offline"
     # --run-ahead: nobody labels while it trains, and the run does not wait for anyone.
     # (--sync-reward: the reward worker is not what these tests are about, and its start costs seconds;
@@ -103,16 +104,22 @@ def test_offline_labelling_then_resume_learns_the_answers(tmp_path):
                  "--pretrain-labels", "6", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run),
                  "--no-progress", "--sync-reward"]) == 0
     rows = _rows(run)
-    assert rows[-1]["labels"] == "0" and rows[-1]["reward_val_accuracy"] == ""
+    assert rows[-1]["labels"] == "0" and rows[-1]["reward_val_accuracy"] == "" and trained_answer_id(run) == 0
     # The run has stopped; a person labels its pending queries with `rlhf-control label`.
     server = start_server(run, port=0)
     try:
         assert _answer_all(f"http://127.0.0.1:{server.port}", run / "preferences.sqlite", want=6) == 6
     finally:
         server.stop()
+    told = []  # what the run tells its labelling page: the last answer its reward model trained on
+    monkeypatch.setattr(LabelApp, "set_run", lambda self, **info: told.append(info))
     assert main(["train", "--resume", str(run), "--no-progress", "--label-port", "0", "--sync-reward"]) == 0
     rows = _rows(run)
     assert rows[-1]["labels"] == "6" and rows[-1]["reward_val_accuracy"] != ""
+    with PreferenceStore.open(run / "preferences.sqlite") as store:
+        last = store.last_answer_id()
+    assert told[-1]["state"] == "finished" and told[-1]["trained_answer_id"] == last
+    assert trained_answer_id(run) == last  # `rlhf-control label` reads it from the checkpoint
     steps = [r["step"] for r in rows]
     assert len(steps) == len(set(steps)) and (run / "DONE").is_file()  # the last row written again, once
     con = sqlite3.connect(run / "preferences.sqlite")

@@ -144,7 +144,8 @@ def test_answer_undo_and_idempotent_repeat(server, run_dir):
         got = {a.query_id: (a.label, a.labeller, a.seconds) for _, a in store.answers_since(0)}
         assert got == {q: (-1, "ann", 2.5), q2: (None, "ann", 0.0)}
         # someone else's undo does not touch ann's answers
-        assert jcall(server, "POST", "/api/undo", {"labeller": "bob"}) == (200, {"query_id": None, "query": None})
+        assert jcall(server, "POST", "/api/undo", {"labeller": "bob"}) == (200, {"query_id": None, "query": None,
+                                                                               "trained": False})
         s, u = jcall(server, "POST", "/api/undo", {"labeller": "ann"})
         assert s == 200 and u["query_id"] == q2 and u["query"]["first"].startswith("/clips/")
         rec = store.get_query(q2)
@@ -192,6 +193,28 @@ def test_undo_of_a_pages_own_last_answer_only(server, run_dir):
     assert status == 409 and "undo" not in body["error"]
     status, body = jcall(server, "POST", "/api/answer", {"query_id": q1, "label": -1, "labeller": "ann"})
     assert status == 409 and "(undo it first)" in body["error"]
+
+
+def test_an_undo_says_whether_the_reward_model_had_trained_on_the_answer(server, run_dir):
+    qids = []
+    for label in (1, -1, 0):
+        q = jcall(server, "GET", "/api/next?labeller=ann")[1]["query_id"]
+        assert jcall(server, "POST", "/api/answer", {"query_id": q, "label": label, "labeller": "ann"})[0] == 200
+        qids.append(q)
+    with PreferenceStore.open(run_dir / STORE_FILE) as store:
+        answer_of = {a.query_id: aid for aid, a in store.answers_since(0)}
+    # bob's later answer is the newest; the reward model has trained up to ann's second
+    q = jcall(server, "GET", "/api/next?labeller=bob")[1]["query_id"]
+    assert jcall(server, "POST", "/api/answer", {"query_id": q, "label": 1, "labeller": "bob"})[0] == 200
+    server.app.set_run(trained_answer_id=answer_of[qids[1]])
+    undone = [jcall(server, "POST", "/api/undo", {"labeller": "ann", "query_id": q}) for q in reversed(qids)]
+    assert [(s, u["query_id"], u["trained"]) for s, u in undone] == [
+        (200, qids[2], False), (200, qids[1], True), (200, qids[0], True)]
+    # a run that has not trained yet (or no trainer and no checkpoint): never
+    q = jcall(server, "GET", "/api/next?labeller=ann")[1]["query_id"]
+    assert jcall(server, "POST", "/api/answer", {"query_id": q, "label": 1, "labeller": "ann"})[0] == 200
+    server.app.set_run(trained_answer_id=0)
+    assert jcall(server, "POST", "/api/undo", {"labeller": "ann"})[1]["trained"] is False
 
 
 BAD_REQUESTS = [

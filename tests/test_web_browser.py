@@ -162,6 +162,13 @@ def test_undo_with_u_backspace_and_button(browser, server, store):
             assert page.evaluate("window.labelApp.upcoming") == shown_next  # the skipped-over pair is next
             assert act(page, "ArrowRight") == qid  # answered again, the other way
             assert answer_of(store, qid).label == -1
+        # an answer the reward model had already trained on: the undo says so
+        server.app.set_run(trained_answer_id=10**9)
+        qid = act(page, "ArrowLeft")
+        page.keyboard.press("u")
+        page.wait_for_function(f"window.labelApp.current === {qid} && window.labelApp.idle", timeout=WAIT_MS)
+        assert "already trained on the old answer" in page.inner_text("#toast")
+        assert answer_of(store, qid) is None
         assert store.count_answers() == 3
     finally:
         ctx.close()

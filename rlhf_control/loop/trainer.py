@@ -168,7 +168,8 @@ class RLHFTrainer(QueryRounds):
         pending = {q.query_id for q in self.store.pending_queries()}
         self._pairs = {qid: pair for qid, pair in self._pairs.items() if qid in pending}
         if self.pacer is not None:
-            self._status(state="training", step=step, wanted=self.schedule.target(step))
+            self._status(state="training", step=step, wanted=self.schedule.target(step),
+                         trained_answer_id=self.trained_answer_id)
             self.pacer.top_up(step)
             new = self._collect()
             new += self.pacer.wait(step, final=final)
@@ -313,10 +314,10 @@ class RLHFTrainer(QueryRounds):
                 self.offpolicy.sync()  # the saved buffer holds the saved reward's values
             self.checkpoint(final)
             mark_done(self.run_dir, final)
-            self._status(state="finished", step=final)
+            self._status(state="finished", step=final, trained_answer_id=self.trained_answer_id)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it: keep what was done
             self._stopping = True
-            self._status(state="stopped")
+            self._status(state="stopped", trained_answer_id=self.trained_answer_id)
             if self.pretrain_done:
                 self.checkpoint(int(self.agent.num_timesteps))
             raise

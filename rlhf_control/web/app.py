@@ -173,7 +173,8 @@ class LabelApp:
 
     def set_run(self, **info: Any) -> None:
         """Update what the page shows of the run: ``state`` (one of RUN_STATES), ``step``, ``steps``,
-        ``budget`` (the run's labels), ``wanted`` (labels the schedule wants by now)."""
+        ``budget`` (the run's labels), ``wanted`` (labels the schedule wants by now),
+        ``trained_answer_id`` (the last answer the reward model has trained on)."""
         if "state" in info and info["state"] not in RUN_STATES:
             raise ValueError(f"state {info['state']!r} is not allowed; use one of {', '.join(RUN_STATES)}")
         with self._lock:
@@ -287,13 +288,20 @@ class LabelApp:
             raise ApiError(400, f"expected a JSON object {{labeller}}, got {type(body).__name__}")
         name = check_labeller(body.get("labeller"))
         expect = _int_field(body, "query_id") if body.get("query_id") is not None else None
+        before = self.store.undone_answer_ids()
         try:
             qid = self.store.undo_last(name, lease_s=self.lease_s, query_id=expect)
         except AlreadyAnsweredError as exc:
             raise ApiError(409, str(exc)) from None
         if qid is None:
-            return {"query_id": None, "query": None}
-        return {"query_id": qid, "query": self._payload(self.store.get_query(qid))}
+            return {"query_id": None, "query": None, "trained": False}
+        # Whether the reward model had already trained on the answer (the run's trainer says up to
+        # which answer it has): its weights keep some of it, though the next updates leave it out.
+        undone = self.store.undone_answer_ids() - before
+        with self._lock:
+            trained_through = int(self._run.get("trained_answer_id") or 0)
+        trained = bool(undone) and min(undone) <= trained_through
+        return {"query_id": qid, "query": self._payload(self.store.get_query(qid)), "trained": trained}
 
     def release(self, body: Any) -> dict[str, Any]:
         """Give back a query ``labeller`` holds (e.g. a preloaded pair they will not label)."""

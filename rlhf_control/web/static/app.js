@@ -331,7 +331,10 @@
       show(slot);
       if (back) st.next = back;
       else preload();
-      toast(`↶ Undone: answer pair #${q.query_id} again`);
+      if (r.data.trained) {  // the label is out of the data, but the weights have learned from it
+        toast(`↶ Undone: answer pair #${q.query_id} again. The reward model had already trained on the `
+          + "old answer; its next updates leave it out", "warn");
+      } else toast(`↶ Undone: answer pair #${q.query_id} again`);
     } catch (_) {
       toast("Undo failed: the server cannot be reached", "error");
     } finally {
