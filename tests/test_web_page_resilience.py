@@ -163,10 +163,10 @@ def test_the_page_shows_progress_and_that_the_agent_waits(browser, run_dir):
                   seen.observe(document.getElementById(id),
                                {childList: true, characterData: true, subtree: true, attributes: true});
                 window.seen = seen; }""")
-            polls = []
-            page.on("request", lambda req: polls.append(req.url) if "/api/stats" in req.url else None)
-            page.wait_for_timeout(4_500)
-            assert len(polls) >= 2 and page.evaluate("window.writes") == 0
+            with page.expect_response(lambda r: "/api/stats" in r.url, timeout=WAIT_MS):
+                pass  # the next poll's answer, the same as the last one's
+            page.wait_for_timeout(300)  # (for the page to have handled it)
+            assert page.evaluate("window.writes") == 0
             shown = store_steps(run_dir, page.evaluate("window.labelApp.current"))
             assert f"clips from agent step {shown[0]:,} and agent step {shown[1]:,}" in page.inner_text("#qinfo")
             (run_dir / "metrics.csv").write_text("step,labels,learned_return\n0,0,\n2048,1,-3.5\n4096,2,-1.0\n")
