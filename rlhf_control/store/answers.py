@@ -18,7 +18,8 @@ from typing import Any
 from rlhf_control.store.errors import AlreadyAnsweredError, QueryRetiredError, UnknownQueryError
 from rlhf_control.types import Answer, check_label
 
-__all__ = ["EXPORT_FIELDS", "HISTORY_FIELDS", "check_answer", "export_rows", "import_row", "insert_answer"]
+__all__ = ["EXPORT_FIELDS", "HISTORY_FIELDS", "check_answer", "export_rows", "import_row", "insert_answer",
+           "undo_latest"]
 
 # One row per answer in exports (rlhf_control.store.io) and imports.
 EXPORT_FIELDS = ("answer_id", "query_id", "first_id", "second_id", "first_episode", "second_episode",
@@ -61,6 +62,23 @@ def insert_answer(conn: sqlite3.Connection, query_id: int, label: int | None, la
     conn.execute("UPDATE queries SET status = 'answered', assigned_to = NULL, assigned_at = NULL,"
                  " lease_until = NULL WHERE id = ?", (query_id,))
     return True
+
+
+def undo_latest(conn: sqlite3.Connection, labeller: str, query_id: int | None, now: float,
+                lease_s: float) -> tuple[int, int] | None:
+    """Mark ``labeller``'s latest live answer undone (the row stays) and hold its query for them;
+    ``(answer id, query id)``, or None if they have none. ``query_id``: only if the answer is to that
+    query (else AlreadyAnsweredError, nothing changed)."""
+    row = conn.execute("SELECT id, query_id FROM answers WHERE labeller = ? AND undone_at IS NULL"
+                       " ORDER BY id DESC LIMIT 1", (labeller,)).fetchone()
+    if row is None:
+        return None
+    if query_id is not None and int(row[1]) != int(query_id):
+        raise AlreadyAnsweredError(f"pair {query_id} is not {labeller!r}'s last answer (pair {row[1]} is); nothing undone")
+    conn.execute("UPDATE answers SET undone_at = ?, undone_by = ? WHERE id = ?", (now, labeller, row[0]))
+    conn.execute("UPDATE queries SET status = 'pending', assigned_to = ?, assigned_at = ?, lease_until = ?"
+                 " WHERE id = ?", (labeller, now, now + lease_s, row[1]))
+    return int(row[0]), int(row[1])
 
 
 def export_rows(conn: sqlite3.Connection, history: bool = False) -> list[dict[str, Any]]:

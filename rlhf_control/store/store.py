@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_control.store import leases
-from rlhf_control.store.answers import check_answer, export_rows, import_row, insert_answer
+from rlhf_control.store.answers import check_answer, export_rows, import_row, insert_answer, undo_latest
 from rlhf_control.store.db import Database, new_store_file
-from rlhf_control.store.errors import AlreadyAnsweredError, StoreError, UnknownQueryError
+from rlhf_control.store.errors import StoreError, UnknownQueryError
 from rlhf_control.store.leases import check_labeller_name
 from rlhf_control.store.serialize import ENCODING, decode_segment, encode_segment
 from rlhf_control.types import Answer, Label, Query, Segment, SegmentPair
@@ -306,18 +306,14 @@ class PreferenceStore:
     def undo_last(self, labeller: str, lease_s: float = 120.0, query_id: int | None = None) -> int | None:
         """Mark ``labeller``'s latest live answer undone (the row stays; a trainer drops it) and hold its
         query for them; its id, or None. ``query_id``: only if it is that query's (else AlreadyAnsweredError)."""
+        undone = self.undo_last_answer(labeller, lease_s, query_id)
+        return None if undone is None else undone[1]
+
+    def undo_last_answer(self, labeller: str, lease_s: float = 120.0,
+                         query_id: int | None = None) -> tuple[int, int] | None:
+        """:meth:`undo_last`, returning ``(answer id, query id)``."""
         with self._db.write() as conn:
-            row = conn.execute("SELECT id, query_id FROM answers WHERE labeller = ? AND undone_at IS NULL"
-                               " ORDER BY id DESC LIMIT 1", (labeller,)).fetchone()
-            if row is None:
-                return None
-            if query_id is not None and int(row[1]) != int(query_id):
-                raise AlreadyAnsweredError(f"pair {query_id} is not {labeller!r}'s last answer (pair {row[1]} is); nothing undone")
-            now = self._clock()
-            conn.execute("UPDATE answers SET undone_at = ?, undone_by = ? WHERE id = ?", (now, labeller, row[0]))
-            conn.execute("UPDATE queries SET status = 'pending', assigned_to = ?, assigned_at = ?, lease_until = ?"
-                         " WHERE id = ?", (labeller, now, now + lease_s, row[1]))
-        return int(row[1])
+            return undo_latest(conn, labeller, query_id, self._clock(), lease_s)
 
     def answers_since(self, answer_id: int = 0) -> list[tuple[int, Answer]]:
         """Live answers with id > ``answer_id``, oldest first, as (answer_id, Answer)."""

@@ -288,19 +288,17 @@ class LabelApp:
             raise ApiError(400, f"expected a JSON object {{labeller}}, got {type(body).__name__}")
         name = check_labeller(body.get("labeller"))
         expect = _int_field(body, "query_id") if body.get("query_id") is not None else None
-        before = self.store.undone_answer_ids()
         try:
-            qid = self.store.undo_last(name, lease_s=self.lease_s, query_id=expect)
+            undone = self.store.undo_last_answer(name, lease_s=self.lease_s, query_id=expect)
         except AlreadyAnsweredError as exc:
             raise ApiError(409, str(exc)) from None
-        if qid is None:
+        if undone is None:
             return {"query_id": None, "query": None, "trained": False}
+        answer_id, qid = undone
         # Whether the reward model had already trained on the answer (the run's trainer says up to
         # which answer it has): its weights keep some of it, though the next updates leave it out.
-        undone = self.store.undone_answer_ids() - before
         with self._lock:
-            trained_through = int(self._run.get("trained_answer_id") or 0)
-        trained = bool(undone) and min(undone) <= trained_through
+            trained = answer_id <= int(self._run.get("trained_answer_id") or 0)
         return {"query_id": qid, "query": self._payload(self.store.get_query(qid)), "trained": trained}
 
     def release(self, body: Any) -> dict[str, Any]:
