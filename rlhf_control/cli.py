@@ -218,13 +218,14 @@ def _eval(args: argparse.Namespace) -> int:
 def trained_answer_id(run_dir: Path) -> int:
     """The last answer the run's saved reward model had trained on (0: none, or no readable
     checkpoint: ``train --resume`` refuses a damaged one, labelling does not need it)."""
-    from rlhf_control.loop.checkpoint import CheckpointError, load_run_checkpoint
+    from rlhf_control.loop.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint_state
 
     try:
-        _, state = load_run_checkpoint(run_dir)
+        path = latest_checkpoint(run_dir)
+        state = load_checkpoint_state(path, verify=False) if path is not None else {}
     except CheckpointError:
         return 0
-    return int((state or {}).get("trained_answer_id") or 0)
+    return int(state.get("trained_answer_id") or 0)
 
 
 def _label(args: argparse.Namespace) -> int:
