@@ -77,8 +77,10 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_stops_worker_server_and_renderer(tmp_path):
     run = tmp_path / "run"
+    (tmp_path / "c.toml").write_text(tomli_w.dumps({"run": {"agent": SHORT_ROLLOUTS}}))
     proc = _start(["--oracle", "human", "--run-ahead", "--steps", "40000", "--labels", "20", "--pretrain-labels", "4",
-                   "--n-envs", "2", "--iteration-steps", "2048", "--checkpoint-every", "100",
+                   "--n-envs", "2", "--iteration-steps", "512", "--config", str(tmp_path / "c.toml"),
+                   "--checkpoint-every", "100",
                    "--checkpoint-minutes", "0", "--label-port", "0", "--run-dir", str(run)])
     try:
         port = int(re.search(r"127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1))

@@ -76,6 +76,16 @@ def _train_and_label(args: list[str], run: Path, want: int) -> None:
             proc.kill()
 
 
+def _short_rollouts(tmp_path: Path) -> str:
+    """A config file giving Pendulum's (and Hopper's) PPO rollouts of 256 steps per env, not 1,024
+    or 2,048: these runs need their queries, not the agent's learning."""
+    import tomli_w
+
+    path = tmp_path / "short.toml"
+    path.write_text(tomli_w.dumps({"run": {"agent": {"n_steps": 256}}}))
+    return str(path)
+
+
 def _rows(run: Path) -> list[dict]:
     with open(run / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -84,7 +94,9 @@ def _rows(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_labels_answered_while_training_reach_the_reward_model(tmp_path):
     run = tmp_path / "human"
-    args = ["train", "--oracle", "human", "--wait-for-labels", "--steps", "4096", "--labels", "8",
+    # One iteration of 2,048 steps: the 4 labels after pretraining are asked, answered and trained on
+    # while its rollout runs.
+    args = ["train", "--oracle", "human", "--wait-for-labels", "--steps", "2048", "--labels", "8",
             "--pretrain-labels", "4", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run), "--no-progress"]
     _train_and_label(args, run, want=8)
     rows = _rows(run)
@@ -100,9 +112,9 @@ def test_offline_labelling_then_resume_learns_the_answers(tmp_path, monkeypatch)
     # --run-ahead: nobody labels while it trains, and the run does not wait for anyone.
     # (--sync-reward: the reward worker is not what these tests are about, and its start costs seconds;
     # the test above runs with it.)
-    assert main(["train", "--oracle", "human", "--run-ahead", "--steps", "2048", "--labels", "6",
+    assert main(["train", "--oracle", "human", "--run-ahead", "--steps", "1024", "--labels", "6",
                  "--pretrain-labels", "6", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run),
-                 "--no-progress", "--sync-reward"]) == 0
+                 "--config", _short_rollouts(tmp_path), "--no-progress", "--sync-reward"]) == 0
     rows = _rows(run)
     assert rows[-1]["labels"] == "0" and rows[-1]["reward_val_accuracy"] == "" and trained_answer_id(run) == 0
     # The run has stopped; a person labels its pending queries with `rlhf-control label`.
@@ -134,9 +146,9 @@ def test_task_without_true_reward(tmp_path, capsys):
     assert "no true reward" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
     run = tmp_path / "flip"
-    assert main(["train", "--task", "hopper-backflip", "--oracle", "human", "--run-ahead", "--steps", "2048", "--labels", "2",
+    assert main(["train", "--task", "hopper-backflip", "--oracle", "human", "--run-ahead", "--steps", "512", "--labels", "2",
                  "--pretrain-labels", "2", "--n-envs", "1", "--label-port", "0", "--run-dir", str(run),
-                 "--no-progress", "--sync-reward"]) == 0
+                 "--config", _short_rollouts(tmp_path), "--no-progress", "--sync-reward"]) == 0
     for row in _rows(run):
         assert row["true_return"] == "" and row["reward_return_corr"] == ""
     store = PreferenceStore.open(run / "preferences.sqlite")
@@ -148,9 +160,9 @@ def test_task_without_true_reward(tmp_path, capsys):
 @pytest.mark.slow
 def test_label_renders_the_clips_a_stopped_run_still_needs(tmp_path):
     run = tmp_path / "stopped"
-    assert main(["train", "--oracle", "human", "--run-ahead", "--steps", "2048", "--labels", "4",
+    assert main(["train", "--oracle", "human", "--run-ahead", "--steps", "512", "--labels", "4",
                  "--pretrain-labels", "4", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run),
-                 "--no-progress", "--sync-reward"]) == 0
+                 "--config", _short_rollouts(tmp_path), "--eval-episodes", "0", "--no-progress", "--sync-reward"]) == 0
     # As if the run had been stopped before its clips were rendered.
     for clip in (run / "clips").glob("*.mp4"):
         clip.unlink()

@@ -21,8 +21,8 @@ def test_a_labeller_who_comes_late_gets_fresh_pairs_and_the_run_waits_for_the_bu
     pytest.importorskip("playwright.sync_api")
     if not os.path.exists(label_pace.CHROMIUM):
         pytest.skip(f"no Chromium at {label_pace.CHROMIUM}")
-    # 4,096 steps take a few seconds: without pacing the run would end long before the page opens.
-    res = label_pace.run_check(steps=4096, labels=10, open_after=6.0, every=0.3, run_dir=tmp_path,
+    # 2,048 steps take a few seconds: without pacing the run would end long before the page opens.
+    res = label_pace.run_check(steps=2048, labels=10, open_after=6.0, every=0.3, run_dir=tmp_path,
                                extra=["--pretrain-labels", "3", "--n-envs", "2", "--iteration-steps", "1024"],
                                deadline_s=120, log=lambda *a: None)
     assert res.returncode == 0

@@ -37,6 +37,9 @@ ROOT = Path(__file__).parents[1]
 # The runs below test the loop's mechanics, not how well SAC learns: 32-unit networks, not SB3's 256,
 # make each gradient step several times cheaper.
 SMALL_SAC = {"policy_kwargs": {"net_arch": [32, 32]}}
+# Where a test does not count gradient steps: one SAC update every 4 env steps, not every step (an
+# update of even these networks takes about 10 ms on a 2-core machine, the most of such a run's time).
+FAST_SAC = {**SMALL_SAC, "train_freq": 4}
 
 
 def _sac(buffer_size=500, steps=300, seed=0):
@@ -167,7 +170,7 @@ SAC_FLAGS = ["--task", "Pendulum-v1", "--algo", "sac", "--n-envs", "1", "--steps
 def test_a_sac_run_killed_after_its_first_round_resumes_with_its_labels_and_buffer(tmp_path):
     run = tmp_path / "run"
     cfg = tmp_path / "c.toml"
-    cfg.write_text(tomli_w.dumps({"run": {"agent": {"learning_starts": 200, "batch_size": 64, **SMALL_SAC}}}))
+    cfg.write_text(tomli_w.dumps({"run": {"agent": {"learning_starts": 200, "batch_size": 64, **FAST_SAC}}}))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "train", *SAC_FLAGS, "--config", str(cfg),
                              "--run-dir", str(run), "--no-progress"], env=env,
@@ -212,7 +215,7 @@ def test_no_relabelling_leaves_stored_rewards_as_they_were_stored(tmp_path):
     run = tmp_path / "run"
     cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=1400, labels=8, pretrain_labels=0,
                     schedule="bpref", label_batch=4, unsup_steps=0, iteration_steps=400, eval_episodes=0,
-                    relabel=False, reward_async=False, agent={"learning_starts": 200, "batch_size": 32, **SMALL_SAC})
+                    relabel=False, reward_async=False, agent={"learning_starts": 200, "batch_size": 32, **FAST_SAC})
     trainer = RLHFTrainer(cfg, run)
     trainer.run()
     assert trainer.offpolicy.relabels == 0
@@ -275,7 +278,7 @@ def test_the_sac_baseline_logs_every_iteration_not_every_step(tmp_path):
 
     cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=1200, unsup_steps=0, iteration_steps=500,
                     eval_episodes=1, eval_every=1,
-                    agent={"learning_starts": 200, "batch_size": 32, **SMALL_SAC})
+                    agent={"learning_starts": 200, "batch_size": 32, **FAST_SAC})
     train_baseline(cfg, tmp_path / "rl")
     with open(tmp_path / "rl" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -289,7 +292,7 @@ def test_a_person_labels_a_sac_run_first_round_included(tmp_path):
 
     run = tmp_path / "human"
     cfg = tmp_path / "c.toml"
-    cfg.write_text(tomli_w.dumps({"run": {"agent": {"learning_starts": 100, "batch_size": 32, **SMALL_SAC}}}))
+    cfg.write_text(tomli_w.dumps({"run": {"agent": {"learning_starts": 100, "batch_size": 32, **FAST_SAC}}}))
     args = ["train", "--oracle", "human", "--wait-for-labels", "--task", "Pendulum-v1", "--algo", "sac", "--n-envs", "1",
             "--steps", "900", "--labels", "6", "--pretrain-labels", "0", "--schedule", "bpref", "--label-batch", "2",
             "--unsup-steps", "200", "--iteration-steps", "200", "--eval-episodes", "0", "--label-port", "0",
@@ -379,7 +382,7 @@ def test_the_first_round_asks_random_pairs_and_later_rounds_the_runs_selector(tm
         monkeypatch.setattr(cls, "select", spy)
     cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=1000, labels=6, pretrain_labels=0,
                     schedule="bpref", label_batch=3, unsup_steps=200, iteration_steps=300, eval_episodes=0,
-                    selector="variance", reward_async=False, agent={"learning_starts": 100, "batch_size": 32, **SMALL_SAC})
+                    selector="variance", reward_async=False, agent={"learning_starts": 100, "batch_size": 32, **FAST_SAC})
     RLHFTrainer(cfg, tmp_path / "run").run()
     assert used[0] == ("RandomSelector", 3)  # PEBBLE: an untrained ensemble's disagreement says nothing
     assert used[1:] and all(name == "VarianceSelector" for name, _ in used[1:])
@@ -407,7 +410,7 @@ def test_sac_queries_may_come_from_its_own_first_steps_and_dmc_uses_b_prefs_wind
     monkeypatch.setattr(selection.VarianceSelector, "select", spy)
     cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=1000, labels=9, pretrain_labels=0,
                     schedule="bpref", label_batch=3, unsup_steps=200, iteration_steps=300, eval_episodes=0,
-                    reward_async=False, agent={"learning_starts": 100, "batch_size": 32, **SMALL_SAC})
+                    reward_async=False, agent={"learning_starts": 100, "batch_size": 32, **FAST_SAC})
     RLHFTrainer(cfg, tmp_path / "run").run()
     # The rounds after the first (at step 300) choose among the newest 256 clips (here: all 40 so far),
     # the random and unsupervised steps' clips too: in PEBBLE they are the agent's own.
@@ -450,7 +453,7 @@ def test_recent_replay_reaches_the_run_and_bad_values_are_refused(tmp_path):
         resolve(RunConfig(task="Pendulum-v1", algo="ppo", recent_replay=0.5))
     cfg = RunConfig(task="Pendulum-v1", algo="sac", n_envs=1, steps=700, labels=4, pretrain_labels=0,
                     schedule="bpref", label_batch=2, unsup_steps=0, iteration_steps=300, eval_episodes=0,
-                    recent_replay=0.5, reward_async=False, agent={"learning_starts": 100, "batch_size": 32, **SMALL_SAC})
+                    recent_replay=0.5, reward_async=False, agent={"learning_starts": 100, "batch_size": 32, **FAST_SAC})
     trainer = RLHFTrainer(cfg, tmp_path / "run")
     trainer.run()
     hybrid = trainer.offpolicy.hybrid
