@@ -246,7 +246,7 @@ def test_a_sweep_stopped_while_one_of_its_workers_is_idle_ends_within_seconds(tm
     spec = {"sweep": {"tasks": ["Pendulum-v1", "CartPole-v1"], "seeds": [0], "labels": [6], "baseline": False},
             "run": {"pretrain_labels": 2, "n_envs": 2, "checkpoint_every": 100, "checkpoint_minutes": 0,
                     "eval_episodes": 0},
-            "overrides": {"Pendulum-v1": {"steps": 40000, "iteration_steps": 2048},
+            "overrides": {"Pendulum-v1": {"steps": 40000, "iteration_steps": 512, "agent": SHORT_ROLLOUTS},
                           "CartPole-v1": {"steps": 256, "iteration_steps": 128}}}
     out, points = _write_spec(tmp_path, spec)
     runs = {p.cfg.task: out / p.name for p in points}

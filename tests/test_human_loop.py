@@ -97,7 +97,8 @@ def test_labels_answered_while_training_reach_the_reward_model(tmp_path):
     # One iteration of 2,048 steps: the 4 labels after pretraining are asked, answered and trained on
     # while its rollout runs.
     args = ["train", "--oracle", "human", "--wait-for-labels", "--steps", "2048", "--labels", "8",
-            "--pretrain-labels", "4", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run), "--no-progress"]
+            "--pretrain-labels", "4", "--n-envs", "2", "--eval-episodes", "0", "--label-port", "0", "--run-dir", str(run),
+            "--no-progress"]
     _train_and_label(args, run, want=8)
     rows = _rows(run)
     assert int(rows[-1]["labels"]) == 8
@@ -114,7 +115,7 @@ def test_offline_labelling_then_resume_learns_the_answers(tmp_path, monkeypatch)
     # the test above runs with it.)
     assert main(["train", "--oracle", "human", "--run-ahead", "--steps", "1024", "--labels", "6",
                  "--pretrain-labels", "6", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run),
-                 "--config", _short_rollouts(tmp_path), "--no-progress", "--sync-reward"]) == 0
+                 "--config", _short_rollouts(tmp_path), "--eval-episodes", "0", "--no-progress", "--sync-reward"]) == 0
     rows = _rows(run)
     assert rows[-1]["labels"] == "0" and rows[-1]["reward_val_accuracy"] == "" and trained_answer_id(run) == 0
     # The run has stopped; a person labels its pending queries with `rlhf-control label`.

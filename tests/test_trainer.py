@@ -144,7 +144,7 @@ def test_atari_run_with_a_small_cnn(tmp_path):
 def test_a_run_shorter_than_one_default_iteration_still_spends_its_budget(tmp_path):
     # No iteration_steps: the default (at least 2,048 steps) must shrink for a 512-step run, and the
     # last rollout must end an iteration so that every planned label is asked for.
-    cfg = RunConfig(task="Pendulum-v1", steps=512, labels=12, pretrain_labels=2, pretrain_epochs=1,
+    cfg = RunConfig(task="Pendulum-v1", steps=512, labels=12, pretrain_labels=2, pretrain_epochs=1, eval_episodes=0,
                     reward_epochs=1, n_envs=1, seed=0, agent={"n_steps": 64, "batch_size": 32, "n_epochs": 1})
     run = tmp_path / "short"
     RLHFTrainer(cfg, run).run()
@@ -154,9 +154,11 @@ def test_a_run_shorter_than_one_default_iteration_still_spends_its_budget(tmp_pa
 
 
 def _tiny(**kw) -> RunConfig:
+    # No deterministic evaluations unless a test asks for them (two of 10 episodes each would be a
+    # good part of such a run's time).
     return RunConfig(**{"task": "Pendulum-v1", "steps": 2048, "labels": 16, "pretrain_labels": 4, "pretrain_epochs": 1,
                         "reward_epochs": 1, "n_envs": 2, "seed": 0, "iteration_steps": 256, "checkpoint_every": 100,
-                        "agent": {"n_steps": 128, "batch_size": 64, "n_epochs": 1}, **kw})
+                        "eval_episodes": 0, "agent": {"n_steps": 128, "batch_size": 64, "n_epochs": 1}, **kw})
 
 
 def test_retraining_runs_in_the_worker_during_the_next_rollout(tmp_path, monkeypatch):
