@@ -28,6 +28,13 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("P
 SHORT_ROLLOUTS = {"n_steps": 256}
 
 
+def short_rollouts_config(tmp_path: Path) -> str:
+    """A run config file, ``tmp_path/c.toml``, that gives the agent :data:`SHORT_ROLLOUTS`."""
+    path = tmp_path / "c.toml"
+    path.write_text(tomli_w.dumps({"run": {"agent": SHORT_ROLLOUTS}}))
+    return str(path)
+
+
 def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", "train", *args, "--no-progress"], text=True,
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -77,9 +84,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_stops_worker_server_and_renderer(tmp_path):
     run = tmp_path / "run"
-    (tmp_path / "c.toml").write_text(tomli_w.dumps({"run": {"agent": SHORT_ROLLOUTS}}))
     proc = _start(["--oracle", "human", "--run-ahead", "--steps", "40000", "--labels", "20", "--pretrain-labels", "4",
-                   "--n-envs", "2", "--iteration-steps", "512", "--config", str(tmp_path / "c.toml"),
+                   "--n-envs", "2", "--iteration-steps", "512", "--config", short_rollouts_config(tmp_path),
                    "--checkpoint-every", "100",
                    "--checkpoint-minutes", "0", "--label-port", "0", "--run-dir", str(run)])
     try:
@@ -110,10 +116,9 @@ def test_sigterm_checkpoints_and_stops_worker_server_and_renderer(tmp_path):
 @pytest.mark.slow
 def test_a_kill_never_redoes_pretraining_and_resume_cuts_the_metrics_back(tmp_path):
     run = tmp_path / "run"
-    (tmp_path / "c.toml").write_text(tomli_w.dumps({"run": {"agent": SHORT_ROLLOUTS}}))
     args = ["--steps", "2048", "--labels", "40", "--pretrain-labels", "10", "--n-envs", "2",
             "--iteration-steps", "512", "--checkpoint-every", "100", "--checkpoint-minutes", "0",
-            "--eval-episodes", "0", "--config", str(tmp_path / "c.toml")]
+            "--eval-episodes", "0", "--config", short_rollouts_config(tmp_path)]
     proc = _start([*args, "--run-dir", str(run)])
     try:
         _wait_rows(proc, run, 2)

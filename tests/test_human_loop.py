@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# PPO rollouts of 256 steps per env in the runs below: they need their queries, not the agent's learning.
+from test_clean_stop import short_rollouts_config
+
 from rlhf_control.cli import main, trained_answer_id
 from rlhf_control.store.store import PreferenceStore
 from rlhf_control.web.app import LabelApp
@@ -76,16 +79,6 @@ def _train_and_label(args: list[str], run: Path, want: int) -> None:
             proc.kill()
 
 
-def _short_rollouts(tmp_path: Path) -> str:
-    """A config file giving Pendulum's (and Hopper's) PPO rollouts of 256 steps per env, not 1,024
-    or 2,048: these runs need their queries, not the agent's learning."""
-    import tomli_w
-
-    path = tmp_path / "short.toml"
-    path.write_text(tomli_w.dumps({"run": {"agent": {"n_steps": 256}}}))
-    return str(path)
-
-
 def _rows(run: Path) -> list[dict]:
     with open(run / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -94,8 +87,8 @@ def _rows(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_labels_answered_while_training_reach_the_reward_model(tmp_path):
     run = tmp_path / "human"
-    # One iteration of 2,048 steps: the 4 labels after pretraining are asked, answered and trained on
-    # while its rollout runs.
+    # One iteration of 2,048 steps: the 4 labels after pretraining are asked and answered while the run
+    # goes on, and trained on before it ends.
     args = ["train", "--oracle", "human", "--wait-for-labels", "--steps", "2048", "--labels", "8",
             "--pretrain-labels", "4", "--n-envs", "2", "--eval-episodes", "0", "--label-port", "0", "--run-dir", str(run),
             "--no-progress"]
@@ -115,7 +108,7 @@ def test_offline_labelling_then_resume_learns_the_answers(tmp_path, monkeypatch)
     # the test above runs with it.)
     assert main(["train", "--oracle", "human", "--run-ahead", "--steps", "1024", "--labels", "6",
                  "--pretrain-labels", "6", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run),
-                 "--config", _short_rollouts(tmp_path), "--eval-episodes", "0", "--no-progress", "--sync-reward"]) == 0
+                 "--config", short_rollouts_config(tmp_path), "--eval-episodes", "0", "--no-progress", "--sync-reward"]) == 0
     rows = _rows(run)
     assert rows[-1]["labels"] == "0" and rows[-1]["reward_val_accuracy"] == "" and trained_answer_id(run) == 0
     # The run has stopped; a person labels its pending queries with `rlhf-control label`.
@@ -149,7 +142,7 @@ def test_task_without_true_reward(tmp_path, capsys):
     run = tmp_path / "flip"
     assert main(["train", "--task", "hopper-backflip", "--oracle", "human", "--run-ahead", "--steps", "512", "--labels", "2",
                  "--pretrain-labels", "2", "--n-envs", "1", "--label-port", "0", "--run-dir", str(run),
-                 "--config", _short_rollouts(tmp_path), "--no-progress", "--sync-reward"]) == 0
+                 "--config", short_rollouts_config(tmp_path), "--no-progress", "--sync-reward"]) == 0
     for row in _rows(run):
         assert row["true_return"] == "" and row["reward_return_corr"] == ""
     store = PreferenceStore.open(run / "preferences.sqlite")
@@ -163,7 +156,7 @@ def test_label_renders_the_clips_a_stopped_run_still_needs(tmp_path):
     run = tmp_path / "stopped"
     assert main(["train", "--oracle", "human", "--run-ahead", "--steps", "512", "--labels", "4",
                  "--pretrain-labels", "4", "--n-envs", "2", "--label-port", "0", "--run-dir", str(run),
-                 "--config", _short_rollouts(tmp_path), "--eval-episodes", "0", "--no-progress", "--sync-reward"]) == 0
+                 "--config", short_rollouts_config(tmp_path), "--eval-episodes", "0", "--no-progress", "--sync-reward"]) == 0
     # As if the run had been stopped before its clips were rendered.
     for clip in (run / "clips").glob("*.mp4"):
         clip.unlink()

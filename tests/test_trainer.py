@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tomli_w
 
 from rlhf_control.agent.evaluation import make_eval_env
 from rlhf_control.cli import main
@@ -41,11 +40,10 @@ def _steps(run_dir: Path) -> list[int]:
 @pytest.mark.slow
 def test_sigkill_then_resume_finishes_the_plan(tmp_path):
     run = tmp_path / "run"
-    from test_clean_stop import SHORT_ROLLOUTS  # rollouts of 256 steps per env: four iterations of 512 steps
+    from test_clean_stop import short_rollouts_config  # 256 steps per env: four iterations of 512 steps
 
-    (tmp_path / "c.toml").write_text(tomli_w.dumps({"run": {"agent": SHORT_ROLLOUTS}}))
     args = ["train", "--steps", "2048", "--labels", "40", "--n-envs", "2", "--checkpoint-every", "1",
-            "--iteration-steps", "512", "--seed", "3", "--eval-episodes", "0", "--config", str(tmp_path / "c.toml"),
+            "--iteration-steps", "512", "--seed", "3", "--eval-episodes", "0", "--config", short_rollouts_config(tmp_path),
             "--run-dir", str(run), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_control.cli", *args], env=env,
