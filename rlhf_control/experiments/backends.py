@@ -45,12 +45,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _init_worker() -> None:
-    # An idle worker ignores SIGINT (a stop, or a terminal's Ctrl-C to the group, would otherwise print
-    # its KeyboardInterrupt traceback); execute_point turns it back on for its run (_interruptible).
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _worker_env() -> None:
     # Before torch is imported in the worker: one thread per run, headless rendering.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
@@ -58,13 +53,20 @@ def _init_worker() -> None:
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 
+def _init_worker() -> None:
+    # A Ray worker ignores SIGINT while idle (else a stop printed its KeyboardInterrupt traceback); a pool
+    # worker is born with it blocked (submit). execute_point turns it back on for its run (_interruptible).
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_env()
+
+
 def _interruptible() -> None:
-    """The first SIGINT raises KeyboardInterrupt here again, later ones are ignored: a sweep stops its
-    runs with SIGINT (pool) or Ray's cancel (which simulates it), but a sweep started in the background
-    by a script (``cmd &``) ignores SIGINT, and its pool workers and Ray's would inherit that and never
-    stop. A run that is stopping gets to finish its checkpoint when the same stop reaches it twice (a
-    Ctrl-C at a terminal signals the whole process group, and the sweep forwards it too); the sweep
-    kills a run that takes longer than ``STOP_SECONDS``."""
+    """The first SIGINT raises KeyboardInterrupt again (a sweep started by ``cmd &`` ignores SIGINT, and
+    its workers inherit that), later ones are ignored (Ctrl-C at a terminal and the sweep's forward reach
+    a run twice: it finishes its checkpoint). A pool worker is born with SIGINT blocked (:func:`submit`):
+    unblocked here, a stop that came while it started or idled stops the run before it writes anything."""
     import signal
     import threading
 
@@ -78,12 +80,14 @@ def _interruptible() -> None:
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def execute_point(payload: Payload) -> dict[str, Any]:
     """Run one grid point to the end (resuming if asked); never raises: a failure comes back as a
     one-line error and its traceback goes to ``error.txt`` in the run directory."""
-    _init_worker()
+    _worker_env()
     _interruptible()
     t0 = time.time()
     run_dir = Path(payload["run_dir"])
@@ -148,8 +152,7 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[None]:
-    """While in this block, SIGTERM raises :class:`Terminated` in the main thread (the default would
-    end this process at once and leave its pool's runs running on, unseen)."""
+    """In this block SIGTERM raises :class:`Terminated` in the main thread (not: ends the sweep alone)."""
     import signal
     import threading
 
@@ -171,18 +174,11 @@ STOP_SECONDS = 120.0  # how long stopped runs get to checkpoint before they are 
 
 
 def stop_pool(pool: Any, running: Any, timeout: float = STOP_SECONDS) -> None:
-    """Stop a process pool's runs as Ctrl-C stops one ``train`` (the caller queues nothing more): each
-    worker gets SIGINT (a running run checkpoints and exits; when a Ctrl-C at a terminal has already
-    sent it one, it ignores this one: see :func:`_interruptible`; an idle worker ignores it), the
-    ``running`` futures get ``timeout`` seconds to finish, then the pool is shut down. When a run is
-    still going by then, or a second stop (Ctrl-C or SIGTERM) cuts the wait short, every worker is
-    killed first.
-
-    Nothing is killed when the runs have finished: an idle worker holds the call queue's lock while it
-    waits for work, and one killed there left a replacement worker (``max_tasks_per_child``) blocked
-    on that lock for ever, so the shutdown, and the sweep, never ended. (Earlier bugs: a SIGINT to the
-    sweep's process alone never reached its runs; a second signal during the wait left them running
-    on; shutting the pool down before its workers ended made Python 3.11's pool thread fail.)"""
+    """Stop a pool's runs as Ctrl-C stops one ``train`` (nothing more is queued): each worker gets SIGINT
+    (:func:`_interruptible`), the ``running`` futures get ``timeout`` seconds, then the pool shuts down.
+    A run still going then, or a second stop (Ctrl-C, SIGTERM) during the wait, has every worker killed
+    first; none is killed when the runs have finished (an idle worker holds the call queue's lock, and
+    killing it there left its replacement blocked on that lock for ever)."""
     import signal
     from concurrent.futures import wait
 
@@ -222,6 +218,29 @@ def _kill_until_quiet(alive: Callable[[], list[Any]], quiet: float = 1.0) -> Non
         time.sleep(0.05)
 
 
+def new_pool(n: int) -> Any:
+    """The local backend's pool: ``n`` spawned workers, a fresh one for each run."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_env, max_tasks_per_child=1)
+
+
+def submit(pool: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """``pool.submit`` with SIGINT blocked here: the worker it may start and the manager thread the first
+    submit starts (so every replacement worker) inherit the mask, and a stop's SIGINT to a worker still
+    importing, or idle, waits for :func:`_interruptible` instead of ending it with a traceback."""
+    import signal
+
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        return pool.submit(fn, *args)
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def run_local(payloads: list[Payload], workers: int | None, on_result: OnResult) -> None:
     """Run the payloads on a spawned process pool, ``workers`` at once, each submitted when a worker is
     free (so none waits in the pool's queue to start after a stop). Stopped (Ctrl-C, or SIGTERM under
@@ -229,25 +248,19 @@ def run_local(payloads: list[Payload], workers: int | None, on_result: OnResult)
     that dies (killed, out of memory) fails its run, and the runs after it get a new pool."""
     if not payloads:
         return
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
 
     n = min(workers or default_workers(max(p["cpus"] for p in payloads)), len(payloads))
-
-    def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, max_tasks_per_child=1)
-
-    pool, waiting, running = new_pool(), list(payloads), {}
+    pool, waiting, running = new_pool(n), list(payloads), {}
     try:
         while waiting or running:
             while waiting and len(running) < n:
                 try:
-                    fut = pool.submit(execute_point, waiting[0])
+                    fut = submit(pool, execute_point, waiting[0])
                 except BrokenProcessPool:  # a worker died: the pool takes no more work
                     pool.shutdown(wait=True)
-                    pool = new_pool()
+                    pool = new_pool(n)
                     continue
                 running[fut] = waiting.pop(0)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
