@@ -272,8 +272,9 @@ def _blocked_signals(pid: int) -> int:
 
 def test_a_stop_that_reaches_a_pool_worker_while_it_starts_waits_for_its_run(capfd):
     """The sweep's pool replaces each worker after its run; a stop's SIGINT that reached the replacement
-    while Python was still starting in it raised KeyboardInterrupt there (a traceback, and a broken pool)
-    in about one stop in ten. Every worker, the replacement included, is now born with SIGINT blocked."""
+    while Python was still starting in it raised KeyboardInterrupt there (a traceback, and a broken pool):
+    the idle-worker stop test above failed so once. Every worker, the replacement too, is now born with
+    SIGINT blocked."""
     from rlhf_control.experiments.backends import new_pool, submit
 
     sigint = 1 << (signal.SIGINT - 1)

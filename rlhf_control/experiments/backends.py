@@ -152,7 +152,7 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[None]:
-    """In this block SIGTERM raises :class:`Terminated` in the main thread (not: ends the sweep alone)."""
+    """In this block SIGTERM raises :class:`Terminated` in the main thread, so the sweep stops its runs."""
     import signal
     import threading
 
