@@ -136,6 +136,7 @@ def test_dmc_tasks_resolve_to_pebbles_settings():
 
 @pytest.mark.parametrize("flags, message", [
     (["--algo", "sac", "--task", "CartPole-v1"], "needs continuous (Box) actions"),
+    (["--algo", "sac", "--task", "CartPole-v1", "--steps", "1000"], "needs continuous (Box) actions"),
     (["--algo", "sac", "--steps", "5000"], "unsup-steps 9000 after 1000 random steps"),
     (["--algo", "sac", "--steps", "20000", "--clip-length", "30", "--n-envs", "1"], None),
     (["--unsup-steps", "100"], "is for off-policy agents"),

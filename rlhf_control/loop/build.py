@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from rlhf_control import __version__
@@ -150,10 +149,6 @@ def _build_run(cfg: RunConfig, run_dir: Path, resume: bool, task: TaskSpec | Non
     ring = FrameRing(run_dir / POOL_FRAMES_FILE, capacity + capacity // 2) if task.frame_stack else None
     pool = SegmentPool(capacity=capacity, rng=rng, frames=ring)
     venv = task.make_vec_env(r.n_envs, seed=cfg.seed)
-    if r.algo in OFF_POLICY and not isinstance(venv.action_space, spaces.Box):
-        venv.close()
-        raise UserError(f"algo {r.algo!r} needs continuous (Box) actions; task {task.name!r} has "
-                        f"{venv.action_space}: use ppo, a2c or trpo")
     render_fn = None
     if oracle_factory.shows_clips:
         from rlhf_control.recording.render_states import render_state_fn
