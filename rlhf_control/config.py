@@ -375,7 +375,7 @@ def _off_policy_start(cfg: RunConfig, task: TaskSpec, algo: str, agent_params: d
             raise UserError(f"recent-replay {cfg.recent_replay} is for off-policy agents (sac); algo {algo!r} has "
                             "no replay buffer (give 0 or leave it out)")
         return 0
-    _check_box_actions(task, algo)  # first: no other value of the run can make a discrete task fit
+    task.require_box_actions(algo)  # first: no other value of the run can make a discrete task fit
     params = inspect.signature(algo_class(algo)).parameters
     random_steps = int(agent_params.get("learning_starts", params["learning_starts"].default))
     unsup = task.unsup_steps if cfg.unsup_steps is None else cfg.unsup_steps
@@ -387,19 +387,6 @@ def _off_policy_start(cfg: RunConfig, task: TaskSpec, algo: str, agent_params: d
         raise UserError(f"replay buffer_size {buffer} ({buffer // n_envs} per env) is smaller than one segment of "
                         f"{task.clip_length} steps; allowed: at least {task.clip_length * n_envs}")
     return random_steps + unsup
-
-
-def _check_box_actions(task: TaskSpec, algo: str) -> None:
-    """Refuses an off-policy agent on a task without continuous (Box) actions; one env is made to read
-    the action space, which the catalogue does not record."""
-    from gymnasium import spaces
-
-    env = task.make_env(0)
-    space = env.action_space
-    env.close()
-    if not isinstance(space, spaces.Box):
-        raise UserError(f"algo {algo!r} needs continuous (Box) actions; task {task.name!r} has {space}: "
-                        "use ppo, a2c or trpo")
 
 
 def resolve_device(name: str) -> str:

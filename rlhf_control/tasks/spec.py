@@ -339,6 +339,16 @@ class TaskSpec:
             limit = None
         return int(limit or 1000)
 
+    def require_box_actions(self, algo: str) -> None:
+        """Refuses an agent that needs continuous (Box) actions (``algo``) on this task when its
+        actions are not; one env is made to read the space, which the catalogue does not record."""
+        env = self.make_env(0)
+        space = env.action_space
+        env.close()
+        if not isinstance(space, gym.spaces.Box):
+            raise UserError(f"algo {algo!r} needs continuous (Box) actions; task {self.name!r} has {space}: "
+                            "use ppo, a2c or trpo")
+
     @property
     def reward_obs_fn(self) -> Callable[[np.ndarray], np.ndarray] | None:
         """Mask for what the reward model sees, on ``(N, H, W[, C])`` obs; None when nothing is hidden."""
