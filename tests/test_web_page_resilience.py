@@ -73,6 +73,34 @@ def test_an_answer_the_server_could_not_take_is_kept_and_sent_when_it_is_back(br
         ctx.close()
 
 
+def test_an_answer_kept_before_the_page_heard_of_its_run_is_still_sent_to_that_run(browser, run_dir):
+    # The server went away before the page's first stats arrived: the page knows the run only from
+    # the pair it shows, and the kept answer must still reach that run when it is served again.
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
+    ctx.add_init_script("localStorage.setItem('rlhf-control.labeller', 'ann')")
+    ctx.route("**/api/stats*", lambda route: route.abort())
+    page = ctx.new_page()
+    srv = start_server(run_dir, port=0)
+    port = srv.port
+    try:
+        page.goto(srv.url)
+        page.wait_for_function("window.labelApp && window.labelApp.current !== null && window.labelApp.idle",
+                               timeout=WAIT_MS)
+        assert page.evaluate("window.labelApp.runId") is None
+        qid = page.evaluate("window.labelApp.current")
+        srv.stop()
+        page.keyboard.press("2")
+        page.wait_for_function("window.labelApp.outbox.length === 1", timeout=WAIT_MS)
+        ctx.unroute("**/api/stats*")
+        with start_server(run_dir, port=port):
+            page.wait_for_function("window.labelApp.outbox.length === 0 && window.labelApp.online", timeout=WAIT_MS)
+            with PreferenceStore.open(run_dir / STORE_FILE) as store:
+                answers = [a for _, a in store.answers_since(0)]
+            assert [(a.query_id, a.label, a.labeller) for a in answers] == [(qid, -1, "ann")]
+    finally:
+        ctx.close()
+
+
 def test_a_kept_answer_is_never_stored_in_another_run_nor_undone_before_it_is_sent(browser, run_dir, tmp_path):
     srv = start_server(run_dir, port=0)
     port = srv.port

@@ -211,7 +211,7 @@ class LabelApp:
         return {"query_id": rec.query_id, "first": first, "second": second, "pair": self.clip_url(rec.clip_pair),
                 "created_step": rec.created_step, "first_step": steps.get(rec.first_id, -1),
                 "second_step": steps.get(rec.second_id, -1),
-                "lease_until": rec.lease_until, "lease_s": self.lease_s, "fps": self.fps}
+                "lease_until": rec.lease_until, "lease_s": self.lease_s, "fps": self.fps, "run": self.run_id}
 
     def _without_clips(self) -> set[int]:
         """Pending queries known to lack servable clips (rescanned at most every scan_every_s)."""

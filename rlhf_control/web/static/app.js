@@ -266,10 +266,12 @@
     document.body.classList.add("busy");
     press(BUTTON_OF[String(label)]);
     const q = st.cur.q;
-    if (!st.runId) await refreshStats(); // the run the answer belongs to, should it have to be kept
+    // The answer belongs to the run that served this pair (should it have to be kept), which the page
+    // may not have heard of otherwise: the server can go away before the first stats arrive.
+    const run = q.run || st.runId;
     try {
       const r = await api("POST", "/api/answer",
-        { query_id: q.query_id, label, labeller: st.name, seconds: watchedSeconds(), run: st.runId });
+        { query_id: q.query_id, label, labeller: st.name, seconds: watchedSeconds(), run });
       if (r.ok) {
         st.answered.push(q.query_id);
         st.mine += 1;
@@ -280,13 +282,13 @@
         toast(`${errText(r)} (moving on)`, "warn");
         await advance();
       } else if (r.status >= 500) {
-        keep({ query_id: q.query_id, label, labeller: st.name, seconds: watchedSeconds(), run: st.runId });
+        keep({ query_id: q.query_id, label, labeller: st.name, seconds: watchedSeconds(), run });
         await advance();
       } else {
         toast(`Not saved: ${errText(r)}`, "error");
       }
     } catch (_) {
-      keep({ query_id: q.query_id, label, labeller: st.name, seconds: watchedSeconds(), run: st.runId });
+      keep({ query_id: q.query_id, label, labeller: st.name, seconds: watchedSeconds(), run });
       setOnline(false);
       await advance();
     } finally {
