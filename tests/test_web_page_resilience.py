@@ -11,6 +11,7 @@ import pytest
 
 from rlhf_control.rundir import STORE_FILE
 from rlhf_control.store.store import PreferenceStore
+from rlhf_control.web.app import run_identity
 from rlhf_control.web.demo import make_demo_run
 from rlhf_control.web.server import start_server
 
@@ -97,6 +98,30 @@ def test_an_answer_kept_before_the_page_heard_of_its_run_is_still_sent_to_that_r
             with PreferenceStore.open(run_dir / STORE_FILE) as store:
                 answers = [a for _, a in store.answers_since(0)]
             assert [(a.query_id, a.label, a.labeller) for a in answers] == [(qid, -1, "ann")]
+    finally:
+        ctx.close()
+
+
+def test_a_pair_shown_from_one_run_is_not_answered_into_the_run_served_after_it(browser, run_dir, tmp_path):
+    # The page shows run A's pair; A's server stops and another run takes the port. The page hears
+    # of the new run from its stats, but the pair on screen is still A's: its answer must not land on
+    # the new run's pair of the same number.
+    srv = start_server(run_dir, port=0)
+    port = srv.port
+    ctx, page = open_page(browser, srv.url, "ann")
+    try:
+        qid = page.evaluate("window.labelApp.current")
+        srv.stop()
+        other = tmp_path / "other"
+        make_demo_run(other, n_segments=8, n_queries=6, seed=8)
+        with start_server(other, port=port):
+            page.wait_for_function(f"window.labelApp.runId === {run_identity(other)!r}", timeout=WAIT_MS)
+            assert page.evaluate("window.labelApp.current") == qid
+            page.keyboard.press("1")
+            page.wait_for_function("document.querySelector('#toast').textContent.includes('not stored')",
+                                   timeout=WAIT_MS)
+            with PreferenceStore.open(other / STORE_FILE) as store:
+                assert store.count_answers() == 0
     finally:
         ctx.close()
 
