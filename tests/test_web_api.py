@@ -170,6 +170,21 @@ def test_answers_and_clips_are_tied_to_their_run(server, run_dir):
     assert status == 409 and "given in run '0123456789ab'" in body["error"] and "not stored" in body["error"]
     assert jcall(server, "GET", "/api/stats")[1]["answered"] == 0
     assert jcall(server, "POST", "/api/answer", dict(ans, run=run_id)) == (200, {"stored": True, "query_id": q["query_id"]})
+    assert q["run"] == run_id  # each pair names its run: a page keeps and sends its answer with it
+    # A page still showing the pairs of the run served on this port before holds, renews and gives
+    # back none of this run's pairs of the same numbers.
+    other = "0123456789ab"
+    nxt = jcall(server, "GET", "/api/next?labeller=ann")[1]["query_id"]
+    def beat(name, run):
+        return jcall(server, "POST", "/api/heartbeat", {"labeller": name, "query_ids": [nxt], "run": run})[1]["held"]
+
+    def release(run):
+        return jcall(server, "POST", "/api/release", {"query_id": nxt, "labeller": "ann", "run": run})[1]["released"]
+
+    assert beat("ann", other) == [] and release(other) is False  # ann's hold stays as it was
+    assert beat("ann", run_id) == [nxt] and release(run_id) is True
+    assert beat("bob", other) == []  # a free pair is not taken either
+    assert beat("bob", run_id) == [nxt]
     # a later run in the same folder (a config created at another time) is another run
     doc = (run_dir / "config.toml").read_text()
     (run_dir / "config.toml").write_text('[meta]\ncreated = "2099-01-01T00:00:00"\n\n' + doc)

@@ -109,8 +109,10 @@ def test_a_pair_shown_from_one_run_is_not_answered_into_the_run_served_after_it(
     srv = start_server(run_dir, port=0)
     port = srv.port
     ctx, page = open_page(browser, srv.url, "ann")
+    ctx.route("**/api/heartbeat", lambda route: route.abort())  # else it moves the page on (next test)
     try:
         qid = page.evaluate("window.labelApp.current")
+        assert page.evaluate("window.labelApp.currentRun") == run_identity(run_dir)
         srv.stop()
         other = tmp_path / "other"
         make_demo_run(other, n_segments=8, n_queries=6, seed=8)
@@ -122,6 +124,31 @@ def test_a_pair_shown_from_one_run_is_not_answered_into_the_run_served_after_it(
                                    timeout=WAIT_MS)
             with PreferenceStore.open(other / STORE_FILE) as store:
                 assert store.count_answers() == 0
+    finally:
+        ctx.close()
+
+
+def test_a_page_showing_a_pair_of_the_run_served_before_moves_on_to_the_new_runs_pairs(browser, run_dir, tmp_path):
+    srv = start_server(run_dir, port=0)
+    port = srv.port
+    ctx, page = open_page(browser, srv.url, "ann")
+    try:
+        srv.stop()
+        other = tmp_path / "other"
+        make_demo_run(other, n_segments=8, n_queries=6, seed=8)
+        new_run = run_identity(other)
+        with start_server(other, port=port), PreferenceStore.open(other / STORE_FILE) as store:
+            # the heartbeat finds the new server holds none of the old run's pairs for ann
+            page.wait_for_function(f"window.labelApp.currentRun === {new_run!r} && window.labelApp.idle",
+                                   timeout=WAIT_MS)
+            shown = {page.evaluate("window.labelApp.current"), page.evaluate("window.labelApp.upcoming")} - {None}
+            assert set(held(store)) == shown and set(held(store).values()) == {"ann"}
+            assert all(new_run in v for v in page.evaluate(
+                "window.labelApp.videos().map((v) => v.getAttribute('src') || v.src)"))
+            qid = page.evaluate("window.labelApp.current")
+            page.keyboard.press("2")
+            page.wait_for_function("window.labelApp.mine >= 1 && window.labelApp.idle", timeout=WAIT_MS)
+            assert [(a.query_id, a.label) for _, a in store.answers_since(0)] == [(qid, -1)]
     finally:
         ctx.close()
 

@@ -262,7 +262,7 @@ class LabelApp:
         if label is not None and (isinstance(label, bool) or not isinstance(label, int) or label not in (-1, 0, 1)):
             raise ApiError(400, f"label {label!r} is not allowed; {_LABEL_HELP}")
         name = check_labeller(body.get("labeller"))
-        if body.get("run") not in (None, self.run_id):  # a page's kept answer, sent to the next run's server
+        if self._other_run(body):  # a page's kept answer (or pair on screen), sent to the next run's server
             raise ApiError(409, f"answer to pair {qid} was given in run {str(body['run'])[:20]!r}; this server "
                                 f"labels run {self.run_id!r}, so it is not stored")
         seconds = body.get("seconds", 0.0)
@@ -301,12 +301,19 @@ class LabelApp:
             trained = answer_id <= int(self._run.get("trained_answer_id") or 0)
         return {"query_id": qid, "query": self._payload(self.store.get_query(qid)), "trained": trained}
 
+    def _other_run(self, body: dict[str, Any]) -> bool:
+        """Whether ``body`` names a run (its ``run``) other than this server's: a page's pair of the
+        run that was served on this port before. A body without ``run`` is taken as this run's."""
+        return body.get("run") not in (None, self.run_id)
+
     def release(self, body: Any) -> dict[str, Any]:
         """Give back a query ``labeller`` holds (e.g. a preloaded pair they will not label)."""
         if not isinstance(body, dict):
             raise ApiError(400, f"expected a JSON object {{query_id, labeller}}, got {type(body).__name__}")
         qid = _int_field(body, "query_id")
         name = check_labeller(body.get("labeller"))
+        if self._other_run(body):  # a page's pair of the run served before on this port
+            return {"released": False}
         return {"released": self.store.release(qid, name)}
 
     def heartbeat(self, body: Any) -> dict[str, Any]:
@@ -319,6 +326,8 @@ class LabelApp:
         if not isinstance(ids, list) or len(ids) > MAX_HELD or \
                 any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
             raise ApiError(400, f"query_ids {str(ids)[:80]} is not allowed; use a list of at most {MAX_HELD} query ids")
+        if self._other_run(body):  # pairs of another run: hold none of this run's pairs of those numbers
+            return {"held": [], "lease_s": self.lease_s}
         return {"held": self.store.hold(name, ids, lease_s=self.lease_s), "lease_s": self.lease_s}
 
     def stats(self, labeller: Any = None) -> dict[str, Any]:

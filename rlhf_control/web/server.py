@@ -1,10 +1,13 @@
 """HTTP server of the labelling app (stdlib ``ThreadingHTTPServer``): the page, a JSON API and the clips.
 
     GET  /                        the page (``?token=T`` sets a cookie, so the page and its videos work)
-    GET  /api/next?labeller=NAME[&exclude=ID,...][&reserve=1]   claim a query: 200 {query_id, first, ...}, 204 none
-    POST /api/answer  {query_id, label: 1|-1|0|null, labeller, seconds}
-    POST /api/undo    {labeller}      POST /api/release {query_id, labeller}
-    POST /api/heartbeat {labeller, query_ids}   renew the holds of the pairs a page shows
+    GET  /api/next?labeller=NAME[&exclude=ID,...][&reserve=1]   claim a query: 200 {query_id, first, run, ...}, 204 none
+    POST /api/answer  {query_id, label: 1|-1|0|null, labeller, seconds, run}
+    POST /api/undo    {labeller}      POST /api/release {query_id, labeller, run}
+    POST /api/heartbeat {labeller, query_ids, run}   renew the holds of the pairs a page shows
+
+``run`` (optional in a body) is the run id a pair came with: a body naming another run (a page still
+showing the pairs of the run that was served on this port before) stores, holds and releases nothing.
     GET  /api/stats[?labeller=NAME]   GET|PUT /api/task {instructions}   GET /api/progress (the run's curve)
     GET  /clips/<file>                clips from the run's clips/ folder, with HTTP Range support
 

@@ -323,7 +323,8 @@
       if (!q) { toast(`Undid pair #${r.data.query_id}, but its clips are gone`, "warn"); return; }
       // The preloaded pair goes back to the pool; the pair on screen becomes the next one.
       if (st.next) {
-        api("POST", "/api/release", { query_id: st.next.q.query_id, labeller: st.name }).catch(() => {});
+        api("POST", "/api/release", { query_id: st.next.q.query_id, labeller: st.name, run: st.next.q.run })
+          .catch(() => {});
         unload(st.next);
         st.next = null;
       }
@@ -388,8 +389,11 @@
   async function heartbeat() {
     const ids = heldIds();
     if (!st.name || !ids.length || st.busy || document.hidden) return;
+    // The run of the pairs on screen: a server of another run (it took the port) holds none of them,
+    // so the page moves on to that run's pairs instead of taking its pairs of the same numbers.
+    const run = [st.cur, st.next].filter((s) => s && s.q).map((s) => s.q.run)[0] || st.runId;
     let r;
-    try { r = await api("POST", "/api/heartbeat", { labeller: st.name, query_ids: ids }); } catch (_) { return; }
+    try { r = await api("POST", "/api/heartbeat", { labeller: st.name, query_ids: ids, run }); } catch (_) { return; }
     if (!r.ok || st.busy) return;
     const held = new Set(r.data.held);
     if (st.next && st.next.q && ids.includes(st.next.q.query_id) && !held.has(st.next.q.query_id)) {
@@ -402,11 +406,12 @@
     }
   }
   function releaseAll() {
-    for (const id of heldIds()) {
+    for (const s of [st.cur, st.next]) {
+      if (!s || !s.q) continue;
       fetch("/api/release", {
         method: "POST", keepalive: true, credentials: "same-origin",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ query_id: id, labeller: st.name }),
+        body: JSON.stringify({ query_id: s.q.query_id, labeller: st.name, run: s.q.run }),
       }).catch(() => {});
     }
   }
@@ -514,7 +519,9 @@
     if (name === st.name) return;
     // Give back what the old name holds, then start again under the new one.
     for (const s of [st.cur, st.next]) {
-      if (s && s.q && st.name) api("POST", "/api/release", { query_id: s.q.query_id, labeller: st.name }).catch(() => {});
+      if (s && s.q && st.name) {
+        api("POST", "/api/release", { query_id: s.q.query_id, labeller: st.name, run: s.q.run }).catch(() => {});
+      }
       if (s) unload(s);
     }
     st.cur = null;
@@ -579,6 +586,7 @@
   // For tests and the curious: what is on screen.
   window.labelApp = {
     get current() { return st.cur ? st.cur.q.query_id : null; },
+    get currentRun() { return st.cur ? st.cur.q.run : null; },
     get upcoming() { return st.next ? st.next.q.query_id : null; },
     get loops() { return st.loops; },
     get idle() { return !st.busy && !st.filling && !st.preloading; },
