@@ -302,8 +302,7 @@ class LabelApp:
         return {"query_id": qid, "query": self._payload(self.store.get_query(qid)), "trained": trained}
 
     def _other_run(self, body: dict[str, Any]) -> bool:
-        """Whether ``body`` names a run (its ``run``) other than this server's: a page's pair of the
-        run that was served on this port before. A body without ``run`` is taken as this run's."""
+        """Whether ``body['run']`` names another run (a page's pair from the run served here before)."""
         return body.get("run") not in (None, self.run_id)
 
     def release(self, body: Any) -> dict[str, Any]:
@@ -312,9 +311,7 @@ class LabelApp:
             raise ApiError(400, f"expected a JSON object {{query_id, labeller}}, got {type(body).__name__}")
         qid = _int_field(body, "query_id")
         name = check_labeller(body.get("labeller"))
-        if self._other_run(body):  # a page's pair of the run served before on this port
-            return {"released": False}
-        return {"released": self.store.release(qid, name)}
+        return {"released": not self._other_run(body) and self.store.release(qid, name)}
 
     def heartbeat(self, body: Any) -> dict[str, Any]:
         """``{labeller, query_ids}``: renew the labeller's hold on the pairs their page shows (taking a
