@@ -35,6 +35,17 @@ def open_page(browser, url: str, name: str):
     return ctx, page
 
 
+def page_left_by_its_server(browser, run_dir: Path, tmp_path: Path):
+    """ann's page on ``run_dir``'s server, that server stopped, and another demo run (its pairs
+    numbered from 1 as well) ready to be served on the same port: -> (ctx, page, other, port)."""
+    srv = start_server(run_dir, port=0)
+    ctx, page = open_page(browser, srv.url, "ann")
+    srv.stop()
+    other = tmp_path / "other"
+    make_demo_run(other, n_segments=8, n_queries=6, seed=8)
+    return ctx, page, other, srv.port
+
+
 def store_steps(run: Path, query_id: int) -> tuple[int, int]:
     """The agent steps of a query's two clips, as the store has them."""
     with PreferenceStore.open(run / STORE_FILE) as store:
@@ -106,16 +117,11 @@ def test_a_pair_shown_from_one_run_is_not_answered_into_the_run_served_after_it(
     # The page shows run A's pair; A's server stops and another run takes the port. The page hears
     # of the new run from its stats, but the pair on screen is still A's: its answer must not land on
     # the new run's pair of the same number.
-    srv = start_server(run_dir, port=0)
-    port = srv.port
-    ctx, page = open_page(browser, srv.url, "ann")
+    ctx, page, other, port = page_left_by_its_server(browser, run_dir, tmp_path)
     ctx.route("**/api/heartbeat", lambda route: route.abort())  # else it moves the page on (next test)
     try:
         qid = page.evaluate("window.labelApp.current")
         assert page.evaluate("window.labelApp.currentRun") == run_identity(run_dir)
-        srv.stop()
-        other = tmp_path / "other"
-        make_demo_run(other, n_segments=8, n_queries=6, seed=8)
         with start_server(other, port=port):
             page.wait_for_function(f"window.labelApp.runId === {run_identity(other)!r}", timeout=WAIT_MS)
             assert page.evaluate("window.labelApp.current") == qid
@@ -129,13 +135,8 @@ def test_a_pair_shown_from_one_run_is_not_answered_into_the_run_served_after_it(
 
 
 def test_a_page_showing_a_pair_of_the_run_served_before_moves_on_to_the_new_runs_pairs(browser, run_dir, tmp_path):
-    srv = start_server(run_dir, port=0)
-    port = srv.port
-    ctx, page = open_page(browser, srv.url, "ann")
+    ctx, page, other, port = page_left_by_its_server(browser, run_dir, tmp_path)
     try:
-        srv.stop()
-        other = tmp_path / "other"
-        make_demo_run(other, n_segments=8, n_queries=6, seed=8)
         new_run = run_identity(other)
         with start_server(other, port=port), PreferenceStore.open(other / STORE_FILE) as store:
             # the heartbeat finds the new server holds none of the old run's pairs for ann
