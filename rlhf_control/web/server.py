@@ -5,11 +5,11 @@
     POST /api/answer  {query_id, label: 1|-1|0|null, labeller, seconds, run}
     POST /api/undo    {labeller}      POST /api/release {query_id, labeller, run}
     POST /api/heartbeat {labeller, query_ids, run}   renew the holds of the pairs a page shows
+    GET  /api/stats[?labeller=NAME]   GET|PUT /api/task {instructions}   GET /api/progress (the run's curve)
+    GET  /clips/<file>                clips from the run's clips/ folder, with HTTP Range support
 
 ``run`` (optional in a body) is the run id a pair came with: a body naming another run (a page still
 showing the pairs of the run that was served on this port before) stores, holds and releases nothing.
-    GET  /api/stats[?labeller=NAME]   GET|PUT /api/task {instructions}   GET /api/progress (the run's curve)
-    GET  /clips/<file>                clips from the run's clips/ folder, with HTTP Range support
 
 Errors are JSON ``{"error": "one line"}`` with a 4xx status (5xx for server faults) and leave the
 store unchanged. Who may connect (loopback by default, a token otherwise) is :mod:`rlhf_control.web.access`;
