@@ -25,9 +25,13 @@ def run_dir(tmp_path_factory, tmp_path) -> Path:
     return run
 
 
-def open_page(browser, url: str, name: str):
+def open_page(browser, url: str, name: str, blocked: tuple[str, ...] = ()):
+    """A fresh context with ``name`` as labeller, requests matching ``blocked`` failing, and the page
+    loaded with a pair on screen: -> (ctx, page)."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
     ctx.add_init_script(f"localStorage.setItem('rlhf-control.labeller', {name!r})")
+    for pattern in blocked:
+        ctx.route(pattern, lambda route: route.abort())
     page = ctx.new_page()
     page.goto(url)
     page.wait_for_function("window.labelApp && window.labelApp.current !== null && window.labelApp.idle",
@@ -88,16 +92,10 @@ def test_an_answer_the_server_could_not_take_is_kept_and_sent_when_it_is_back(br
 def test_an_answer_kept_before_the_page_heard_of_its_run_is_still_sent_to_that_run(browser, run_dir):
     # The server went away before the page's first stats arrived: the page knows the run only from
     # the pair it shows, and the kept answer must still reach that run when it is served again.
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
-    ctx.add_init_script("localStorage.setItem('rlhf-control.labeller', 'ann')")
-    ctx.route("**/api/stats*", lambda route: route.abort())
-    page = ctx.new_page()
     srv = start_server(run_dir, port=0)
     port = srv.port
+    ctx, page = open_page(browser, srv.url, "ann", blocked=("**/api/stats*",))
     try:
-        page.goto(srv.url)
-        page.wait_for_function("window.labelApp && window.labelApp.current !== null && window.labelApp.idle",
-                               timeout=WAIT_MS)
         assert page.evaluate("window.labelApp.runId") is None
         qid = page.evaluate("window.labelApp.current")
         srv.stop()
@@ -155,11 +153,8 @@ def test_a_page_showing_a_pair_of_the_run_served_before_moves_on_to_the_new_runs
 
 
 def test_a_kept_answer_is_never_stored_in_another_run_nor_undone_before_it_is_sent(browser, run_dir, tmp_path):
-    srv = start_server(run_dir, port=0)
-    port = srv.port
-    ctx, page = open_page(browser, srv.url, "ann")
+    ctx, page, other, port = page_left_by_its_server(browser, run_dir, tmp_path)
     try:
-        srv.stop()
         page.keyboard.press("1")
         page.wait_for_function("window.labelApp.outbox.length === 1", timeout=WAIT_MS)
         page.keyboard.press("u")  # the server would take back ann's previous answer, not this one
@@ -167,8 +162,6 @@ def test_a_kept_answer_is_never_stored_in_another_run_nor_undone_before_it_is_se
                                timeout=WAIT_MS)
         assert page.evaluate("window.labelApp.outbox.length") == 1
         # Another run, whose queries are numbered from 1 as well, is served on the same port.
-        other = tmp_path / "other"
-        make_demo_run(other, n_segments=8, n_queries=6, seed=8)
         with start_server(other, port=port):
             page.wait_for_function("window.labelApp.outbox.length === 0 && window.labelApp.online", timeout=WAIT_MS)
             page.wait_for_function("document.querySelector('#toast').textContent.includes('another run')",

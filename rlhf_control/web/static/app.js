@@ -323,8 +323,7 @@
       if (!q) { toast(`Undid pair #${r.data.query_id}, but its clips are gone`, "warn"); return; }
       // The preloaded pair goes back to the pool; the pair on screen becomes the next one.
       if (st.next) {
-        api("POST", "/api/release", { query_id: st.next.q.query_id, labeller: st.name, run: st.next.q.run })
-          .catch(() => {});
+        api("POST", "/api/release", releaseBody(st.next)).catch(() => {});
         unload(st.next);
         st.next = null;
       }
@@ -385,13 +384,16 @@
   }
 
   // ---------------------------------------------------------------- leases: heartbeat, hide, close
-  const heldIds = () => [st.cur, st.next].filter((s) => s && s.q).map((s) => s.q.query_id);
+  const heldSlots = () => [st.cur, st.next].filter((s) => s && s.q);
+  // A release names the run of its pair: a server of another run (it took the port) gives back nothing.
+  const releaseBody = (s) => ({ query_id: s.q.query_id, labeller: st.name, run: s.q.run });
   async function heartbeat() {
-    const ids = heldIds();
+    const slots = heldSlots();
+    const ids = slots.map((s) => s.q.query_id);
     if (!st.name || !ids.length || st.busy || document.hidden) return;
     // The run of the pairs on screen: a server of another run (it took the port) holds none of them,
     // so the page moves on to that run's pairs instead of taking its pairs of the same numbers.
-    const run = [st.cur, st.next].filter((s) => s && s.q).map((s) => s.q.run)[0] || st.runId;
+    const run = slots[0].q.run || st.runId;
     let r;
     try { r = await api("POST", "/api/heartbeat", { labeller: st.name, query_ids: ids, run }); } catch (_) { return; }
     if (!r.ok || st.busy) return;
@@ -406,12 +408,11 @@
     }
   }
   function releaseAll() {
-    for (const s of [st.cur, st.next]) {
-      if (!s || !s.q) continue;
+    for (const s of heldSlots()) {
       fetch("/api/release", {
         method: "POST", keepalive: true, credentials: "same-origin",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ query_id: s.q.query_id, labeller: st.name, run: s.q.run }),
+        body: JSON.stringify(releaseBody(s)),
       }).catch(() => {});
     }
   }
@@ -519,9 +520,7 @@
     if (name === st.name) return;
     // Give back what the old name holds, then start again under the new one.
     for (const s of [st.cur, st.next]) {
-      if (s && s.q && st.name) {
-        api("POST", "/api/release", { query_id: s.q.query_id, labeller: st.name, run: s.q.run }).catch(() => {});
-      }
+      if (s && s.q && st.name) api("POST", "/api/release", releaseBody(s)).catch(() => {});
       if (s) unload(s);
     }
     st.cur = null;
