@@ -290,3 +290,31 @@ def test_normalisation_can_take_its_mean_from_other_clips():
     np.testing.assert_allclose(stats(ref)[0], 0.0, atol=1e-5)
     np.testing.assert_allclose(stats(segs)[1], ens.config.target_std, rtol=1e-4)
     assert np.abs(stats(segs)[0]).max() > 1e-3
+
+
+def test_mlp_inference_in_cache_sized_pieces_gives_the_one_pass_outputs(monkeypatch):
+    import rlhf_control.reward.ensemble as ensemble_module
+
+    rng = np.random.default_rng(5)
+    ens = RewardEnsemble(EnsembleConfig(hidden=(64, 64)), (4,), (2,), seed=1)
+    ens.set_input_stats(rng.normal(size=(50, 4)))
+    x = ens.encode(rng.normal(size=(1000, 4)), rng.normal(size=(1000, 2)))
+    with torch.no_grad():
+        one_pass = torch.stack([ens.members[k](x) for k in range(3)])
+    pieces = []
+    forward = ens.members[0].forward
+    monkeypatch.setattr(ens.members[0], "forward", lambda v: pieces.append(len(v)) or forward(v))
+    monkeypatch.setattr(ensemble_module, "MLP_PIECE_BYTES", 256 * 4 * 64)  # 256 rows of 64 floats
+    with torch.no_grad():
+        got = ens.raw_member_outputs_t(x)
+    assert pieces == [256, 256, 256, 232]  # the rows in order, the last piece short
+    assert torch.equal(got, one_pass)  # not merely close: what the L2 controller reads must not move
+    segs = mlp_segments(rng, 30, t=40)
+    returns = ens.member_segment_returns(segs)
+    monkeypatch.setattr(ensemble_module, "MLP_PIECE_BYTES", 2**40)
+    np.testing.assert_array_equal(returns, ens.member_segment_returns(segs))
+    monkeypatch.setattr(ensemble_module, "MLP_PIECE_BYTES", 256 * 4 * 64)
+    pieces.clear()
+    ens.members.train()
+    ens.raw_member_outputs_t(x).sum().backward()  # with grad (training) one pass, as before
+    assert pieces == [1000]
