@@ -26,8 +26,8 @@ from rlhf_control.rundir import atomic_path
 from rlhf_control.types import Segment
 
 NETS = ("mlp", "cnn")
-# Largest float input fed to the networks in one forward pass when no grad is needed; bounds the
-# memory of scoring many image segments at once (84x84x4 floats are 113 KB per step).
+# Largest float input encoded at once for a no-grad pass (an MLP then runs it in MLP_PIECE_BYTES pieces);
+# bounds the memory of scoring many image segments at once (84x84x4 floats are 113 KB per step).
 EVAL_CHUNK_BYTES = 64 * 2**20
 # A no-grad MLP pass on a CPU goes in pieces whose widest activation fits about one core's L2 cache:
 # 35,000 rows through 64-wide members ran 3x slower in one pass than in 4,096-row pieces (same outputs).
